@@ -1,0 +1,109 @@
+//! Outcome events as CloudEvents 1.0 in structured mode (`application/cloudevents+json`).
+//!
+//! An event is built once, inside the transaction that decides the outcome, and stored twice:
+//! in the outbox (to be published) and beside the message key (to be re-published verbatim,
+//! same id, when the key arrives again).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::error::IntakeError;
+
+/// The content type of every event body.
+pub const CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// The CloudEvents `type` of a created case.
+pub const CASE_CREATED: &str = "case.created";
+/// The CloudEvents `type` of a failed intake.
+pub const CASE_FAILED: &str = "case.failed";
+
+/// An event ready for the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: Uuid,
+    /// The AMQP routing key on the events exchange.
+    pub routing_key: String,
+    pub body: Value,
+}
+
+/// Identifies a replayed intake on its events (attempt 2 is the first replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayInfo {
+    pub attempt: i32,
+}
+
+/// Builds a CloudEvents envelope around `data`.
+pub fn envelope(
+    source: &str,
+    event_type: &str,
+    routing_key: &str,
+    subject: Option<&str>,
+    time: DateTime<Utc>,
+    data: Value,
+) -> Event {
+    let id = Uuid::new_v4();
+    let mut body = json!({
+        "specversion": "1.0",
+        "id": id.to_string(),
+        "source": source,
+        "type": event_type,
+        "time": time.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "datacontenttype": "application/json",
+        "data": data,
+    });
+    if let Some(subject) = subject {
+        body["subject"] = Value::String(subject.to_owned());
+    }
+    Event {
+        id,
+        routing_key: routing_key.to_owned(),
+        body,
+    }
+}
+
+/// The `data` of a `case.failed` event.
+pub fn failed_data(message_key: Option<&str>, error: &IntakeError, replay: Option<ReplayInfo>) -> Value {
+    let mut data = json!({
+        "message_key": message_key,
+        "error": error,
+    });
+    add_replay(&mut data, replay);
+    data
+}
+
+/// Marks an event's data as coming from a replay of a failed intake.
+pub fn add_replay(data: &mut Value, replay: Option<ReplayInfo>) {
+    if let Some(replay) = replay {
+        data["replay"] = json!({ "replayed": true, "attempt": replay.attempt });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    #[test]
+    fn envelope_has_the_cloudevents_attributes() {
+        let time = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let e = envelope("urn:x", CASE_CREATED, "case.created", Some("k1"), time, json!({"a": 1}));
+        assert_eq!(e.body["specversion"], "1.0");
+        assert_eq!(e.body["id"], e.id.to_string());
+        assert_eq!(e.body["type"], "case.created");
+        assert_eq!(e.body["subject"], "k1");
+        assert_eq!(e.body["time"], "2026-01-02T03:04:05.000000Z");
+        assert_eq!(e.body["data"]["a"], 1);
+    }
+
+    #[test]
+    fn failed_data_carries_code_and_replay() {
+        let err = IntakeError::new(ErrorCode::Unauthorized, "no");
+        let d = failed_data(Some("k"), &err, Some(ReplayInfo { attempt: 2 }));
+        assert_eq!(d["error"]["code"], "unauthorized");
+        assert_eq!(d["replay"]["attempt"], 2);
+        assert!(d["error"].get("fields").is_none());
+    }
+}

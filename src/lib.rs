@@ -1,0 +1,16 @@
+//! case-intake: consumes "create a case" messages from RabbitMQ, applies the CT/OI household
+//! rules in PostgreSQL exactly once per message key, and publishes `case.created` /
+//! `case.failed` events through a transactional outbox.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod db;
+pub mod decode;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod household;
+pub mod settings;
+pub mod store;
+pub mod validate;
+pub mod window;

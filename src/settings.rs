@@ -1,0 +1,198 @@
+//! Layered, typed configuration: built-in defaults, an optional TOML file, then environment
+//! variables prefixed `CASE_INTAKE__` (double underscore between levels), validated at start.
+
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The built-in defaults: they reach the PostgreSQL and RabbitMQ of a developer machine.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Environment variables with this prefix override the file: `CASE_INTAKE__AMQP__PREFETCH=500`.
+pub const ENV_PREFIX: &str = "CASE_INTAKE";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub intake: IntakeSettings,
+    pub outbox: OutboxSettings,
+    pub events: EventSettings,
+    pub shutdown: ShutdownSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Holds a password in most deployments, so it is never printed.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    /// Bounds how long a window waits on a household lock before it is retried as transient.
+    pub lock_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+    pub idle_in_transaction_timeout_ms: u64,
+    /// Create the database named in `url` when it does not exist.
+    pub create_database: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: SecretString,
+    pub intake_queue: String,
+    pub events_exchange: String,
+    pub created_routing_key: String,
+    pub failed_routing_key: String,
+    pub prefetch: u16,
+    /// Declare queues and exchanges at start; off when operators import definitions instead.
+    pub declare_topology: bool,
+    pub connect_timeout_ms: u64,
+    pub heartbeat_secs: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeSettings {
+    /// Deliveries processed together in one transaction.
+    pub window_size: usize,
+    /// How long a window waits for more deliveries once it has one.
+    pub window_wait_ms: u64,
+    /// Concurrent consumers (each its own channel and windows).
+    pub consumers: usize,
+    pub max_body_bytes: usize,
+    pub max_depth: usize,
+    /// Re-runs of a window's transaction after a transient database error.
+    pub transient_retries: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    pub batch_size: i64,
+    pub poll_interval_ms: u64,
+    pub lease_ms: u64,
+    pub confirm_timeout_ms: u64,
+    /// Published rows are kept this long (for inspection), then purged.
+    pub retention_hours: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    /// CloudEvents `source` attribute.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `auto` (text on a terminal, JSON otherwise), `text` or `json`.
+    pub format: String,
+    /// A tracing `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+/// Why the configuration was refused; printed at start, then the process exits.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then `CASE_INTAKE__*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        let mut problems = Vec::new();
+        let url = self.database.url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push("database.url must start with postgres:// or postgresql://".into());
+        }
+        let amqp = self.amqp.url.expose_secret();
+        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+            problems.push("amqp.url must start with amqp:// or amqps://".into());
+        }
+        for (name, value) in [
+            ("amqp.intake_queue", &self.amqp.intake_queue),
+            ("amqp.events_exchange", &self.amqp.events_exchange),
+            ("amqp.created_routing_key", &self.amqp.created_routing_key),
+            ("amqp.failed_routing_key", &self.amqp.failed_routing_key),
+            ("events.source", &self.events.source),
+        ] {
+            if value.trim().is_empty() || value.len() > 255 {
+                problems.push(format!("{name} must be 1 to 255 characters"));
+            }
+        }
+        let positive = [
+            ("database.max_connections", self.database.max_connections as u64),
+            ("amqp.prefetch", self.amqp.prefetch as u64),
+            ("intake.window_size", self.intake.window_size as u64),
+            ("intake.consumers", self.intake.consumers as u64),
+            ("intake.max_body_bytes", self.intake.max_body_bytes as u64),
+            ("intake.max_depth", self.intake.max_depth as u64),
+            ("outbox.batch_size", self.outbox.batch_size.max(0) as u64),
+            ("outbox.confirm_timeout_ms", self.outbox.confirm_timeout_ms),
+            ("outbox.lease_ms", self.outbox.lease_ms),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                problems.push(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.intake.window_size > self.amqp.prefetch as usize {
+            problems.push("intake.window_size must not exceed amqp.prefetch".into());
+        }
+        // Each consumer holds one connection during its window; the relay needs one more.
+        if self.intake.consumers as u32 + 1 > self.database.max_connections {
+            problems.push("database.max_connections must exceed intake.consumers".into());
+        }
+        if self.outbox.lease_ms <= self.outbox.confirm_timeout_ms {
+            problems.push("outbox.lease_ms must exceed outbox.confirm_timeout_ms".into());
+        }
+        if !["auto", "text", "json"].contains(&self.log.format.as_str()) {
+            problems.push("log.format must be auto, text or json".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SettingsError::Invalid(problems.join("; ")))
+        }
+    }
+}
+
+impl DatabaseSettings {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}

@@ -1,0 +1,600 @@
+//! The SQL of a window: set-based statements (one per table per window, arrays bound with
+//! `unnest`) so that a window of a few hundred intakes costs about ten round trips.
+//!
+//! Every lookup takes the caller's network as part of its key; nothing here can read or write
+//! a row of another network than the one a [`Caller`] proves.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::auth::{Caller, TokenHash};
+use crate::event::Event;
+use crate::validate::CaseInput;
+
+/// Resolves token hashes to callers: key not revoked, agent active.
+pub async fn callers(
+    tx: &mut PgConnection,
+    tokens: &[TokenHash],
+) -> Result<HashMap<TokenHash, Caller>, sqlx::Error> {
+    if tokens.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let hashes: Vec<Vec<u8>> = tokens.iter().map(|t| t.to_vec()).collect();
+    let rows = sqlx::query(
+        "SELECT k.token_hash, k.id, a.id, a.group_id, a.network_id
+           FROM api_keys k
+           JOIN agents a ON a.id = k.agent_id AND a.network_id = k.network_id
+          WHERE k.token_hash = ANY($1) AND k.revoked_at IS NULL AND a.active",
+    )
+    .bind(&hashes)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let hash: Vec<u8> = row.try_get(0)?;
+        let Ok(hash) = TokenHash::try_from(hash.as_slice()) else {
+            continue;
+        };
+        out.insert(
+            hash,
+            Caller {
+                api_key_id: row.try_get(1)?,
+                agent_id: row.try_get(2)?,
+                group_id: row.try_get(3)?,
+                network_id: row.try_get(4)?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// A message key to claim in a network namespace.
+#[derive(Debug, Clone)]
+pub struct ClaimedKey {
+    pub network_id: i64,
+    pub message_key: String,
+    pub payload_hash: Vec<u8>,
+}
+
+/// Claims keys; returns the `(network, key)` pairs that were NOT claimed because an outcome
+/// already exists. A key claimed by a concurrent, uncommitted transaction makes this wait
+/// for it, so the same key is never processed twice at once.
+pub async fn claim_keys(
+    tx: &mut PgConnection,
+    claims: &[ClaimedKey],
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut sorted: Vec<&ClaimedKey> = claims.iter().collect();
+    // One order for every window, so that two windows claiming overlapping keys cannot deadlock.
+    sorted.sort_by(|a, b| (a.network_id, &a.message_key).cmp(&(b.network_id, &b.message_key)));
+    let networks: Vec<i64> = sorted.iter().map(|c| c.network_id).collect();
+    let keys: Vec<&str> = sorted.iter().map(|c| c.message_key.as_str()).collect();
+    let hashes: Vec<&[u8]> = sorted.iter().map(|c| c.payload_hash.as_slice()).collect();
+    let rows = sqlx::query(
+        "INSERT INTO intake_outcomes (network_id, message_key, payload_hash)
+         SELECT n, k, h FROM unnest($1::bigint[], $2::text[], $3::bytea[]) WITH ORDINALITY AS u(n, k, h, o)
+          ORDER BY o
+         ON CONFLICT DO NOTHING
+         RETURNING network_id, message_key",
+    )
+    .bind(&networks)
+    .bind(&keys)
+    .bind(&hashes)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut claimed = HashSet::with_capacity(rows.len());
+    for row in rows {
+        claimed.insert((row.try_get::<i64, _>(0)?, row.try_get::<String, _>(1)?));
+    }
+    Ok(sorted
+        .into_iter()
+        .map(|c| (c.network_id, c.message_key.clone()))
+        .filter(|k| !claimed.contains(k))
+        .collect())
+}
+
+/// The committed outcome of a key.
+#[derive(Debug, Clone)]
+pub struct StoredOutcome {
+    pub payload_hash: Vec<u8>,
+    pub event: Event,
+}
+
+/// Reads the committed outcomes of keys that could not be claimed.
+pub async fn stored_outcomes(
+    tx: &mut PgConnection,
+    keys: &[(i64, String)],
+) -> Result<HashMap<(i64, String), StoredOutcome>, sqlx::Error> {
+    let networks: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT o.network_id, o.message_key, o.payload_hash, o.event_id, o.event, o.routing_key
+           FROM intake_outcomes o
+           JOIN unnest($1::bigint[], $2::text[]) AS u(n, k) ON o.network_id = u.n AND o.message_key = u.k
+          WHERE o.outcome IS NOT NULL",
+    )
+    .bind(&networks)
+    .bind(&names)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let event = Event {
+            id: row.try_get(3)?,
+            body: row.try_get(4)?,
+            routing_key: row.try_get(5)?,
+        };
+        out.insert(
+            (row.try_get(0)?, row.try_get(1)?),
+            StoredOutcome {
+                payload_hash: row.try_get(2)?,
+                event,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Which of `(county, network)` pairs exist.
+pub async fn existing_counties(
+    tx: &mut PgConnection,
+    refs: &[(i64, i64)],
+) -> Result<HashSet<(i64, i64)>, sqlx::Error> {
+    if refs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let (ids, networks): (Vec<i64>, Vec<i64>) = refs.iter().copied().unzip();
+    let rows = sqlx::query(
+        "SELECT c.id, c.network_id FROM counties c
+           JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, n) ON c.id = u.id AND c.network_id = u.n",
+    )
+    .bind(&ids)
+    .bind(&networks)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// A household's network and current head (`None` when it has no case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HouseholdState {
+    pub network_id: i64,
+    pub head: Option<i64>,
+}
+
+/// Locks the referenced households (in id order, so concurrent windows cannot deadlock) and
+/// returns their state. Households of another network than the one paired are not returned.
+pub async fn lock_households(
+    tx: &mut PgConnection,
+    refs: &[(i64, i64)],
+) -> Result<HashMap<i64, HouseholdState>, sqlx::Error> {
+    if refs.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (ids, networks): (Vec<i64>, Vec<i64>) = refs.iter().copied().unzip();
+    let rows = sqlx::query(
+        "SELECT h.id, h.network_id, h.head_case_id FROM households h
+           JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, n) ON h.id = u.id AND h.network_id = u.n
+          ORDER BY h.id
+            FOR UPDATE OF h",
+    )
+    .bind(&ids)
+    .bind(&networks)
+    .fetch_all(&mut *tx)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get(0)?,
+                HouseholdState {
+                    network_id: r.try_get(1)?,
+                    head: r.try_get(2)?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Takes `cases` case ids and `households` household ids from their sequences in one round trip.
+pub async fn allocate_ids(
+    tx: &mut PgConnection,
+    cases: usize,
+    households: usize,
+) -> Result<(Vec<i64>, Vec<i64>), sqlx::Error> {
+    if cases == 0 {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let row = sqlx::query(
+        "SELECT ARRAY(SELECT nextval('cases_id_seq') FROM generate_series(1, $1)),
+                ARRAY(SELECT nextval('households_id_seq') FROM generate_series(1, $2))",
+    )
+    .bind(cases as i64)
+    .bind(households as i64)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// A household created by a window.
+#[derive(Debug, Clone)]
+pub struct NewHousehold {
+    pub id: i64,
+    pub network_id: i64,
+    pub head_case_id: i64,
+}
+
+/// A case as written to the `cases` table.
+#[derive(Debug, Clone)]
+pub struct CaseRow {
+    pub id: i64,
+    pub household_id: i64,
+    pub network_id: i64,
+    pub head_of_household: bool,
+    pub agent_id: i64,
+    pub group_id: i64,
+    pub created_at: DateTime<Utc>,
+    pub fields: CaseInput,
+}
+
+impl CaseRow {
+    pub fn new(
+        id: i64,
+        household_id: i64,
+        head_of_household: bool,
+        caller: &Caller,
+        fields: &CaseInput,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            household_id,
+            network_id: caller.network_id,
+            head_of_household,
+            agent_id: caller.agent_id,
+            group_id: caller.group_id,
+            created_at: now,
+            fields: fields.clone(),
+        }
+    }
+}
+
+/// The stored case as it appears in `case.created`: every field, the SSN masked.
+pub fn case_json(row: &CaseRow, c: &CaseInput) -> Value {
+    let ts = row
+        .created_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    json!({
+        "id": row.id,
+        "first_name": c.first_name,
+        "middle_name": c.middle_name,
+        "last_name": c.last_name,
+        "suffix": c.suffix,
+        "nickname": c.nickname,
+        "date_of_birth": c.date_of_birth.map(|d| d.to_string()),
+        "email": c.email,
+        "head_of_household": row.head_of_household,
+        "mailing_address": c.mailing_address,
+        "mailing_apt_number": c.mailing_apt_number,
+        "mailing_city": c.mailing_city,
+        "mailing_state": c.mailing_state,
+        "mailing_zip_code": c.mailing_zip_code,
+        "ss_number": c.ss_number.as_ref().map(|s| s.masked()),
+        "street_address": c.street_address,
+        "street_apt_number": c.street_apt_number,
+        "street_city": c.street_city,
+        "street_state": c.street_state,
+        "street_zip_code": c.street_zip_code,
+        "street_county": c.street_county,
+        "yearly_expenses": c.yearly_expenses.map(|m| m.to_json()),
+        "yearly_income": c.yearly_income.map(|m| m.to_json()),
+        "deceased": c.deceased,
+        "private": c.private,
+        "household": row.household_id,
+        "roi_exp_date": Value::Null,
+        "entry_agent": row.agent_id,
+        "mod_agent": row.agent_id,
+        "group": row.group_id,
+        "import_id": Value::Null,
+        "created_at": ts,
+        "updated_at": ts,
+    })
+}
+
+/// Takes the head flag from cases that were replaced as head.
+pub async fn unflag_heads(
+    tx: &mut PgConnection,
+    case_ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if case_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE cases SET head_of_household = false, updated_at = $2, mod_agent = mod_agent
+          WHERE id = ANY($1)",
+    )
+    .bind(case_ids)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert_households(
+    tx: &mut PgConnection,
+    rows: &[NewHousehold],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = rows.iter().map(|h| h.id).collect();
+    let networks: Vec<i64> = rows.iter().map(|h| h.network_id).collect();
+    let heads: Vec<i64> = rows.iter().map(|h| h.head_case_id).collect();
+    sqlx::query(
+        "INSERT INTO households (id, network_id, head_case_id, created_at, updated_at)
+         SELECT id, n, head, $4, $4 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, n, head)",
+    )
+    .bind(&ids)
+    .bind(&networks)
+    .bind(&heads)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Column-wise arrays of optional text, for `unnest`.
+fn texts<'a>(rows: &'a [CaseRow], f: impl Fn(&'a CaseInput) -> Option<&'a str>) -> Vec<Option<&'a str>> {
+    rows.iter().map(|r| f(&r.fields)).collect()
+}
+
+pub async fn insert_cases(tx: &mut PgConnection, rows: &[CaseRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let networks: Vec<i64> = rows.iter().map(|r| r.network_id).collect();
+    let households: Vec<i64> = rows.iter().map(|r| r.household_id).collect();
+    let heads: Vec<bool> = rows.iter().map(|r| r.head_of_household).collect();
+    let agents: Vec<i64> = rows.iter().map(|r| r.agent_id).collect();
+    let groups: Vec<i64> = rows.iter().map(|r| r.group_id).collect();
+    let created: Vec<DateTime<Utc>> = rows.iter().map(|r| r.created_at).collect();
+    let dobs: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| r.fields.date_of_birth.map(|d| d.to_string()))
+        .collect();
+    let ssns: Vec<Option<&str>> = texts(rows, |c| c.ss_number.as_ref().map(|s| s.digits()));
+    let counties: Vec<Option<i64>> = rows.iter().map(|r| r.fields.street_county).collect();
+    let expenses: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| r.fields.yearly_expenses.map(|m| m.to_decimal_string()))
+        .collect();
+    let incomes: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| r.fields.yearly_income.map(|m| m.to_decimal_string()))
+        .collect();
+    let deceased: Vec<bool> = rows.iter().map(|r| r.fields.deceased).collect();
+    let private: Vec<bool> = rows.iter().map(|r| r.fields.private).collect();
+    sqlx::query(
+        "INSERT INTO cases (id, network_id, household_id, head_of_household, entry_agent, mod_agent,
+                            \"group\", created_at, updated_at, first_name, middle_name, last_name,
+                            suffix, nickname, date_of_birth, email, mailing_address,
+                            mailing_apt_number, mailing_city, mailing_state, mailing_zip_code,
+                            ss_number, street_address, street_apt_number, street_city,
+                            street_state, street_zip_code, street_county, yearly_expenses,
+                            yearly_income, deceased, private)
+         SELECT id, n, h, head, agent, agent, grp, ts, ts, fname, mname, lname, suffix, nick,
+                dob::date, email, maddr, mapt, mcity, mstate, mzip, ssn, saddr, sapt, scity,
+                sstate, szip, county, expenses::numeric, income::numeric, deceased, private
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[],
+                       $6::bigint[], $7::timestamptz[], $8::text[], $9::text[], $10::text[],
+                       $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+                       $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
+                       $21::text[], $22::text[], $23::text[], $24::text[], $25::text[],
+                       $26::bigint[], $27::text[], $28::text[], $29::bool[], $30::bool[])
+             AS u(id, n, h, head, agent, grp, ts, fname, mname, lname, suffix, nick, dob, email,
+                  maddr, mapt, mcity, mstate, mzip, ssn, saddr, sapt, scity, sstate, szip,
+                  county, expenses, income, deceased, private)",
+    )
+    .bind(&ids)
+    .bind(&networks)
+    .bind(&households)
+    .bind(&heads)
+    .bind(&agents)
+    .bind(&groups)
+    .bind(&created)
+    .bind(texts(rows, |c| Some(c.first_name.as_str())))
+    .bind(texts(rows, |c| c.middle_name.as_deref()))
+    .bind(texts(rows, |c| Some(c.last_name.as_str())))
+    .bind(texts(rows, |c| c.suffix.as_deref()))
+    .bind(texts(rows, |c| c.nickname.as_deref()))
+    .bind(&dobs)
+    .bind(texts(rows, |c| c.email.as_deref()))
+    .bind(texts(rows, |c| c.mailing_address.as_deref()))
+    .bind(texts(rows, |c| c.mailing_apt_number.as_deref()))
+    .bind(texts(rows, |c| c.mailing_city.as_deref()))
+    .bind(texts(rows, |c| c.mailing_state.as_deref()))
+    .bind(texts(rows, |c| c.mailing_zip_code.as_deref()))
+    .bind(&ssns)
+    .bind(texts(rows, |c| c.street_address.as_deref()))
+    .bind(texts(rows, |c| c.street_apt_number.as_deref()))
+    .bind(texts(rows, |c| c.street_city.as_deref()))
+    .bind(texts(rows, |c| c.street_state.as_deref()))
+    .bind(texts(rows, |c| c.street_zip_code.as_deref()))
+    .bind(&counties)
+    .bind(&expenses)
+    .bind(&incomes)
+    .bind(&deceased)
+    .bind(&private)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Points existing households at their new heads.
+pub async fn update_heads(
+    tx: &mut PgConnection,
+    updates: &[(i64, i64)],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let (households, heads): (Vec<i64>, Vec<i64>) = updates.iter().copied().unzip();
+    sqlx::query(
+        "UPDATE households h SET head_case_id = u.head, updated_at = $3
+           FROM unnest($1::bigint[], $2::bigint[]) AS u(id, head)
+          WHERE h.id = u.id",
+    )
+    .bind(&households)
+    .bind(&heads)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The outcome of a claimed key.
+#[derive(Debug, Clone)]
+pub struct OutcomeRow {
+    pub network_id: i64,
+    pub message_key: String,
+    pub case_id: Option<i64>,
+    pub error_code: Option<String>,
+    pub event_id: Uuid,
+    pub event: String,
+    pub routing_key: String,
+}
+
+/// Fills in the outcome of keys claimed earlier in the transaction.
+pub async fn record_outcomes(tx: &mut PgConnection, rows: &[OutcomeRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let networks: Vec<i64> = rows.iter().map(|r| r.network_id).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.message_key.as_str()).collect();
+    let cases: Vec<Option<i64>> = rows.iter().map(|r| r.case_id).collect();
+    let codes: Vec<Option<&str>> = rows.iter().map(|r| r.error_code.as_deref()).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
+    let routing: Vec<&str> = rows.iter().map(|r| r.routing_key.as_str()).collect();
+    sqlx::query(
+        "UPDATE intake_outcomes o
+            SET outcome = CASE WHEN u.case_id IS NULL THEN 'failed' ELSE 'created' END,
+                case_id = u.case_id, error_code = u.code, event_id = u.eid,
+                event = u.ev::jsonb, routing_key = u.rk, updated_at = now()
+           FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::uuid[],
+                       $6::text[], $7::text[]) AS u(n, k, case_id, code, eid, ev, rk)
+          WHERE o.network_id = u.n AND o.message_key = u.k",
+    )
+    .bind(&networks)
+    .bind(&keys)
+    .bind(&cases)
+    .bind(&codes)
+    .bind(&ids)
+    .bind(&events)
+    .bind(&routing)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// A failed intake kept for inspection and replay.
+#[derive(Debug, Clone)]
+pub struct FailedRow {
+    pub network_id: Option<i64>,
+    pub message_key: Option<String>,
+    pub correlation_id: Option<String>,
+    pub token_hash: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub error_code: String,
+    pub error: String,
+    pub attempts: i32,
+    pub event_id: Uuid,
+}
+
+pub async fn insert_failed(
+    tx: &mut PgConnection,
+    rows: &[FailedRow],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let networks: Vec<Option<i64>> = rows.iter().map(|r| r.network_id).collect();
+    let keys: Vec<Option<&str>> = rows.iter().map(|r| r.message_key.as_deref()).collect();
+    let corr: Vec<Option<&str>> = rows.iter().map(|r| r.correlation_id.as_deref()).collect();
+    let tokens: Vec<Option<&[u8]>> = rows.iter().map(|r| r.token_hash.as_deref()).collect();
+    let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
+    let codes: Vec<&str> = rows.iter().map(|r| r.error_code.as_str()).collect();
+    let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
+    let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    sqlx::query(
+        "INSERT INTO failed_intakes (network_id, message_key, correlation_id, token_hash, payload,
+                                     error_code, error, attempts, event_id, created_at)
+         SELECT n, k, c, t, p, code, e::jsonb, a, eid, $10
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
+                       $6::text[], $7::text[], $8::int[], $9::uuid[])
+             AS u(n, k, c, t, p, code, e, a, eid)",
+    )
+    .bind(&networks)
+    .bind(&keys)
+    .bind(&corr)
+    .bind(&tokens)
+    .bind(&payloads)
+    .bind(&codes)
+    .bind(&errors)
+    .bind(&attempts)
+    .bind(&ids)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// An event to publish.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub event_id: Uuid,
+    pub routing_key: String,
+    pub body: String,
+    pub correlation_id: Option<String>,
+}
+
+pub async fn insert_outbox(
+    tx: &mut PgConnection,
+    rows: &[OutboxRow],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let routing: Vec<&str> = rows.iter().map(|r| r.routing_key.as_str()).collect();
+    let bodies: Vec<&str> = rows.iter().map(|r| r.body.as_str()).collect();
+    let corr: Vec<Option<&str>> = rows.iter().map(|r| r.correlation_id.as_deref()).collect();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, body, correlation_id, created_at)
+         SELECT eid, rk, b::jsonb, c, $5
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(eid, rk, b, c, o)
+          ORDER BY o",
+    )
+    .bind(&ids)
+    .bind(&routing)
+    .bind(&bodies)
+    .bind(&corr)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
