@@ -50,9 +50,11 @@ pub fn decode_body(bytes: &[u8], limits: &BodyLimits) -> Result<Map<String, Valu
 
     let mut duplicate = None;
     let mut de = serde_json::Deserializer::from_str(text);
-    let parsed = TopLevel { duplicate: &mut duplicate }
-        .deserialize(&mut de)
-        .and_then(|top| de.end().map(|()| top));
+    let parsed = TopLevel {
+        duplicate: &mut duplicate,
+    }
+    .deserialize(&mut de)
+    .and_then(|top| de.end().map(|()| top));
     match parsed {
         Ok(Some(map)) => Ok(map),
         Ok(None) => Err(malformed("body must be a JSON object")),
@@ -136,7 +138,10 @@ struct TopLevel<'d> {
 impl<'de> DeserializeSeed<'de> for TopLevel<'_> {
     type Value = Option<Map<String, Value>>;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
@@ -200,7 +205,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const LIMITS: BodyLimits = BodyLimits { max_body_bytes: 1024, max_depth: 8 };
+    const LIMITS: BodyLimits = BodyLimits {
+        max_body_bytes: 1024,
+        max_depth: 8,
+    };
 
     fn err(bytes: &[u8]) -> IntakeError {
         decode_body(bytes, &LIMITS).expect_err("should fail")
@@ -208,8 +216,11 @@ mod tests {
 
     #[test]
     fn decodes_an_object() {
-        let map = decode_body(br#" {"first_name": "John", "household": 1001, "x": {"y": [1]}} "#, &LIMITS)
-            .unwrap();
+        let map = decode_body(
+            br#" {"first_name": "John", "household": 1001, "x": {"y": [1]}} "#,
+            &LIMITS,
+        )
+        .unwrap();
         assert_eq!(map["first_name"], json!("John"));
         assert_eq!(map["household"], json!(1001));
         assert_eq!(map["x"], json!({"y": [1]}));
@@ -230,7 +241,10 @@ mod tests {
 
     #[test]
     fn too_large_mentions_the_limit_not_the_body() {
-        let limits = BodyLimits { max_body_bytes: 10, max_depth: 8 };
+        let limits = BodyLimits {
+            max_body_bytes: 10,
+            max_depth: 8,
+        };
         let body = br#"{"ss_number":"111223333"}"#;
         let e = decode_body(body, &limits).unwrap_err();
         assert_eq!(e.code, ErrorCode::PayloadTooLarge);
@@ -238,7 +252,16 @@ mod tests {
         assert!(!e.message.contains("111223333"));
         assert!(e.fields.is_empty());
         // Exactly at the limit is fine.
-        assert!(decode_body(b"{\"a\":12345}", &BodyLimits { max_body_bytes: 11, max_depth: 8 }).is_ok());
+        assert!(
+            decode_body(
+                b"{\"a\":12345}",
+                &BodyLimits {
+                    max_body_bytes: 11,
+                    max_depth: 8
+                }
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -267,7 +290,10 @@ mod tests {
 
     #[test]
     fn huge_nesting_is_refused_without_recursion() {
-        let limits = BodyLimits { max_body_bytes: 1 << 20, max_depth: 64 };
+        let limits = BodyLimits {
+            max_body_bytes: 1 << 20,
+            max_depth: 64,
+        };
         let e = decode_body("[".repeat(100_000).as_bytes(), &limits).unwrap_err();
         assert_eq!(e.code, ErrorCode::MalformedJson);
         let e = decode_body("{\"a\":".repeat(100_000).as_bytes(), &limits).unwrap_err();
@@ -278,7 +304,11 @@ mod tests {
     fn syntax_errors_give_position_but_not_input() {
         let e = err(b"{\"ss_number\": \"111223333\",,}");
         assert_eq!(e.code, ErrorCode::MalformedJson);
-        assert!(e.message.starts_with("body is not valid JSON"), "{}", e.message);
+        assert!(
+            e.message.starts_with("body is not valid JSON"),
+            "{}",
+            e.message
+        );
         assert!(e.message.contains("line 1 column"), "{}", e.message);
         assert!(!e.message.contains("111223333"));
 
@@ -293,7 +323,14 @@ mod tests {
 
     #[test]
     fn non_objects_are_refused_without_quoting_them() {
-        for body in [&b"[1, 2]"[..], b"\"111-22-3333\"", b"111223333", b"-1.5", b"true", b"null"] {
+        for body in [
+            &b"[1, 2]"[..],
+            b"\"111-22-3333\"",
+            b"111223333",
+            b"-1.5",
+            b"true",
+            b"null",
+        ] {
             let e = err(body);
             assert_eq!(e.code, ErrorCode::MalformedJson);
             assert_eq!(e.message, "body must be a JSON object");
@@ -315,10 +352,13 @@ mod tests {
         assert!(e.message.contains("\"a\""), "{}", e.message);
 
         let long = "k".repeat(500);
-        let e = decode_body(format!(r#"{{"{long}":1,"{long}":2}}"#).as_bytes(), &BodyLimits {
-            max_body_bytes: 4096,
-            max_depth: 8,
-        })
+        let e = decode_body(
+            format!(r#"{{"{long}":1,"{long}":2}}"#).as_bytes(),
+            &BodyLimits {
+                max_body_bytes: 4096,
+                max_depth: 8,
+            },
+        )
         .unwrap_err();
         assert!(e.message.len() < 200, "{}", e.message);
     }
@@ -353,6 +393,9 @@ mod tests {
         );
         assert_ne!(payload_hash(b"{ }", None), payload_hash(b"{}", None));
         let empty = Map::new();
-        assert_eq!(payload_hash(b"{ }", Some(&empty)), payload_hash(b"{}", None));
+        assert_eq!(
+            payload_hash(b"{ }", Some(&empty)),
+            payload_hash(b"{}", None)
+        );
     }
 }

@@ -4,13 +4,20 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod classify;
+pub mod consumer;
 pub mod db;
 pub mod decode;
 pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod household;
+pub mod provision;
+pub mod relay;
 pub mod settings;
 pub mod store;
+pub mod telemetry;
+pub mod topology;
 pub mod validate;
 pub mod window;
+pub mod worker;

@@ -48,8 +48,14 @@ pub(crate) const KNOWN_FIELDS: [&str; 25] = [
 
 /// Fields a case has but the system sets; submitting them is a mistake worth telling apart
 /// from a typo, because the submitter may expect them to be honoured (e.g. a third-party id).
-pub(crate) const READ_ONLY_FIELDS: [&str; 6] =
-    ["id", "roi_exp_date", "entry_agent", "mod_agent", "group", "import_id"];
+pub(crate) const READ_ONLY_FIELDS: [&str; 6] = [
+    "id",
+    "roi_exp_date",
+    "entry_agent",
+    "mod_agent",
+    "group",
+    "import_id",
+];
 
 /// The body being read and the errors found so far.
 pub(crate) struct Fields<'a> {
@@ -59,12 +65,18 @@ pub(crate) struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     pub(crate) fn new(body: &'a Map<String, Value>) -> Self {
-        Self { body, errors: FieldErrors::new() }
+        Self {
+            body,
+            errors: FieldErrors::new(),
+        }
     }
 
     /// Records an error on `field`.
     pub(crate) fn fail(&mut self, field: &str, message: &str) {
-        self.errors.entry(field.to_owned()).or_default().push(message.to_owned());
+        self.errors
+            .entry(field.to_owned())
+            .or_default()
+            .push(message.to_owned());
     }
 
     /// Flags read-only and unrecognised keys. A read-only key is an error even when null, since
@@ -164,7 +176,9 @@ impl<'a> Fields<'a> {
     /// A non-negative amount of money with at most two decimals.
     pub(crate) fn money(&mut self, field: &str) -> Option<Money> {
         let value = self.get(field)?;
-        Money::from_json(value).map_err(|message| self.fail(field, message)).ok()
+        Money::from_json(value)
+            .map_err(|message| self.fail(field, message))
+            .ok()
     }
 }
 

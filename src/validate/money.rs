@@ -169,7 +169,10 @@ mod tests {
     fn direct_text_parsing_handles_forms_serde_json_would_normalise() {
         assert_eq!(parse_decimal("1E+2"), Ok(Money(10_000)));
         assert_eq!(parse_decimal("12.3400"), Ok(Money(1234)));
-        assert_eq!(parse_decimal("1e99999999999999999999999999999999999999999"), Err(TOO_LARGE));
+        assert_eq!(
+            parse_decimal("1e99999999999999999999999999999999999999999"),
+            Err(TOO_LARGE)
+        );
         assert_eq!(
             parse_decimal("1e-99999999999999999999999999999999999999999"),
             Err(TOO_MANY_DECIMALS)
@@ -196,7 +199,13 @@ mod tests {
 
     #[test]
     fn non_numbers() {
-        for v in [json!("15350"), json!(true), json!([1]), json!({"a": 1}), json!(null)] {
+        for v in [
+            json!("15350"),
+            json!(true),
+            json!([1]),
+            json!({"a": 1}),
+            json!(null),
+        ] {
             assert_eq!(Money::from_json(&v), Err(NOT_A_NUMBER), "{v}");
         }
     }
@@ -217,15 +226,32 @@ mod tests {
         assert_eq!(Money::from_cents(7).to_json().to_string(), "0.07");
         assert_eq!(Money::from_cents(0).to_decimal_string(), "0.00");
         assert_eq!(Money::from_cents(0).to_json().to_string(), "0");
-        assert_eq!(Money::from_cents(MAX_CENTS).to_decimal_string(), "999999999999.99");
-        assert_eq!(Money::from_cents(MAX_CENTS).to_json().to_string(), "999999999999.99");
+        assert_eq!(
+            Money::from_cents(MAX_CENTS).to_decimal_string(),
+            "999999999999.99"
+        );
+        assert_eq!(
+            Money::from_cents(MAX_CENTS).to_json().to_string(),
+            "999999999999.99"
+        );
         assert_eq!(Money::from_cents(-5).to_decimal_string(), "-0.05");
-        assert_eq!(Money::from_cents(i64::MIN).to_decimal_string(), "-92233720368547758.08");
+        assert_eq!(
+            Money::from_cents(i64::MIN).to_decimal_string(),
+            "-92233720368547758.08"
+        );
     }
 
     #[test]
     fn json_form_reads_back_to_the_same_cents() {
-        for cents in [1, 29, 115, 1_535_050, 12_345_678_901_234, MAX_CENTS - 1, MAX_CENTS] {
+        for cents in [
+            1,
+            29,
+            115,
+            1_535_050,
+            12_345_678_901_234,
+            MAX_CENTS - 1,
+            MAX_CENTS,
+        ] {
             let m = Money::from_cents(cents);
             assert_eq!(Money::from_json(&m.to_json()), Ok(m), "{cents}");
         }

@@ -67,7 +67,10 @@ mod tests {
         let dashed = Ssn::parse("111-22-3333").unwrap();
         assert_eq!(plain, dashed);
         assert_eq!(plain.digits(), "111223333");
-        assert_eq!(Ssn::parse("-1-1-1-2-2-3-3-3-3-").unwrap().digits(), "111223333");
+        assert_eq!(
+            Ssn::parse("-1-1-1-2-2-3-3-3-3-").unwrap().digits(),
+            "111223333"
+        );
     }
 
     #[test]

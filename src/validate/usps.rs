@@ -43,7 +43,9 @@ mod tests {
         assert!(STATE_CODES.windows(2).all(|w| w[0] < w[1]));
         // 50 states + DC + 9 territories/associated states + 3 military.
         assert_eq!(STATE_CODES.len(), 50 + 1 + 9 + 3);
-        for code in ["AS", "GU", "MP", "PR", "VI", "UM", "FM", "MH", "PW", "AA", "AE", "AP", "DC"] {
+        for code in [
+            "AS", "GU", "MP", "PR", "VI", "UM", "FM", "MH", "PW", "AA", "AE", "AP", "DC",
+        ] {
             assert!(STATE_CODES.contains(&code), "{code}");
         }
     }

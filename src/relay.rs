@@ -1,0 +1,233 @@
+//! The outbox relay: publishes pending events with publisher confirms and `mandatory`, then
+//! marks them published. Rows are leased (not locked) while their confirms are awaited, so no
+//! transaction is held across a broker round trip, and two relays never publish one row at once
+//! unless a lease expired (an indeterminate publish: consumers dedup by event id).
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel};
+use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::event::CONTENT_TYPE;
+use crate::settings::OutboxSettings;
+
+/// Why a relay pass stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// A leased outbox row.
+struct Pending {
+    id: i64,
+    event_id: Uuid,
+    routing_key: String,
+    body: String,
+    correlation_id: Option<String>,
+}
+
+/// What one relay pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    pub published: usize,
+    /// Nacked, returned (unroutable) or unconfirmed in time: left for a later pass.
+    pub retried: usize,
+}
+
+/// Publishes events of the outbox to `exchange`.
+pub struct Relay {
+    pool: PgPool,
+    channel: Channel,
+    exchange: String,
+    settings: OutboxSettings,
+}
+
+impl Relay {
+    /// Puts `channel` in confirm mode and returns a relay publishing on it.
+    pub async fn new(
+        pool: PgPool,
+        channel: Channel,
+        exchange: String,
+        settings: OutboxSettings,
+    ) -> Result<Self, RelayError> {
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            pool,
+            channel,
+            exchange,
+            settings,
+        })
+    }
+
+    /// Leases up to `batch_size` pending rows whose lease is free or expired, oldest first.
+    async fn lease(&self) -> Result<Vec<Pending>, sqlx::Error> {
+        let rows = sqlx::query(
+            "UPDATE outbox o
+                SET lease_until = now() + make_interval(secs => $2::float8 / 1000),
+                    attempts = o.attempts + 1
+              WHERE o.id IN (SELECT id FROM outbox
+                              WHERE published_at IS NULL
+                                AND (lease_until IS NULL OR lease_until < now())
+                              ORDER BY id
+                              LIMIT $1
+                                FOR UPDATE SKIP LOCKED)
+          RETURNING o.id, o.event_id, o.routing_key, o.body::text, o.correlation_id",
+        )
+        .bind(self.settings.batch_size)
+        .bind(self.settings.lease_ms as f64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut pending = rows
+            .iter()
+            .map(|r| {
+                Ok(Pending {
+                    id: r.try_get(0)?,
+                    event_id: r.try_get(1)?,
+                    routing_key: r.try_get(2)?,
+                    body: r.try_get(3)?,
+                    correlation_id: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        pending.sort_by_key(|p| p.id);
+        Ok(pending)
+    }
+
+    /// One pass: lease, publish every row without waiting, then await all confirms together
+    /// (pipelined confirms), and record which rows are done.
+    pub async fn pass(&self) -> Result<PassReport, RelayError> {
+        let pending = self.lease().await?;
+        if pending.is_empty() {
+            return Ok(PassReport::default());
+        }
+        let mut confirms = Vec::with_capacity(pending.len());
+        for p in &pending {
+            let mut props = BasicProperties::default()
+                .with_message_id(p.event_id.to_string().into())
+                .with_content_type(CONTENT_TYPE.into())
+                .with_delivery_mode(2)
+                .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
+                .with_type(p.routing_key.as_str().into());
+            if let Some(c) = &p.correlation_id {
+                props = props.with_correlation_id(c.as_str().into());
+            }
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    p.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    p.body.as_bytes(),
+                    props,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        let timeout = Duration::from_millis(self.settings.confirm_timeout_ms);
+        let waited = tokio::time::timeout(timeout, futures_util::future::join_all(confirms)).await;
+        let Ok(results) = waited else {
+            // Indeterminate: the leases expire and a later pass publishes again.
+            tracing::warn!(events = pending.len(), "publisher confirms timed out");
+            return Ok(PassReport {
+                published: 0,
+                retried: pending.len(),
+            });
+        };
+        let mut done = Vec::with_capacity(pending.len());
+        let mut again = Vec::new();
+        for (p, result) in pending.iter().zip(results) {
+            match result {
+                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => done.push(p.id),
+                Ok(Confirmation::Ack(Some(_))) => {
+                    tracing::warn!(event_id = %p.event_id, routing_key = %p.routing_key,
+                        "event unroutable: no queue is bound for it; will retry");
+                    again.push(p.id);
+                }
+                Ok(Confirmation::Nack(_)) => {
+                    tracing::warn!(event_id = %p.event_id, "event nacked by the broker; will retry");
+                    again.push(p.id);
+                }
+                Err(e) => {
+                    tracing::warn!(event_id = %p.event_id, error = %e, "publish failed; will retry");
+                    again.push(p.id);
+                }
+            }
+        }
+        sqlx::query("UPDATE outbox SET published_at = now(), lease_until = NULL WHERE id = ANY($1)")
+            .bind(&done)
+            .execute(&self.pool)
+            .await?;
+        if !again.is_empty() {
+            // Retry after a pause that grows with the attempts, capped at a minute, so an
+            // unbound routing key does not make the relay spin.
+            sqlx::query(
+                "UPDATE outbox SET lease_until = now() + make_interval(secs => least(60, power(2, least(attempts, 6))))
+                  WHERE id = ANY($1)",
+            )
+            .bind(&again)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(PassReport {
+            published: done.len(),
+            retried: again.len(),
+        })
+    }
+
+    /// Deletes published rows older than the retention time; returns how many.
+    pub async fn purge(&self) -> Result<u64, sqlx::Error> {
+        let r = sqlx::query(
+            "DELETE FROM outbox WHERE published_at < now() - make_interval(hours => $1::int)",
+        )
+        .bind(self.settings.retention_hours.min(i32::MAX as u64) as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Runs passes until `shutdown`: immediately after `wake` (a window committed), otherwise
+    /// every poll interval (rows left by other workers or earlier runs). On shutdown it runs
+    /// one last pass so the events of the final windows leave before exit.
+    pub async fn run(&self, wake: &Notify, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        let mut last_purge = tokio::time::Instant::now();
+        loop {
+            let report = self.pass().await?;
+            if report.published > 0 {
+                tracing::debug!(published = report.published, retried = report.retried, "relay pass");
+            }
+            // On shutdown, drain what is leasable now, then stop.
+            if shutdown.is_cancelled() && report.published + report.retried == 0 {
+                return Ok(());
+            }
+            if last_purge.elapsed() > Duration::from_secs(600) {
+                let purged = self.purge().await?;
+                tracing::debug!(purged, "outbox purge");
+                last_purge = tokio::time::Instant::now();
+            }
+            // A full batch means more is probably waiting: go again at once.
+            if report.published + report.retried < self.settings.batch_size as usize
+                && !shutdown.is_cancelled()
+            {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Broker topology: the intake quorum queue with its delivery limit and dead-letter queue, and
+//! the events topic exchange. Declarations are idempotent; operators who import definitions
+//! instead turn them off with `amqp.declare_topology = false`.
+
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::settings::AmqpSettings;
+
+/// Redeliveries of one message before the broker dead-letters it. Well above the number of
+/// worker crashes a message may live through (every requeue counts on RabbitMQ before 4.3),
+/// so only a message that really poisons the worker reaches the dead-letter queue.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The dead-letter queue of an intake queue.
+pub fn dead_letter_queue(intake_queue: &str) -> String {
+    format!("{intake_queue}.dead")
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// Arguments of the intake queue; also used by tests and the definitions file check.
+pub fn intake_queue_arguments(intake_queue: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    // Dead-letter through the default exchange straight to the dead-letter queue.
+    args.insert("x-dead-letter-exchange".into(), text(""));
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        text(&dead_letter_queue(intake_queue)),
+    );
+    // at-least-once dead-lettering needs reject-publish overflow; it keeps a dead-lettered
+    // message on the intake queue until the dead-letter queue has confirmed it.
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
+    args
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args
+}
+
+/// Declares the intake queue, its dead-letter queue and the events exchange.
+pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(
+            dead_letter_queue(&amqp.intake_queue).into(),
+            durable,
+            quorum(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            amqp.intake_queue.as_str().into(),
+            durable,
+            intake_queue_arguments(&amqp.intake_queue),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            amqp.events_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}

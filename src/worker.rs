@@ -1,0 +1,257 @@
+//! The supervisor: keeps a broker session (consumers + outbox relay) running, rebuilds it after
+//! any broker fault, pauses intake during a database outage, and drains on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::options::BasicQosOptions;
+use lapin::{Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{ConsumerError, IntakeConsumer};
+use crate::decode::BodyLimits;
+use crate::relay::{Relay, RelayError};
+use crate::settings::Settings;
+use crate::topology;
+use crate::window::WindowContext;
+
+/// Why a broker session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("connecting to the broker timed out")]
+    ConnectTimeout,
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    #[error("task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// How a session ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum SessionEnd {
+    Shutdown,
+    DatabaseOutage,
+}
+
+/// The window context from the settings.
+pub fn window_context(settings: &Settings) -> WindowContext {
+    WindowContext {
+        source: settings.events.source.clone(),
+        created_routing_key: settings.amqp.created_routing_key.clone(),
+        failed_routing_key: settings.amqp.failed_routing_key.clone(),
+        limits: BodyLimits {
+            max_body_bytes: settings.intake.max_body_bytes,
+            max_depth: settings.intake.max_depth,
+        },
+    }
+}
+
+/// Capped exponential backoff with jitter, without a limit on attempts: used to probe a
+/// dependency that is down until it returns.
+fn probe_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Migrates (creating the database if asked), retrying while PostgreSQL is unreachable.
+pub async fn prepare_database(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Option<PgPool> {
+    let mut delays = probe_backoff();
+    loop {
+        match crate::db::migrate(&settings.database).await {
+            Ok(pool) => return Some(pool),
+            Err(e) => tracing::warn!(error = %e, "database not ready; retrying"),
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Waits until `SELECT 1` succeeds (or shutdown).
+async fn await_database(pool: &PgPool, shutdown: &CancellationToken) {
+    let mut delays = probe_backoff();
+    loop {
+        if sqlx::query("SELECT 1").execute(pool).await.is_ok() {
+            tracing::info!("database reachable again; resuming intake");
+            return;
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` is cancelled and everything in flight is finished.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), sqlx::Error> {
+    let Some(pool) = prepare_database(&settings, &shutdown).await else {
+        return Ok(());
+    };
+    let mut delays = probe_backoff();
+    while !shutdown.is_cancelled() {
+        match session(&settings, &pool, &shutdown).await {
+            Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::DatabaseOutage) => {
+                tracing::warn!("database outage: intake paused, deliveries handed back");
+                await_database(&pool, &shutdown).await;
+                delays = probe_backoff();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "broker session ended; reconnecting");
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    pool.close().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// The AMQP URL with the configured heartbeat unless the URL sets one.
+fn amqp_url(settings: &Settings) -> String {
+    let url = settings.amqp.url.expose_secret();
+    if url.contains("heartbeat=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}heartbeat={}", settings.amqp.heartbeat_secs)
+}
+
+async fn connect(settings: &Settings, name: &str) -> Result<Connection, SessionError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let timeout = Duration::from_millis(settings.amqp.connect_timeout_ms);
+    tokio::time::timeout(timeout, Connection::connect(&amqp_url(settings), props))
+        .await
+        .map_err(|_| SessionError::ConnectTimeout)?
+        .map_err(SessionError::Broker)
+}
+
+/// One broker session: a consuming connection with `intake.consumers` channels and a publishing
+/// connection for the relay (kept apart so that broker flow control on publishes never delays
+/// acks).
+async fn session(
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> Result<SessionEnd, SessionError> {
+    let consuming = connect(settings, "case-intake consumer").await?;
+    let publishing = connect(settings, "case-intake relay").await?;
+    if settings.amqp.declare_topology {
+        let ch = consuming.create_channel().await?;
+        topology::declare(&ch, &settings.amqp).await?;
+        ch.close(200, "OK".into()).await?;
+    }
+    let stop = shutdown.child_token();
+    let outage = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+
+    let relay = Relay::new(
+        pool.clone(),
+        publishing.create_channel().await?,
+        settings.amqp.events_exchange.clone(),
+        settings.outbox.clone(),
+    )
+    .await?;
+    let relay_stop = CancellationToken::new();
+    let relay_task = {
+        let (wake, relay_stop, stop) = (wake.clone(), relay_stop.clone(), stop.clone());
+        let outage = outage.clone();
+        tokio::spawn(async move {
+            let r = relay.run(&wake, &relay_stop).await;
+            match &r {
+                // The relay cannot reach the database: pause like the consumers do.
+                Err(RelayError::Database(_)) => outage.cancel(),
+                Err(RelayError::Broker(_)) => stop.cancel(),
+                Ok(()) => {}
+            }
+            r
+        })
+    };
+
+    let ctx = window_context(settings);
+    let mut consumers = Vec::with_capacity(settings.intake.consumers);
+    for i in 0..settings.intake.consumers {
+        let channel = consuming.create_channel().await?;
+        channel
+            .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = IntakeConsumer::start(
+            channel,
+            &settings.amqp.intake_queue,
+            &format!("case-intake-{}-{i}", std::process::id()),
+            pool.clone(),
+            ctx.clone(),
+            settings.intake.clone(),
+        )
+        .await?;
+        let (wake, stop, outage) = (wake.clone(), stop.clone(), outage.clone());
+        consumers.push(tokio::spawn(async move {
+            let r = consumer.run(&wake, &stop, &outage).await;
+            // Any consumer leaving ends the session for all: outage, fault or shutdown.
+            stop.cancel();
+            r
+        }));
+    }
+    {
+        let (stop, outage) = (stop.clone(), outage.clone());
+        tokio::spawn(async move {
+            outage.cancelled().await;
+            stop.cancel();
+        });
+    }
+
+    let mut first_error: Option<SessionError> = None;
+    for c in consumers {
+        match c.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e.into());
+            }
+            Err(e) => {
+                first_error.get_or_insert(e.into());
+            }
+        }
+    }
+    // Every window has committed or been handed back: let the relay publish what they queued.
+    relay_stop.cancel();
+    match relay_task.await {
+        Ok(Ok(())) | Ok(Err(RelayError::Database(_))) => {}
+        Ok(Err(e)) => {
+            first_error.get_or_insert(e.into());
+        }
+        Err(e) => {
+            first_error.get_or_insert(e.into());
+        }
+    }
+    let _ = consuming.close(200, "OK".into()).await;
+    let _ = publishing.close(200, "OK".into()).await;
+    if outage.is_cancelled() {
+        return Ok(SessionEnd::DatabaseOutage);
+    }
+    match first_error {
+        Some(e) if !shutdown.is_cancelled() => Err(e),
+        _ => Ok(SessionEnd::Shutdown),
+    }
+}
