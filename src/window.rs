@@ -229,7 +229,7 @@ pub async fn process(
                 plan.cases.push(row);
                 let outcome = Outcome::Created { case_id, household_id, event_id: ev.id };
                 plan.record(caller.network_id, key, Some(case_id), None, &ev);
-                plan.publish(&ev, p.env);
+                plan.publish(i, &ev, p.env);
                 outcome
             }
             Some(Err(error)) => {
@@ -239,7 +239,7 @@ pub async fn process(
                     plan.record(namespace(p), key, None, Some(error.code), &ev);
                 }
                 plan.fail(p, caller, &error, &ev);
-                plan.publish(&ev, p.env);
+                plan.publish(i, &ev, p.env);
                 Outcome::Failed { code: error.code, event_id: ev.id }
             }
             None => continue,
@@ -263,7 +263,7 @@ pub async fn process(
         };
         let Some((same_body, original)) = original else { continue };
         outcomes[i] = Some(if same_body {
-            plan.publish(&original, p.env);
+            plan.publish(i, &original, p.env);
             Outcome::Duplicate { event_id: original.id }
         } else {
             let error = IntakeError::new(
@@ -272,7 +272,7 @@ pub async fn process(
             );
             let ev = failed_event(ctx, p.env.message_key.as_deref(), &error, p.env.replay, now);
             plan.fail(p, caller_of(p), &error, &ev);
-            plan.publish(&ev, p.env);
+            plan.publish(i, &ev, p.env);
             Outcome::Failed { code: error.code, event_id: ev.id }
         });
     }
@@ -352,7 +352,8 @@ struct Plan {
     head_updates: HashMap<i64, i64>,
     outcomes: Vec<OutcomeRow>,
     failed: Vec<FailedRow>,
-    outbox: Vec<OutboxRow>,
+    /// Events with the index of their intake: written in delivery order.
+    outbox: Vec<(usize, OutboxRow)>,
     events: HashMap<Uuid, Event>,
 }
 
@@ -406,13 +407,14 @@ impl Plan {
         });
     }
 
-    fn publish(&mut self, ev: &Event, env: &Envelope) {
-        self.outbox.push(OutboxRow {
+    /// Queues `ev` for publishing as the outcome of the `index`-th intake of the window.
+    fn publish(&mut self, index: usize, ev: &Event, env: &Envelope) {
+        self.outbox.push((index, OutboxRow {
             event_id: ev.id,
             routing_key: ev.routing_key.clone(),
             body: ev.body.to_string(),
             correlation_id: env.correlation_id.clone(),
-        });
+        }));
     }
 
     fn event(&self, id: Uuid) -> Option<Event> {
@@ -420,7 +422,7 @@ impl Plan {
     }
 
     async fn write(
-        &self,
+        self,
         tx: &mut sqlx::PgConnection,
         now: chrono::DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
@@ -432,7 +434,10 @@ impl Plan {
         store::update_heads(tx, &updates, now).await?;
         store::record_outcomes(tx, &self.outcomes).await?;
         store::insert_failed(tx, &self.failed, now).await?;
-        store::insert_outbox(tx, &self.outbox, now).await?;
+        let mut outbox = self.outbox;
+        outbox.sort_by_key(|(i, _)| *i);
+        let rows: Vec<OutboxRow> = outbox.into_iter().map(|(_, r)| r).collect();
+        store::insert_outbox(tx, &rows, now).await?;
         Ok(())
     }
 }

@@ -1,0 +1,423 @@
+//! The window pipeline against the real PostgreSQL: household rules, idempotency, tenancy,
+//! failures and the invariants under concurrent windows.
+
+mod common;
+
+use case_intake::error::ErrorCode;
+use case_intake::window::Outcome;
+use common::{TestEnv, seed_body};
+use serde_json::{Value, json};
+
+fn created(o: &Outcome) -> (i64, i64) {
+    match o {
+        Outcome::Created {
+            case_id,
+            household_id,
+            ..
+        } => (*case_id, *household_id),
+        other => panic!("expected a created case, got {other:?}"),
+    }
+}
+
+fn failed(o: &Outcome) -> ErrorCode {
+    match o {
+        Outcome::Failed { code, .. } => *code,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+async fn event_of(env: &TestEnv, key: &str, network: i64) -> Value {
+    sqlx::query_scalar("SELECT event FROM intake_outcomes WHERE network_id = $1 AND message_key = $2")
+        .bind(network)
+        .bind(key)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn household_rules_create_join_and_replace_heads() {
+    let env = TestEnv::new().await;
+    let county = env.a.county_ids[0];
+    let token = env.a.token.clone();
+
+    // No household: one is created and the case heads it, even with head_of_household false.
+    let out = env
+        .process(&[env.envelope("k1", Some(&token), &seed_body(county))])
+        .await;
+    let (first, household) = created(&out[0]);
+    let ev = event_of(&env, "k1", env.a.network_id).await;
+    assert_eq!(ev["data"]["household_created"], true);
+    assert_eq!(ev["data"]["head_of_household"], true);
+    assert_eq!(ev["data"]["household_id"], household);
+
+    // Joining with false keeps the head.
+    let mut join = seed_body(county);
+    join["household"] = json!(household);
+    let out = env.process(&[env.envelope("k2", Some(&token), &join)]).await;
+    let (second, h2) = created(&out[0]);
+    assert_eq!(h2, household);
+    let ev = event_of(&env, "k2", env.a.network_id).await;
+    assert_eq!(ev["data"]["head_of_household"], false);
+    assert_eq!(ev["data"]["household_created"], false);
+    assert_eq!(ev["data"]["previous_head_case_id"], Value::Null);
+
+    // Joining with true replaces the head and names the previous one.
+    let mut replace = join.clone();
+    replace["head_of_household"] = json!(true);
+    let out = env.process(&[env.envelope("k3", Some(&token), &replace)]).await;
+    let (third, _) = created(&out[0]);
+    let ev = event_of(&env, "k3", env.a.network_id).await;
+    assert_eq!(ev["data"]["head_of_household"], true);
+    assert_eq!(ev["data"]["previous_head_case_id"], first);
+
+    let head: i64 = sqlx::query_scalar("SELECT head_case_id FROM households WHERE id = $1")
+        .bind(household)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(head, third);
+    let flags: Vec<(i64, bool)> = sqlx::query_as(
+        "SELECT id, head_of_household FROM cases WHERE household_id = $1 ORDER BY id",
+    )
+    .bind(household)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(flags, vec![(first, false), (second, false), (third, true)]);
+    env.assert_household_invariant().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn replacements_within_one_window_keep_one_head() {
+    let env = TestEnv::new().await;
+    let county = env.a.county_ids[0];
+    let token = env.a.token.clone();
+    let out = env
+        .process(&[env.envelope("h", Some(&token), &seed_body(county))])
+        .await;
+    let (_, household) = created(&out[0]);
+    let mut body = seed_body(county);
+    body["household"] = json!(household);
+    body["head_of_household"] = json!(true);
+    let window: Vec<_> = (0..5)
+        .map(|i| {
+            let mut b = body.clone();
+            b["first_name"] = json!(format!("Member{i}"));
+            env.envelope(&format!("r{i}"), Some(&token), &b)
+        })
+        .collect();
+    let out = env.process(&window).await;
+    let last = created(&out[4]).0;
+    let head: i64 = sqlx::query_scalar("SELECT head_case_id FROM households WHERE id = $1")
+        .bind(household)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(head, last);
+    // Each replacement names the head it displaced, in order.
+    for i in 1..5 {
+        let ev = event_of(&env, &format!("r{i}"), env.a.network_id).await;
+        assert_eq!(ev["data"]["previous_head_case_id"], created(&out[i - 1]).0);
+    }
+    env.assert_household_invariant().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn redelivered_key_creates_nothing_and_repeats_the_original_event() {
+    let env = TestEnv::new().await;
+    let token = env.a.token.clone();
+    let body = seed_body(env.a.county_ids[0]);
+    let first = env.process(&[env.envelope("dup", Some(&token), &body)]).await;
+    let original = first[0].event_id();
+    // Again in a later window, and twice within one window.
+    let again = env
+        .process(&[
+            env.envelope("dup", Some(&token), &body),
+            env.envelope("fresh", Some(&token), &body),
+            env.envelope("fresh", Some(&token), &body),
+        ])
+        .await;
+    assert_eq!(again[0], Outcome::Duplicate { event_id: original });
+    let fresh = again[1].event_id();
+    assert!(matches!(again[1], Outcome::Created { .. }));
+    assert_eq!(again[2], Outcome::Duplicate { event_id: fresh });
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 2);
+    // Every delivery queued an event; duplicates carry the original id.
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(ids, vec![original, original, fresh, fresh]);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn same_key_with_another_body_is_rejected_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    let token = env.a.token.clone();
+    let body = seed_body(env.a.county_ids[0]);
+    let first = env.process(&[env.envelope("k", Some(&token), &body)]).await;
+    let mut other = body.clone();
+    other["first_name"] = json!("Jane");
+    let out = env.process(&[env.envelope("k", Some(&token), &other)]).await;
+    assert_eq!(failed(&out[0]), ErrorCode::IdempotencyKeyReused);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 1);
+    // The recorded outcome is still the first one.
+    let ev = event_of(&env, "k", env.a.network_id).await;
+    assert_eq!(ev["id"], first[0].event_id().to_string());
+    // Key order or whitespace differences are the same body.
+    let obj = body.as_object().unwrap();
+    let reversed: Vec<String> = obj
+        .iter()
+        .rev()
+        .map(|(k, v)| format!("\n  {:?} :  {}", k, v))
+        .collect();
+    let reordered = format!("{{{}\n}}", reversed.join(","));
+    let mut env_reordered = env.envelope("k", Some(&token), &body);
+    env_reordered.body = reordered.into_bytes();
+    let out = env.process(&[env_reordered]).await;
+    assert!(matches!(out[0], Outcome::Duplicate { .. }), "{out:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_same_key_in_another_network_is_another_intake() {
+    let env = TestEnv::new().await;
+    let a = env
+        .process(&[env.envelope("shared", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
+        .await;
+    let b = env
+        .process(&[env.envelope("shared", Some(&env.b.token), &seed_body(env.b.county_ids[0]))])
+        .await;
+    let (case_a, _) = created(&a[0]);
+    let (case_b, _) = created(&b[0]);
+    assert_ne!(case_a, case_b);
+    let networks: Vec<i64> = sqlx::query_scalar("SELECT network_id FROM cases ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(networks, vec![env.a.network_id, env.b.network_id]);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn references_into_another_network_look_like_missing_ones() {
+    let env = TestEnv::new().await;
+    let (_, household_a) = created(
+        &env.process(&[env.envelope("a1", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
+            .await[0],
+    );
+    let mut foreign = seed_body(env.a.county_ids[0]);
+    foreign["household"] = json!(household_a);
+    let mut missing = seed_body(999_999);
+    missing["household"] = json!(999_999);
+    let out = env
+        .process(&[
+            env.envelope("b1", Some(&env.b.token), &foreign),
+            env.envelope("b2", Some(&env.b.token), &missing),
+        ])
+        .await;
+    assert_eq!(failed(&out[0]), ErrorCode::ValidationFailed);
+    assert_eq!(failed(&out[1]), ErrorCode::ValidationFailed);
+    let e1 = event_of(&env, "b1", env.b.network_id).await;
+    let e2 = event_of(&env, "b2", env.b.network_id).await;
+    assert_eq!(e1["data"]["error"], e2["data"]["error"]);
+    assert_eq!(
+        e1["data"]["error"]["fields"]["street_county"][0],
+        "is not a county of your network"
+    );
+    assert_eq!(
+        e1["data"]["error"]["fields"]["household"][0],
+        "is not a household of your network"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_intakes_fail_and_revocation_applies_to_the_next_message() {
+    let env = TestEnv::new().await;
+    let body = seed_body(env.a.county_ids[0]);
+    let mut no_token = env.envelope("n1", None, &body);
+    no_token.token = None;
+    let out = env
+        .process(&[
+            no_token,
+            env.envelope("n2", Some("not-a-real-token"), &body),
+            env.envelope("n3", Some(&env.a.token), &body),
+        ])
+        .await;
+    assert_eq!(failed(&out[0]), ErrorCode::Unauthorized);
+    assert_eq!(failed(&out[1]), ErrorCode::Unauthorized);
+    created(&out[2]);
+    assert!(
+        case_intake::provision::revoke_key(&env.pool, env.a.api_key_id)
+            .await
+            .unwrap()
+    );
+    let out = env
+        .process(&[env.envelope("n4", Some(&env.a.token), &body)])
+        .await;
+    assert_eq!(failed(&out[0]), ErrorCode::Unauthorized);
+    // Failed intakes are kept with their error for inspection and replay.
+    let kept = env
+        .scalar_i64("SELECT count(*) FROM failed_intakes WHERE error_code = 'unauthorized'")
+        .await;
+    assert_eq!(kept, 3);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_messages_fail_alone_with_stable_codes() {
+    let env = TestEnv::new().await;
+    let token = env.a.token.clone();
+    let good = seed_body(env.a.county_ids[0]);
+    let mut malformed = env.envelope("m1", Some(&token), &good);
+    malformed.body = b"{\"first_name\": ".to_vec();
+    let mut too_large = env.envelope("m2", Some(&token), &good);
+    too_large.body = vec![b' '; env.settings.intake.max_body_bytes + 1];
+    let mut no_key = env.envelope("m3", Some(&token), &good);
+    no_key.message_key = None;
+    let mut invalid = good.clone();
+    invalid["first_name"] = json!("");
+    invalid["ss_number"] = json!("666-12-3456");
+    invalid["id"] = json!(5);
+    invalid["favourite_colour"] = json!("blue");
+    let out = env
+        .process(&[
+            malformed,
+            env.envelope("ok1", Some(&token), &good),
+            too_large,
+            no_key,
+            env.envelope("m4", Some(&token), &invalid),
+            env.envelope("ok2", Some(&token), &good),
+        ])
+        .await;
+    assert_eq!(failed(&out[0]), ErrorCode::MalformedJson);
+    created(&out[1]);
+    assert_eq!(failed(&out[2]), ErrorCode::PayloadTooLarge);
+    assert_eq!(failed(&out[3]), ErrorCode::MissingMessageKey);
+    assert_eq!(failed(&out[4]), ErrorCode::ValidationFailed);
+    created(&out[5]);
+    let ev = event_of(&env, "m4", env.a.network_id).await;
+    let fields = ev["data"]["error"]["fields"].as_object().unwrap();
+    let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(names, ["favourite_colour", "first_name", "id", "ss_number"]);
+    assert_eq!(ev["type"], "case.failed");
+    assert_eq!(ev["subject"], "m4");
+    // No event or stored error repeats the SSN.
+    let all: String = sqlx::query_scalar("SELECT string_agg(body::text, '') FROM outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(!all.contains("111223333") && !all.contains("666-12-3456"));
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM failed_intakes").await, 4);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await, 6);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn created_event_holds_every_field_with_the_ssn_masked() {
+    let env = TestEnv::new().await;
+    let out = env
+        .process(&[env.envelope("f", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
+        .await;
+    let (case_id, household) = created(&out[0]);
+    let ev = event_of(&env, "f", env.a.network_id).await;
+    let data = &ev["data"];
+    assert_eq!(data["id"], case_id);
+    assert_eq!(data["household"], household);
+    assert_eq!(data["ss_number"], "*****3333");
+    assert_eq!(data["entry_agent"], env.a.agent_id);
+    assert_eq!(data["mod_agent"], env.a.agent_id);
+    assert_eq!(data["group"], env.a.group_id);
+    assert_eq!(data["roi_exp_date"], Value::Null);
+    assert_eq!(data["import_id"], Value::Null);
+    assert_eq!(data["yearly_income"], 15350);
+    assert_eq!(data["message_key"], "f");
+    for field in [
+        "first_name", "middle_name", "last_name", "suffix", "nickname", "date_of_birth", "email",
+        "mailing_address", "mailing_apt_number", "mailing_city", "mailing_state",
+        "mailing_zip_code", "street_address", "street_apt_number", "street_city", "street_state",
+        "street_zip_code", "street_county", "yearly_expenses", "deceased", "private",
+        "created_at", "updated_at", "warnings",
+    ] {
+        assert!(data.get(field).is_some(), "missing {field}");
+    }
+    assert_eq!(ev["specversion"], "1.0");
+    assert_eq!(ev["source"], env.settings.events.source);
+    // The stored case keeps the digits.
+    let ssn: String = sqlx::query_scalar("SELECT ss_number FROM cases WHERE id = $1")
+        .bind(case_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(ssn, "111223333");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_windows_on_hot_households_keep_exactly_one_head() {
+    let env = TestEnv::new().await;
+    let token = env.a.token.clone();
+    let county = env.a.county_ids[0];
+    let mut households = Vec::new();
+    for i in 0..3 {
+        let out = env
+            .process(&[env.envelope(&format!("seed{i}"), Some(&token), &seed_body(county))])
+            .await;
+        households.push(created(&out[0]).1);
+    }
+    let env = std::sync::Arc::new(env);
+    let mut tasks = Vec::new();
+    for t in 0..6 {
+        let env = env.clone();
+        let token = token.clone();
+        let households = households.clone();
+        tasks.push(tokio::spawn(async move {
+            for w in 0..8 {
+                let window: Vec<_> = (0..10)
+                    .map(|i| {
+                        let mut b = seed_body(county);
+                        b["household"] = json!(households[(t + w + i) % 3]);
+                        b["head_of_household"] = json!((t + i) % 2 == 0);
+                        // Some keys collide across tasks: the same intake processed concurrently.
+                        let key = if i == 0 { format!("shared-{w}") } else { format!("t{t}-w{w}-{i}") };
+                        if i == 0 {
+                            b = seed_body(county);
+                        }
+                        env.envelope(&key, Some(&token), &b)
+                    })
+                    .collect();
+                let ctx = case_intake::worker::window_context(&env.settings);
+                // Lock waits between windows are expected; retry transient errors as the
+                // consumer does.
+                loop {
+                    match case_intake::window::process(&env.pool, &ctx, &window).await {
+                        Ok(_) => break,
+                        Err(e) => assert_eq!(
+                            case_intake::classify::classify(&e),
+                            case_intake::classify::ErrorClass::Transient,
+                            "{e}"
+                        ),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    env.assert_household_invariant().await;
+    // 3 seeds + 6 tasks × 8 windows × 9 unique keys + 8 shared keys.
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 3 + 6 * 8 * 9 + 8);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM intake_outcomes WHERE outcome IS NULL").await,
+        0
+    );
+    let env = std::sync::Arc::into_inner(env).expect("sole owner");
+    env.cleanup().await;
+}
