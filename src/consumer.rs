@@ -36,7 +36,10 @@ pub enum ConsumerError {
 pub fn envelope_of(delivery: &Delivery) -> Envelope {
     let props = &delivery.properties;
     let message_key = check_message_key(props.message_id().as_ref().map(|k| k.as_str()));
-    let correlation_id = props.correlation_id().as_ref().map(|c| c.as_str().to_owned());
+    let correlation_id = props
+        .correlation_id()
+        .as_ref()
+        .map(|c| c.as_str().to_owned());
     let token = props
         .headers()
         .as_ref()
@@ -189,7 +192,10 @@ impl IntakeConsumer {
         }
     }
 
-    async fn process_with_retries(&self, envelopes: &[Envelope]) -> Result<Vec<Outcome>, ErrorClass> {
+    async fn process_with_retries(
+        &self,
+        envelopes: &[Envelope],
+    ) -> Result<Vec<Outcome>, ErrorClass> {
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(20))
             .with_max_delay(Duration::from_secs(2))

@@ -19,7 +19,10 @@ pub fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, 
         .application_name("case-intake")
         .options([
             ("lock_timeout", settings.lock_timeout_ms.to_string()),
-            ("statement_timeout", settings.statement_timeout_ms.to_string()),
+            (
+                "statement_timeout",
+                settings.statement_timeout_ms.to_string(),
+            ),
             (
                 "idle_in_transaction_session_timeout",
                 settings.idle_in_transaction_timeout_ms.to_string(),
@@ -36,14 +39,18 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> Result<(), sqlx::Er
         return Ok(());
     };
     let mut admin = options.clone().database("postgres").connect().await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
     if !exists {
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
         let sql = format!("CREATE DATABASE {quoted}");
-        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+        {
             Ok(_) => {}
             // Another worker created it at the same time.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

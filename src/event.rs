@@ -63,7 +63,11 @@ pub fn envelope(
 }
 
 /// The `data` of a `case.failed` event.
-pub fn failed_data(message_key: Option<&str>, error: &IntakeError, replay: Option<ReplayInfo>) -> Value {
+pub fn failed_data(
+    message_key: Option<&str>,
+    error: &IntakeError,
+    replay: Option<ReplayInfo>,
+) -> Value {
     let mut data = json!({
         "message_key": message_key,
         "error": error,
@@ -89,7 +93,14 @@ mod tests {
         let time = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
             .unwrap()
             .with_timezone(&Utc);
-        let e = envelope("urn:x", CASE_CREATED, "case.created", Some("k1"), time, json!({"a": 1}));
+        let e = envelope(
+            "urn:x",
+            CASE_CREATED,
+            "case.created",
+            Some("k1"),
+            time,
+            json!({"a": 1}),
+        );
         assert_eq!(e.body["specversion"], "1.0");
         assert_eq!(e.body["id"], e.id.to_string());
         assert_eq!(e.body["type"], "case.created");

@@ -31,13 +31,12 @@ pub async fn provision(
             .bind(network)
             .fetch_one(&mut *tx)
             .await?;
-    let group_id: i64 = sqlx::query_scalar(
-        "INSERT INTO groups (network_id, name) VALUES ($1, $2) RETURNING id",
-    )
-    .bind(network_id)
-    .bind(group)
-    .fetch_one(&mut *tx)
-    .await?;
+    let group_id: i64 =
+        sqlx::query_scalar("INSERT INTO groups (network_id, name) VALUES ($1, $2) RETURNING id")
+            .bind(network_id)
+            .bind(group)
+            .fetch_one(&mut *tx)
+            .await?;
     let agent_id: i64 = sqlx::query_scalar(
         "INSERT INTO agents (network_id, group_id, name) VALUES ($1, $2, $3) RETURNING id",
     )
@@ -85,10 +84,11 @@ pub async fn create_key(
 
 /// Revokes an API key; it stops working for the next window. Returns whether it existed.
 pub async fn revoke_key(pool: &PgPool, api_key_id: i64) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
-        .bind(api_key_id)
-        .execute(pool)
-        .await?;
+    let r =
+        sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(api_key_id)
+            .execute(pool)
+            .await?;
     Ok(r.rows_affected() == 1)
 }
 

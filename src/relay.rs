@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Confirmation;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel};
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
@@ -166,10 +166,12 @@ impl Relay {
                 }
             }
         }
-        sqlx::query("UPDATE outbox SET published_at = now(), lease_until = NULL WHERE id = ANY($1)")
-            .bind(&done)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET published_at = now(), lease_until = NULL WHERE id = ANY($1)",
+        )
+        .bind(&done)
+        .execute(&self.pool)
+        .await?;
         if !again.is_empty() {
             // Retry after a pause that grows with the attempts, capped at a minute, so an
             // unbound routing key does not make the relay spin.
@@ -207,7 +209,11 @@ impl Relay {
         loop {
             let report = self.pass().await?;
             if report.published > 0 {
-                tracing::debug!(published = report.published, retried = report.retried, "relay pass");
+                tracing::debug!(
+                    published = report.published,
+                    retried = report.retried,
+                    "relay pass"
+                );
             }
             // On shutdown, drain what is leasable now, then stop.
             if shutdown.is_cancelled() && report.published + report.retried == 0 {

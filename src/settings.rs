@@ -155,7 +155,10 @@ impl Settings {
             }
         }
         let positive = [
-            ("database.max_connections", self.database.max_connections as u64),
+            (
+                "database.max_connections",
+                self.database.max_connections as u64,
+            ),
             ("amqp.prefetch", self.amqp.prefetch as u64),
             ("intake.window_size", self.intake.window_size as u64),
             ("intake.consumers", self.intake.consumers as u64),

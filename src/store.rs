@@ -353,7 +353,10 @@ pub async fn insert_households(
 }
 
 /// Column-wise arrays of optional text, for `unnest`.
-fn texts<'a>(rows: &'a [CaseRow], f: impl Fn(&'a CaseInput) -> Option<&'a str>) -> Vec<Option<&'a str>> {
+fn texts<'a>(
+    rows: &'a [CaseRow],
+    f: impl Fn(&'a CaseInput) -> Option<&'a str>,
+) -> Vec<Option<&'a str>> {
     rows.iter().map(|r| f(&r.fields)).collect()
 }
 
@@ -476,7 +479,10 @@ pub struct OutcomeRow {
 }
 
 /// Fills in the outcome of keys claimed earlier in the transaction.
-pub async fn record_outcomes(tx: &mut PgConnection, rows: &[OutcomeRow]) -> Result<(), sqlx::Error> {
+pub async fn record_outcomes(
+    tx: &mut PgConnection,
+    rows: &[OutcomeRow],
+) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }

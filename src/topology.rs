@@ -26,7 +26,10 @@ fn text(s: &str) -> AMQPValue {
 pub fn intake_queue_arguments(intake_queue: &str) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), text("quorum"));
-    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
     // Dead-letter through the default exchange straight to the dead-letter queue.
     args.insert("x-dead-letter-exchange".into(), text(""));
     args.insert(

@@ -20,7 +20,7 @@ use crate::envelope::Envelope;
 use crate::error::{ErrorCode, FieldErrors, IntakeError};
 use crate::event::{self, Event, ReplayInfo};
 use crate::household::{Placement, place};
-use crate::store::{self, CaseRow, ClaimedKey, FailedRow, NewHousehold, OutcomeRow, OutboxRow};
+use crate::store::{self, CaseRow, ClaimedKey, FailedRow, NewHousehold, OutboxRow, OutcomeRow};
 use crate::validate::{Validated, validate};
 
 /// The unauthenticated namespace of message keys (no network can be id 0).
@@ -48,7 +48,9 @@ pub enum Outcome {
         event_id: Uuid,
     },
     /// The key was seen before with the same body: its original event was queued again.
-    Duplicate { event_id: Uuid },
+    Duplicate {
+        event_id: Uuid,
+    },
 }
 
 impl Outcome {
@@ -116,7 +118,9 @@ pub async fn process(
             continue;
         };
         match first_of.entry((namespace(p), key)) {
-            Entry::Occupied(first) => slots.push(Slot::Follower { first: *first.get() }),
+            Entry::Occupied(first) => slots.push(Slot::Follower {
+                first: *first.get(),
+            }),
             Entry::Vacant(v) => {
                 v.insert(i);
                 claims.push(ClaimedKey {
@@ -178,12 +182,16 @@ pub async fn process(
         decisions.push(decision);
     }
 
-    let creates = decisions.iter().filter(|d| matches!(d, Some(Ok(_)))).count();
+    let creates = decisions
+        .iter()
+        .filter(|d| matches!(d, Some(Ok(_))))
+        .count();
     let new_households = decisions
         .iter()
         .filter(|d| matches!(d, Some(Ok((_, v))) if v.case.household.is_none()))
         .count();
-    let (mut case_ids, mut household_ids) = store::allocate_ids(&mut tx, creates, new_households).await?;
+    let (mut case_ids, mut household_ids) =
+        store::allocate_ids(&mut tx, creates, new_households).await?;
     case_ids.reverse();
     household_ids.reverse();
 
@@ -195,12 +203,22 @@ pub async fn process(
         let outcome = match decisions[i].take() {
             Some(Ok((caller, v))) => {
                 let case_id = case_ids.pop().expect("one id allocated per create");
-                let current = v.case.household.and_then(|h| heads.get(&h)).and_then(|s| s.head);
+                let current = v
+                    .case
+                    .household
+                    .and_then(|h| heads.get(&h))
+                    .and_then(|s| s.head);
                 let placement = place(v.case.household, v.case.head_of_household, current);
                 let household_id = match placement {
                     Placement::NewHousehold => {
-                        let id = household_ids.pop().expect("one id allocated per new household");
-                        plan.households.push(NewHousehold { id, network_id: caller.network_id, head_case_id: case_id });
+                        let id = household_ids
+                            .pop()
+                            .expect("one id allocated per new household");
+                        plan.households.push(NewHousehold {
+                            id,
+                            network_id: caller.network_id,
+                            head_case_id: case_id,
+                        });
                         id
                     }
                     Placement::Join { household }
@@ -215,19 +233,46 @@ pub async fn process(
                     plan.set_head(household_id, case_id, state.head);
                     state.head = Some(case_id);
                 }
-                let row = CaseRow::new(case_id, household_id, placement.is_head(), &caller, &v.case, now);
+                let row = CaseRow::new(
+                    case_id,
+                    household_id,
+                    placement.is_head(),
+                    &caller,
+                    &v.case,
+                    now,
+                );
                 let mut data = store::case_json(&row, &v.case);
                 let data_obj = data.as_object_mut().expect("case_json returns an object");
                 data_obj.insert("household_id".into(), household_id.into());
-                data_obj.insert("household_created".into(), matches!(placement, Placement::NewHousehold).into());
+                data_obj.insert(
+                    "household_created".into(),
+                    matches!(placement, Placement::NewHousehold).into(),
+                );
                 data_obj.insert("head_of_household".into(), placement.is_head().into());
-                data_obj.insert("previous_head_case_id".into(), placement.previous_head().into());
+                data_obj.insert(
+                    "previous_head_case_id".into(),
+                    placement.previous_head().into(),
+                );
                 data_obj.insert("message_key".into(), key.into());
-                data_obj.insert("warnings".into(), serde_json::to_value(&v.warnings).unwrap_or(Value::Null));
+                data_obj.insert(
+                    "warnings".into(),
+                    serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
+                );
                 event::add_replay(&mut data, replay);
-                let ev = event::envelope(&ctx.source, event::CASE_CREATED, &ctx.created_routing_key, key, now, data);
+                let ev = event::envelope(
+                    &ctx.source,
+                    event::CASE_CREATED,
+                    &ctx.created_routing_key,
+                    key,
+                    now,
+                    data,
+                );
                 plan.cases.push(row);
-                let outcome = Outcome::Created { case_id, household_id, event_id: ev.id };
+                let outcome = Outcome::Created {
+                    case_id,
+                    household_id,
+                    event_id: ev.id,
+                };
                 plan.record(caller.network_id, key, Some(case_id), None, &ev);
                 plan.publish(i, &ev, p.env);
                 outcome
@@ -240,7 +285,10 @@ pub async fn process(
                 }
                 plan.fail(p, caller, &error, &ev);
                 plan.publish(i, &ev, p.env);
-                Outcome::Failed { code: error.code, event_id: ev.id }
+                Outcome::Failed {
+                    code: error.code,
+                    event_id: ev.id,
+                }
             }
             None => continue,
         };
@@ -261,10 +309,14 @@ pub async fn process(
             },
             _ => None,
         };
-        let Some((same_body, original)) = original else { continue };
+        let Some((same_body, original)) = original else {
+            continue;
+        };
         outcomes[i] = Some(if same_body {
             plan.publish(i, &original, p.env);
-            Outcome::Duplicate { event_id: original.id }
+            Outcome::Duplicate {
+                event_id: original.id,
+            }
         } else {
             let error = IntakeError::new(
                 ErrorCode::IdempotencyKeyReused,
@@ -273,7 +325,10 @@ pub async fn process(
             let ev = failed_event(ctx, p.env.message_key.as_deref(), &error, p.env.replay, now);
             plan.fail(p, caller_of(p), &error, &ev);
             plan.publish(i, &ev, p.env);
-            Outcome::Failed { code: error.code, event_id: ev.id }
+            Outcome::Failed {
+                code: error.code,
+                event_id: ev.id,
+            }
         });
     }
 
@@ -320,7 +375,9 @@ fn check_references(
         );
     }
     if let Some(h) = v.case.household
-        && households.get(&h).is_none_or(|s| s.network_id != caller.network_id)
+        && households
+            .get(&h)
+            .is_none_or(|s| s.network_id != caller.network_id)
     {
         fields.insert(
             "household".into(),
@@ -335,7 +392,11 @@ fn check_references(
 }
 
 fn unique<T: std::hash::Hash + Eq + Ord + Copy>(items: impl IntoIterator<Item = T>) -> Vec<T> {
-    let mut v: Vec<T> = items.into_iter().collect::<HashSet<_>>().into_iter().collect();
+    let mut v: Vec<T> = items
+        .into_iter()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     // Sorted, so that concurrent windows lock rows in the same order and cannot deadlock.
     v.sort_unstable();
     v
@@ -409,12 +470,15 @@ impl Plan {
 
     /// Queues `ev` for publishing as the outcome of the `index`-th intake of the window.
     fn publish(&mut self, index: usize, ev: &Event, env: &Envelope) {
-        self.outbox.push((index, OutboxRow {
-            event_id: ev.id,
-            routing_key: ev.routing_key.clone(),
-            body: ev.body.to_string(),
-            correlation_id: env.correlation_id.clone(),
-        }));
+        self.outbox.push((
+            index,
+            OutboxRow {
+                event_id: ev.id,
+                routing_key: ev.routing_key.clone(),
+                body: ev.body.to_string(),
+                correlation_id: env.correlation_id.clone(),
+            },
+        ));
     }
 
     fn event(&self, id: Uuid) -> Option<Event> {

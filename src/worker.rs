@@ -66,10 +66,7 @@ fn probe_backoff() -> impl Iterator<Item = Duration> {
 }
 
 /// Migrates (creating the database if asked), retrying while PostgreSQL is unreachable.
-pub async fn prepare_database(
-    settings: &Settings,
-    shutdown: &CancellationToken,
-) -> Option<PgPool> {
+pub async fn prepare_database(settings: &Settings, shutdown: &CancellationToken) -> Option<PgPool> {
     let mut delays = probe_backoff();
     loop {
         match crate::db::migrate(&settings.database).await {

@@ -15,7 +15,9 @@ async fn intake_message_becomes_a_case_and_a_created_event() {
 
     let (h, v) = token_header(&env.a.token);
     let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
-    broker.publish(Some("e2e-1"), &[(h, &v)], Some("corr-1"), &body).await;
+    broker
+        .publish(Some("e2e-1"), &[(h, &v)], Some("corr-1"), &body)
+        .await;
     let (routing_key, props, event) = broker.next_event().await;
     assert_eq!(routing_key, "case.created");
     assert_eq!(event["type"], "case.created");
@@ -25,7 +27,10 @@ async fn intake_message_becomes_a_case_and_a_created_event() {
         props.message_id().as_ref().map(|m| m.as_str().to_owned()),
         event["id"].as_str().map(str::to_owned)
     );
-    assert_eq!(props.correlation_id().as_ref().map(|c| c.as_str()), Some("corr-1"));
+    assert_eq!(
+        props.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("corr-1")
+    );
     assert_eq!(
         props.content_type().as_ref().map(|c| c.as_str()),
         Some("application/cloudevents+json")
@@ -35,7 +40,9 @@ async fn intake_message_becomes_a_case_and_a_created_event() {
     // The seed's `Authorize` header name works too, in any case.
     let body2 = serde_json::to_vec(&json!({"first_name": "Ann", "last_name": "Lee"})).unwrap();
     let value = format!("Token {}", env.a.token);
-    broker.publish(Some("e2e-2"), &[("AUTHORIZE", &value)], None, &body2).await;
+    broker
+        .publish(Some("e2e-2"), &[("AUTHORIZE", &value)], None, &body2)
+        .await;
     let (routing_key, props, event) = broker.next_event().await;
     assert_eq!(routing_key, "case.created", "{event}");
     assert_eq!(event["subject"], "e2e-2");
@@ -44,7 +51,8 @@ async fn intake_message_becomes_a_case_and_a_created_event() {
     worker.stop().await;
     assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 2);
     assert_eq!(
-        env.scalar_i64("SELECT count(*) FROM outbox WHERE published_at IS NULL").await,
+        env.scalar_i64("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
         0
     );
     env.cleanup().await;
@@ -59,14 +67,22 @@ async fn bad_input_gets_failed_events_and_duplicates_repeat_the_original() {
     let (h, v) = token_header(&env.a.token);
     let good = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
 
-    broker.publish(Some("bad-json"), &[(h, &v)], None, b"not json").await;
+    broker
+        .publish(Some("bad-json"), &[(h, &v)], None, b"not json")
+        .await;
     broker.publish(None, &[(h, &v)], None, &good).await;
     broker.publish(Some("no-token"), &[], None, &good).await;
     broker.publish(Some("ok"), &[(h, &v)], None, &good).await;
-    broker.publish(Some("ok"), &[(h, &v)], Some("again"), &good).await;
+    broker
+        .publish(Some("ok"), &[(h, &v)], Some("again"), &good)
+        .await;
 
     let events = broker.events(5).await;
-    let code = |i: usize| events[i].2["data"]["error"]["code"].as_str().map(str::to_owned);
+    let code = |i: usize| {
+        events[i].2["data"]["error"]["code"]
+            .as_str()
+            .map(str::to_owned)
+    };
     assert_eq!(events[0].0, "case.failed");
     assert_eq!(code(0).as_deref(), Some("malformed_json"));
     assert_eq!(code(1).as_deref(), Some("missing_message_key"));
@@ -97,7 +113,8 @@ async fn events_committed_before_a_crash_are_published_after_restart() {
         ])
         .await;
     assert_eq!(
-        env.scalar_i64("SELECT count(*) FROM outbox WHERE published_at IS NULL").await,
+        env.scalar_i64("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
         2
     );
     let worker = RunningWorker::start(&env.settings);
@@ -122,7 +139,9 @@ async fn shutdown_stops_consuming_and_leaves_the_rest_queued() {
     let (h, v) = token_header(&env.a.token);
     let good = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
     for i in 0..50 {
-        broker.publish(Some(&format!("s{i}")), &[(h, &v)], None, &good).await;
+        broker
+            .publish(Some(&format!("s{i}")), &[(h, &v)], None, &good)
+            .await;
     }
     let worker = RunningWorker::start(&env.settings);
     // Wait for the first event, then stop while the rest may still be in flight.

@@ -27,12 +27,14 @@ fn failed(o: &Outcome) -> ErrorCode {
 }
 
 async fn event_of(env: &TestEnv, key: &str, network: i64) -> Value {
-    sqlx::query_scalar("SELECT event FROM intake_outcomes WHERE network_id = $1 AND message_key = $2")
-        .bind(network)
-        .bind(key)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT event FROM intake_outcomes WHERE network_id = $1 AND message_key = $2",
+    )
+    .bind(network)
+    .bind(key)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -54,7 +56,9 @@ async fn household_rules_create_join_and_replace_heads() {
     // Joining with false keeps the head.
     let mut join = seed_body(county);
     join["household"] = json!(household);
-    let out = env.process(&[env.envelope("k2", Some(&token), &join)]).await;
+    let out = env
+        .process(&[env.envelope("k2", Some(&token), &join)])
+        .await;
     let (second, h2) = created(&out[0]);
     assert_eq!(h2, household);
     let ev = event_of(&env, "k2", env.a.network_id).await;
@@ -65,7 +69,9 @@ async fn household_rules_create_join_and_replace_heads() {
     // Joining with true replaces the head and names the previous one.
     let mut replace = join.clone();
     replace["head_of_household"] = json!(true);
-    let out = env.process(&[env.envelope("k3", Some(&token), &replace)]).await;
+    let out = env
+        .process(&[env.envelope("k3", Some(&token), &replace)])
+        .await;
     let (third, _) = created(&out[0]);
     let ev = event_of(&env, "k3", env.a.network_id).await;
     assert_eq!(ev["data"]["head_of_household"], true);
@@ -130,7 +136,9 @@ async fn redelivered_key_creates_nothing_and_repeats_the_original_event() {
     let env = TestEnv::new().await;
     let token = env.a.token.clone();
     let body = seed_body(env.a.county_ids[0]);
-    let first = env.process(&[env.envelope("dup", Some(&token), &body)]).await;
+    let first = env
+        .process(&[env.envelope("dup", Some(&token), &body)])
+        .await;
     let original = first[0].event_id();
     // Again in a later window, and twice within one window.
     let again = env
@@ -162,7 +170,9 @@ async fn same_key_with_another_body_is_rejected_and_changes_nothing() {
     let first = env.process(&[env.envelope("k", Some(&token), &body)]).await;
     let mut other = body.clone();
     other["first_name"] = json!("Jane");
-    let out = env.process(&[env.envelope("k", Some(&token), &other)]).await;
+    let out = env
+        .process(&[env.envelope("k", Some(&token), &other)])
+        .await;
     assert_eq!(failed(&out[0]), ErrorCode::IdempotencyKeyReused);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 1);
     // The recorded outcome is still the first one.
@@ -187,10 +197,18 @@ async fn same_key_with_another_body_is_rejected_and_changes_nothing() {
 async fn the_same_key_in_another_network_is_another_intake() {
     let env = TestEnv::new().await;
     let a = env
-        .process(&[env.envelope("shared", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
+        .process(&[env.envelope(
+            "shared",
+            Some(&env.a.token),
+            &seed_body(env.a.county_ids[0]),
+        )])
         .await;
     let b = env
-        .process(&[env.envelope("shared", Some(&env.b.token), &seed_body(env.b.county_ids[0]))])
+        .process(&[env.envelope(
+            "shared",
+            Some(&env.b.token),
+            &seed_body(env.b.county_ids[0]),
+        )])
         .await;
     let (case_a, _) = created(&a[0]);
     let (case_b, _) = created(&b[0]);
@@ -314,7 +332,10 @@ async fn bad_messages_fail_alone_with_stable_codes() {
         .await
         .unwrap();
     assert!(!all.contains("111223333") && !all.contains("666-12-3456"));
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM failed_intakes").await, 4);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM failed_intakes").await,
+        4
+    );
     assert_eq!(env.scalar_i64("SELECT count(*) FROM outbox").await, 6);
     env.cleanup().await;
 }
@@ -339,11 +360,30 @@ async fn created_event_holds_every_field_with_the_ssn_masked() {
     assert_eq!(data["yearly_income"], 15350);
     assert_eq!(data["message_key"], "f");
     for field in [
-        "first_name", "middle_name", "last_name", "suffix", "nickname", "date_of_birth", "email",
-        "mailing_address", "mailing_apt_number", "mailing_city", "mailing_state",
-        "mailing_zip_code", "street_address", "street_apt_number", "street_city", "street_state",
-        "street_zip_code", "street_county", "yearly_expenses", "deceased", "private",
-        "created_at", "updated_at", "warnings",
+        "first_name",
+        "middle_name",
+        "last_name",
+        "suffix",
+        "nickname",
+        "date_of_birth",
+        "email",
+        "mailing_address",
+        "mailing_apt_number",
+        "mailing_city",
+        "mailing_state",
+        "mailing_zip_code",
+        "street_address",
+        "street_apt_number",
+        "street_city",
+        "street_state",
+        "street_zip_code",
+        "street_county",
+        "yearly_expenses",
+        "deceased",
+        "private",
+        "created_at",
+        "updated_at",
+        "warnings",
     ] {
         assert!(data.get(field).is_some(), "missing {field}");
     }
@@ -385,7 +425,11 @@ async fn concurrent_windows_on_hot_households_keep_exactly_one_head() {
                         b["household"] = json!(households[(t + w + i) % 3]);
                         b["head_of_household"] = json!((t + i) % 2 == 0);
                         // Some keys collide across tasks: the same intake processed concurrently.
-                        let key = if i == 0 { format!("shared-{w}") } else { format!("t{t}-w{w}-{i}") };
+                        let key = if i == 0 {
+                            format!("shared-{w}")
+                        } else {
+                            format!("t{t}-w{w}-{i}")
+                        };
                         if i == 0 {
                             b = seed_body(county);
                         }
@@ -413,9 +457,13 @@ async fn concurrent_windows_on_hot_households_keep_exactly_one_head() {
     }
     env.assert_household_invariant().await;
     // 3 seeds + 6 tasks × 8 windows × 9 unique keys + 8 shared keys.
-    assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 3 + 6 * 8 * 9 + 8);
     assert_eq!(
-        env.scalar_i64("SELECT count(*) FROM intake_outcomes WHERE outcome IS NULL").await,
+        env.scalar_i64("SELECT count(*) FROM cases").await,
+        3 + 6 * 8 * 9 + 8
+    );
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM intake_outcomes WHERE outcome IS NULL")
+            .await,
         0
     );
     let env = std::sync::Arc::into_inner(env).expect("sole owner");

@@ -76,16 +76,22 @@ impl TestEnv {
         settings.outbox.poll_interval_ms = 100;
         settings.intake.window_wait_ms = 2;
         let pool = db::migrate(&settings.database).await.expect("migrate");
-        let a = provision::provision(&pool, "network A", "Agency A", "agent a", &[
-            "Kings".into(),
-            "Queens".into(),
-        ])
+        let a = provision::provision(
+            &pool,
+            "network A",
+            "Agency A",
+            "agent a",
+            &["Kings".into(), "Queens".into()],
+        )
         .await
         .expect("provision A");
-        let b = provision::provision(&pool, "network B", "Agency B", "agent b", &[
-            "Travis".into(),
-            "Bexar".into(),
-        ])
+        let b = provision::provision(
+            &pool,
+            "network B",
+            "Agency B",
+            "agent b",
+            &["Travis".into(), "Bexar".into()],
+        )
         .await
         .expect("provision B");
         Self {
@@ -110,9 +116,13 @@ impl TestEnv {
 
     /// Processes envelopes as one window, directly against PostgreSQL.
     pub async fn process(&self, envelopes: &[Envelope]) -> Vec<Outcome> {
-        window::process(&self.pool, &worker::window_context(&self.settings), envelopes)
-            .await
-            .expect("window processed")
+        window::process(
+            &self.pool,
+            &worker::window_context(&self.settings),
+            envelopes,
+        )
+        .await
+        .expect("window processed")
     }
 
     pub async fn scalar_i64(&self, sql: &'static str) -> i64 {
@@ -150,7 +160,9 @@ impl TestEnv {
                 self.settings.amqp.intake_queue.clone(),
                 case_intake::topology::dead_letter_queue(&self.settings.amqp.intake_queue),
             ] {
-                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                let _ = ch
+                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                    .await;
             }
             let _ = ch
                 .exchange_delete(
@@ -281,7 +293,10 @@ impl Broker {
     ) {
         let mut table = FieldTable::default();
         for (k, v) in headers {
-            table.insert((*k).into(), AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())));
+            table.insert(
+                (*k).into(),
+                AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
+            );
         }
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
