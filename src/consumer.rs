@@ -1,13 +1,23 @@
-//! Consumes the intake queue in windows: collects up to `window_size` deliveries (waiting at
-//! most `window_wait` after the first), processes them in one transaction, and acks them with
-//! one multiple-ack only after that transaction has committed.
+//! Consumes the intake queue (or its dead-letter queue) in windows: collects up to
+//! `window_size` deliveries (waiting at most `window_wait` after the first), processes them in
+//! one transaction, and acks them only after that transaction has committed.
+//!
+//! Failure classes (see `classify`): a transient error re-runs the window with backoff, then
+//! sends the intake through the delayed retry queue, then fails it `retries_exhausted`; an
+//! outage holds the window unacked and resumes when PostgreSQL answers, spending no attempt; an
+//! unknown error hands the delivery back to the broker, whose delivery limit dead-letters a
+//! poison message, which the dead-letter consumer then records as failed `dead_lettered`.
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, ConfirmSelectOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer};
 use sqlx::PgPool;
@@ -17,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{TOKEN_HEADERS, hash_token, parse_token_header};
 use crate::classify::{ErrorClass, classify};
 use crate::envelope::{Envelope, check_message_key};
+use crate::error::{ErrorCode, IntakeError};
 use crate::settings::IntakeSettings;
+use crate::topology::RETRIES_HEADER;
 use crate::window::{self, Outcome, WindowContext};
 
 /// Why a consumer stopped other than by shutdown; the supervisor reconnects.
@@ -29,6 +41,18 @@ pub enum ConsumerError {
     StreamEnded,
     #[error("the broker refused an acknowledgement (channel closed)")]
     AckRefused,
+    #[error("the broker did not confirm a retry publish")]
+    RetryNotConfirmed,
+}
+
+/// Which queue a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The intake queue: normal processing.
+    Intake,
+    /// The dead-letter queue: every delivery becomes a failed `dead_lettered` intake (unless
+    /// its key already has an outcome), so that even a poison message ends in one outcome.
+    DeadLetter,
 }
 
 /// Reads what the pipeline needs from a delivery. Never fails: a missing key or token becomes
@@ -51,6 +75,7 @@ pub fn envelope_of(delivery: &Delivery) -> Envelope {
         token,
         body: delivery.data.clone(),
         replay: None,
+        forced_failure: None,
     }
 }
 
@@ -71,29 +96,70 @@ fn token_header(headers: &FieldTable) -> Option<String> {
     })
 }
 
+/// How many times a delivery already went through the retry queue.
+fn retries_of(delivery: &Delivery) -> u32 {
+    let Some(headers) = delivery.properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get(RETRIES_HEADER) {
+        Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, u32::MAX as i64) as u32,
+        Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::ShortInt(n)) => (*n).max(0) as u32,
+        Some(AMQPValue::ShortShortUInt(n)) => *n as u32,
+        _ => 0,
+    }
+}
+
+/// What happens to one delivery after its window.
+#[derive(Debug, Clone, PartialEq)]
+enum Disposition {
+    /// Committed: ack.
+    Done(Outcome),
+    /// Transient errors outlasted the in-process retries: go through the retry queue.
+    Retry,
+    /// Unknown error: hand back to the broker (its delivery limit bounds this).
+    Requeue,
+}
+
 /// One consumer: a channel, its consumer stream and the window loop.
 pub struct IntakeConsumer {
-    pub channel: Channel,
-    pub consumer: Consumer,
-    pub pool: PgPool,
-    pub ctx: WindowContext,
-    pub settings: IntakeSettings,
+    channel: Channel,
+    consumer: Consumer,
+    /// Confirm-mode channel for re-publishing to the retry queue.
+    retry_channel: Channel,
+    retry_queue: String,
+    pool: PgPool,
+    ctx: WindowContext,
+    settings: IntakeSettings,
+    mode: Mode,
+}
+
+/// Where and how a consumer reads.
+pub struct ConsumerSpec<'a> {
+    pub queue: &'a str,
+    pub retry_queue: &'a str,
+    pub tag: &'a str,
+    pub mode: Mode,
 }
 
 impl IntakeConsumer {
-    /// Starts consuming `queue` on `channel` with manual acks.
+    /// Starts consuming with manual acks.
     pub async fn start(
         channel: Channel,
-        queue: &str,
-        tag: &str,
+        retry_channel: Channel,
+        spec: ConsumerSpec<'_>,
         pool: PgPool,
         ctx: WindowContext,
         settings: IntakeSettings,
     ) -> Result<Self, ConsumerError> {
+        retry_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         let consumer = channel
             .basic_consume(
-                queue.into(),
-                tag.into(),
+                spec.queue.into(),
+                spec.tag.into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -101,9 +167,12 @@ impl IntakeConsumer {
         Ok(Self {
             channel,
             consumer,
+            retry_channel,
+            retry_queue: spec.retry_queue.to_owned(),
             pool,
             ctx,
             settings,
+            mode: spec.mode,
         })
     }
 
@@ -118,6 +187,7 @@ impl IntakeConsumer {
         };
         let first = match first {
             Some(d) => d?,
+            // A server-side cancel (queue deleted, failover) ends the stream: a fault.
             None => return Err(ConsumerError::StreamEnded),
         };
         let mut window = vec![first];
@@ -134,7 +204,7 @@ impl IntakeConsumer {
     }
 
     /// Runs windows until shutdown (then cancels the consumer; unprocessed prefetched
-    /// deliveries return to the queue when the channel closes) or a broker fault.
+    /// deliveries return to the queue when the channel closes) or a fault.
     pub async fn run(
         mut self,
         relay_wake: &Notify,
@@ -150,44 +220,172 @@ impl IntakeConsumer {
                     .await?;
                 return Ok(());
             }
-            let envelopes: Vec<Envelope> = window.iter().map(envelope_of).collect();
-            match self.process(&envelopes).await {
-                Ok(outcomes) => {
-                    log_outcomes(&envelopes, &outcomes);
-                    ack_all(&window).await?;
+            let mut envelopes: Vec<Envelope> = window.iter().map(envelope_of).collect();
+            if self.mode == Mode::DeadLetter {
+                for env in &mut envelopes {
+                    env.forced_failure = Some(IntakeError::new(
+                        ErrorCode::DeadLettered,
+                        "the broker dead-lettered this intake after repeated failed deliveries; \
+                         replay it once the cause is fixed",
+                    ));
+                }
+            }
+            match self.process(&envelopes, shutdown).await {
+                Ok(dispositions) => {
+                    self.settle(&window, &envelopes, dispositions, shutdown)
+                        .await?;
                     relay_wake.notify_one();
                 }
-                Err(class) => {
-                    // Hand the deliveries back; their transaction did not commit.
-                    nack_all(&window).await?;
-                    if class == ErrorClass::Outage {
-                        outage.cancel();
-                        return Ok(());
-                    }
+                Err(()) => {
+                    // PostgreSQL stayed away longer than the hold time: hand the deliveries
+                    // back (their transaction did not commit) and let the supervisor pause.
+                    nack(&window, true).await?;
+                    outage.cancel();
+                    return Ok(());
                 }
             }
         }
     }
 
-    /// Processes a window: transient errors re-run it with backoff and jitter; a window that
-    /// keeps failing for another reason is split so that one message cannot hold back the
-    /// others.
-    async fn process(&self, envelopes: &[Envelope]) -> Result<Vec<Outcome>, ErrorClass> {
-        match self.process_with_retries(envelopes).await {
-            Ok(o) => Ok(o),
-            Err(ErrorClass::Outage) => Err(ErrorClass::Outage),
-            Err(class) if envelopes.len() == 1 => Err(class),
+    /// Acks, retries or requeues each delivery of a processed window.
+    async fn settle(
+        &self,
+        window: &[Delivery],
+        envelopes: &[Envelope],
+        dispositions: Vec<Disposition>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConsumerError> {
+        if dispositions
+            .iter()
+            .all(|d| matches!(d, Disposition::Done(_)))
+        {
+            log_outcomes(envelopes, &dispositions);
+            return ack(window, true).await;
+        }
+        let mut exhausted = Vec::new();
+        for (i, d) in dispositions.iter().enumerate() {
+            if *d == Disposition::Retry && retries_of(&window[i]) + 1 >= self.settings.max_attempts
+            {
+                let mut env = envelopes[i].clone();
+                env.forced_failure = Some(IntakeError::new(
+                    ErrorCode::RetriesExhausted,
+                    "transient database errors persisted through every retry; replay it later",
+                ));
+                exhausted.push((i, env));
+            }
+        }
+        let mut dispositions = dispositions;
+        if !exhausted.is_empty() {
+            let envs: Vec<Envelope> = exhausted.iter().map(|(_, e)| e.clone()).collect();
+            match self.process(&envs, shutdown).await {
+                Ok(done) => {
+                    for ((i, _), d) in exhausted.iter().zip(done) {
+                        dispositions[*i] = d;
+                    }
+                }
+                Err(()) => {
+                    for (i, _) in &exhausted {
+                        dispositions[*i] = Disposition::Requeue;
+                    }
+                }
+            }
+        }
+        log_outcomes(envelopes, &dispositions);
+        for (delivery, d) in window.iter().zip(&dispositions) {
+            match d {
+                Disposition::Done(_) => ack(std::slice::from_ref(delivery), false).await?,
+                Disposition::Retry => {
+                    self.send_to_retry(delivery).await?;
+                    ack(std::slice::from_ref(delivery), false).await?;
+                }
+                Disposition::Requeue => nack(std::slice::from_ref(delivery), false).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-publishes a delivery to the retry queue with its retry count raised, and waits for
+    /// the confirm before the original is acked (a crash in between duplicates the message;
+    /// the dedup table absorbs it).
+    async fn send_to_retry(&self, delivery: &Delivery) -> Result<(), ConsumerError> {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            RETRIES_HEADER.into(),
+            AMQPValue::LongLongInt(retries_of(delivery) as i64 + 1),
+        );
+        let props = delivery.properties.clone().with_headers(headers);
+        let confirm = self
+            .retry_channel
+            .basic_publish(
+                "".into(),
+                self.retry_queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                props,
+            )
+            .await?
+            .await?;
+        if confirm.is_ack() && confirm.take_message().is_none() {
+            Ok(())
+        } else {
+            Err(ConsumerError::RetryNotConfirmed)
+        }
+    }
+
+    /// Processes a window. Outage: hold it and retry when PostgreSQL answers again (no
+    /// attempt is spent); `Err(())` once the hold time is over. Transient or unknown errors
+    /// that outlast the in-process retries split the window so that each message gets its own
+    /// disposition and one bad message cannot hold back the others.
+    async fn process(
+        &self,
+        envelopes: &[Envelope],
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Disposition>, ()> {
+        match self.process_held(envelopes, shutdown).await {
+            Ok(outcomes) => Ok(outcomes.into_iter().map(Disposition::Done).collect()),
+            Err(ErrorClass::Outage) => Err(()),
+            Err(class) if envelopes.len() == 1 => Ok(vec![disposition_for(class)]),
             Err(_) => {
                 let mut all = Vec::with_capacity(envelopes.len());
                 for env in envelopes {
-                    match self.process_with_retries(std::slice::from_ref(env)).await {
-                        Ok(mut o) => all.append(&mut o),
-                        // Without per-message dispositions the window is handed back whole;
-                        // the committed singles are absorbed as duplicates on redelivery.
-                        Err(class) => return Err(class),
+                    match self.process_held(std::slice::from_ref(env), shutdown).await {
+                        Ok(mut o) => all.push(Disposition::Done(o.remove(0))),
+                        Err(ErrorClass::Outage) => return Err(()),
+                        Err(class) => all.push(disposition_for(class)),
                     }
                 }
                 Ok(all)
+            }
+        }
+    }
+
+    /// `process_with_retries`, holding through a database outage for up to `outage_hold_ms`.
+    async fn process_held(
+        &self,
+        envelopes: &[Envelope],
+        shutdown: &CancellationToken,
+    ) -> Result<Vec<Outcome>, ErrorClass> {
+        let hold = Duration::from_millis(self.settings.outage_hold_ms);
+        let started = tokio::time::Instant::now();
+        let mut probe = probe_backoff();
+        loop {
+            match self.process_with_retries(envelopes).await {
+                Err(ErrorClass::Outage) if started.elapsed() < hold && !shutdown.is_cancelled() => {
+                    let delay = probe.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(
+                        window = envelopes.len(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "database unreachable; holding the window"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+                other => return other,
             }
         }
     }
@@ -203,49 +401,82 @@ impl IntakeConsumer {
             .with_max_times(self.settings.transient_retries)
             .build();
         loop {
-            match window::process(&self.pool, &self.ctx, envelopes).await {
-                Ok(o) => return Ok(o),
-                Err(e) => {
+            let run = AssertUnwindSafe(window::process(&self.pool, &self.ctx, envelopes));
+            let class = match run.catch_unwind().await {
+                Ok(Ok(o)) => return Ok(o),
+                Ok(Err(e)) => {
                     let class = classify(&e);
                     tracing::warn!(error = %e, ?class, window = envelopes.len(), "window failed");
-                    match (class, backoff.next()) {
-                        (ErrorClass::Transient, Some(delay)) => tokio::time::sleep(delay).await,
-                        (class, _) => return Err(class),
-                    }
+                    class
                 }
+                Err(_) => {
+                    // A bug: never let it kill the consumer; the broker's delivery limit
+                    // dead-letters a message that keeps triggering it.
+                    tracing::error!(window = envelopes.len(), "window processing panicked");
+                    ErrorClass::Unknown
+                }
+            };
+            match (class, backoff.next()) {
+                (ErrorClass::Transient, Some(delay)) => tokio::time::sleep(delay).await,
+                (class, _) => return Err(class),
             }
         }
     }
 }
 
-fn log_outcomes(envelopes: &[Envelope], outcomes: &[Outcome]) {
-    for (env, outcome) in envelopes.iter().zip(outcomes) {
+fn disposition_for(class: ErrorClass) -> Disposition {
+    match class {
+        ErrorClass::Transient => Disposition::Retry,
+        _ => Disposition::Requeue,
+    }
+}
+
+/// Capped exponential backoff with jitter and no attempt limit, for probing a dependency.
+pub fn probe_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn log_outcomes(envelopes: &[Envelope], dispositions: &[Disposition]) {
+    for (env, d) in envelopes.iter().zip(dispositions) {
         let span = tracing::info_span!(
             "intake",
             message_key = env.message_key.as_deref().unwrap_or(""),
             correlation_id = env.correlation_id.as_deref().unwrap_or("")
         );
-        span.in_scope(|| match outcome {
-            Outcome::Created {
+        let _entered = span.enter();
+        match d {
+            Disposition::Done(Outcome::Created {
                 case_id,
                 household_id,
                 ..
-            } => tracing::info!(case_id, household_id, "case created"),
-            Outcome::Failed { code, .. } => tracing::info!(code = code.as_str(), "intake failed"),
-            Outcome::Duplicate { event_id } => {
+            }) => tracing::info!(case_id, household_id, "case created"),
+            Disposition::Done(Outcome::Failed { code, .. }) => {
+                tracing::info!(code = code.as_str(), "intake failed")
+            }
+            Disposition::Done(Outcome::Duplicate { event_id }) => {
                 tracing::info!(%event_id, "duplicate intake; original outcome re-published")
             }
-        });
+            Disposition::Retry => tracing::warn!("transient failure; sent to the retry queue"),
+            Disposition::Requeue => tracing::warn!("unexpected failure; handed back to the broker"),
+        }
     }
 }
 
-/// Acks every delivery of a window with one multiple-ack on its last tag: windows on a channel
-/// are processed one at a time, so every earlier unacked tag belongs to this window.
-async fn ack_all(window: &[Delivery]) -> Result<(), ConsumerError> {
-    let Some(last) = window.iter().max_by_key(|d| d.delivery_tag) else {
+/// Acks deliveries. `all_of_window` uses one multiple-ack on the last tag: windows on a
+/// channel are processed one at a time, so every earlier unacked tag belongs to this window.
+async fn ack(deliveries: &[Delivery], all_of_window: bool) -> Result<(), ConsumerError> {
+    let Some(last) = deliveries.iter().max_by_key(|d| d.delivery_tag) else {
         return Ok(());
     };
-    if last.acker.ack(BasicAckOptions { multiple: true }).await? {
+    let options = BasicAckOptions {
+        multiple: all_of_window,
+    };
+    if last.acker.ack(options).await? {
         Ok(())
     } else {
         // The channel is gone: the broker redelivers and the dedup table absorbs it.
@@ -253,12 +484,12 @@ async fn ack_all(window: &[Delivery]) -> Result<(), ConsumerError> {
     }
 }
 
-async fn nack_all(window: &[Delivery]) -> Result<(), ConsumerError> {
-    let Some(last) = window.iter().max_by_key(|d| d.delivery_tag) else {
+async fn nack(deliveries: &[Delivery], all_of_window: bool) -> Result<(), ConsumerError> {
+    let Some(last) = deliveries.iter().max_by_key(|d| d.delivery_tag) else {
         return Ok(());
     };
     let options = BasicNackOptions {
-        multiple: true,
+        multiple: all_of_window,
         requeue: true,
     };
     if last.acker.nack(options).await? {

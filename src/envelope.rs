@@ -2,6 +2,7 @@
 //! delivery, a replay of a failed intake, a test).
 
 use crate::auth::TokenHash;
+use crate::error::IntakeError;
 use crate::event::ReplayInfo;
 
 /// Longest accepted message key, in characters.
@@ -18,6 +19,9 @@ pub struct Envelope {
     pub body: Vec<u8>,
     /// Set when a failed intake is processed again by `case-intake replay`.
     pub replay: Option<ReplayInfo>,
+    /// Set when the intake must fail whatever its body says (retries exhausted, dead-lettered
+    /// by the broker). It still goes through dedup: a key that already has an outcome keeps it.
+    pub forced_failure: Option<IntakeError>,
 }
 
 /// Accepts a message key of 1 to 255 characters.

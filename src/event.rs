@@ -31,6 +31,8 @@ pub struct Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayInfo {
     pub attempt: i32,
+    /// The failed intake being replayed; resolved in the replay's transaction.
+    pub failed_intake_id: i64,
 }
 
 /// Builds a CloudEvents envelope around `data`.
@@ -112,7 +114,14 @@ mod tests {
     #[test]
     fn failed_data_carries_code_and_replay() {
         let err = IntakeError::new(ErrorCode::Unauthorized, "no");
-        let d = failed_data(Some("k"), &err, Some(ReplayInfo { attempt: 2 }));
+        let d = failed_data(
+            Some("k"),
+            &err,
+            Some(ReplayInfo {
+                attempt: 2,
+                failed_intake_id: 1,
+            }),
+        );
         assert_eq!(d["error"]["code"], "unauthorized");
         assert_eq!(d["replay"]["attempt"], 2);
         assert!(d["error"].get("fields").is_none());

@@ -189,25 +189,27 @@ impl Relay {
         })
     }
 
-    /// Deletes published rows older than the retention time; returns how many.
-    pub async fn purge(&self) -> Result<u64, sqlx::Error> {
-        let r = sqlx::query(
-            "DELETE FROM outbox WHERE published_at < now() - make_interval(hours => $1::int)",
-        )
-        .bind(self.settings.retention_hours.min(i32::MAX as u64) as i32)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected())
-    }
-
     /// Runs passes until `shutdown`: immediately after `wake` (a window committed), otherwise
     /// every poll interval (rows left by other workers or earlier runs). On shutdown it runs
     /// one last pass so the events of the final windows leave before exit.
     pub async fn run(&self, wake: &Notify, shutdown: &CancellationToken) -> Result<(), RelayError> {
         let poll = Duration::from_millis(self.settings.poll_interval_ms);
-        let mut last_purge = tokio::time::Instant::now();
+        let mut outage = crate::consumer::probe_backoff();
         loop {
-            let report = self.pass().await?;
+            let report = match self.pass().await {
+                Ok(r) => {
+                    outage = crate::consumer::probe_backoff();
+                    r
+                }
+                // PostgreSQL is unreachable: wait and probe again; the rows stay pending.
+                Err(RelayError::Database(e)) if !shutdown.is_cancelled() => {
+                    let delay = outage.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %e, "relay cannot reach the database; retrying");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if report.published > 0 {
                 tracing::debug!(
                     published = report.published,
@@ -218,11 +220,6 @@ impl Relay {
             // On shutdown, drain what is leasable now, then stop.
             if shutdown.is_cancelled() && report.published + report.retried == 0 {
                 return Ok(());
-            }
-            if last_purge.elapsed() > Duration::from_secs(600) {
-                let purged = self.purge().await?;
-                tracing::debug!(purged, "outbox purge");
-                last_purge = tokio::time::Instant::now();
             }
             // A full batch means more is probably waiting: go again at once.
             if report.published + report.retried < self.settings.batch_size as usize

@@ -53,6 +53,9 @@ pub struct AmqpSettings {
     pub declare_topology: bool,
     pub connect_timeout_ms: u64,
     pub heartbeat_secs: u16,
+    /// How long an intake waits in the retry queue (its message TTL) before it returns to the
+    /// intake queue. Changing it needs the retry queue re-created (queue arguments are fixed).
+    pub retry_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +71,13 @@ pub struct IntakeSettings {
     pub max_depth: usize,
     /// Re-runs of a window's transaction after a transient database error.
     pub transient_retries: usize,
+    /// Deliveries of an intake through the retry queue before it fails `retries_exhausted`.
+    pub max_attempts: u32,
+    /// How long a window is held (unacked) while PostgreSQL is unreachable before its
+    /// deliveries are handed back; below the broker's 30-minute consumer ack timeout.
+    pub outage_hold_ms: u64,
+    /// How long message keys (and resolved failed intakes) are remembered.
+    pub dedup_retention_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -167,6 +177,12 @@ impl Settings {
             ("outbox.batch_size", self.outbox.batch_size.max(0) as u64),
             ("outbox.confirm_timeout_ms", self.outbox.confirm_timeout_ms),
             ("outbox.lease_ms", self.outbox.lease_ms),
+            ("intake.max_attempts", self.intake.max_attempts as u64),
+            ("amqp.retry_delay_ms", self.amqp.retry_delay_ms),
+            (
+                "intake.dedup_retention_days",
+                self.intake.dedup_retention_days as u64,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -182,6 +198,12 @@ impl Settings {
         }
         if self.outbox.lease_ms <= self.outbox.confirm_timeout_ms {
             problems.push("outbox.lease_ms must exceed outbox.confirm_timeout_ms".into());
+        }
+        if self.intake.outage_hold_ms >= 25 * 60 * 1000 {
+            problems.push(
+                "intake.outage_hold_ms must stay below the broker's 30-minute ack timeout (max 25 min)"
+                    .into(),
+            );
         }
         if !["auto", "text", "json"].contains(&self.log.format.as_str()) {
             problems.push("log.format must be auto, text or json".into());

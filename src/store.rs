@@ -99,6 +99,30 @@ pub async fn claim_keys(
         .collect())
 }
 
+/// Deletes the failed outcomes of keys being replayed, so that they can be claimed again in
+/// the same transaction (and, for an intake that first failed authentication, also the
+/// unauthenticated namespace).
+pub async fn forget_failed_outcomes(
+    tx: &mut PgConnection,
+    keys: &[(i64, String)],
+) -> Result<(), sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let networks: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    sqlx::query(
+        "DELETE FROM intake_outcomes o
+          USING unnest($1::bigint[], $2::text[]) AS u(n, k)
+          WHERE o.message_key = u.k AND o.network_id IN (u.n, 0) AND o.outcome = 'failed'",
+    )
+    .bind(&networks)
+    .bind(&names)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// The committed outcome of a key.
 #[derive(Debug, Clone)]
 pub struct StoredOutcome {
@@ -562,6 +586,26 @@ pub async fn insert_failed(
     .bind(&errors)
     .bind(&attempts)
     .bind(&ids)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks failed intakes as resolved by a replay (whatever the replay's own outcome: a new
+/// failure is recorded as a new row with the next attempt number).
+pub async fn resolve_failed(
+    tx: &mut PgConnection,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE failed_intakes SET resolved_at = $2 WHERE id = ANY($1) AND resolved_at IS NULL",
+    )
+    .bind(ids)
     .bind(now)
     .execute(&mut *tx)
     .await?;

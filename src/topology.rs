@@ -18,6 +18,15 @@ pub fn dead_letter_queue(intake_queue: &str) -> String {
     format!("{intake_queue}.dead")
 }
 
+/// The delay queue of an intake queue: messages wait there `amqp.retry_delay_ms`, then
+/// dead-letter back to the intake queue.
+pub fn retry_queue(intake_queue: &str) -> String {
+    format!("{intake_queue}.retry")
+}
+
+/// Header counting how many times an intake went through the retry queue (first delivery: 0).
+pub const RETRIES_HEADER: &str = "x-case-intake-retries";
+
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
@@ -43,13 +52,27 @@ pub fn intake_queue_arguments(intake_queue: &str) -> FieldTable {
     args
 }
 
+/// Arguments of the retry queue: a message TTL, then back to the intake queue.
+pub fn retry_queue_arguments(intake_queue: &str, delay_ms: u64) -> FieldTable {
+    let mut args = quorum();
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(delay_ms as i64),
+    );
+    args.insert("x-dead-letter-exchange".into(), text(""));
+    args.insert("x-dead-letter-routing-key".into(), text(intake_queue));
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
+    args
+}
+
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), text("quorum"));
     args
 }
 
-/// Declares the intake queue, its dead-letter queue and the events exchange.
+/// Declares the intake queue, its dead-letter and retry queues and the events exchange.
 pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> lapin::Result<()> {
     let durable = QueueDeclareOptions {
         durable: true,
@@ -67,6 +90,13 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> lapin::Result<()
             amqp.intake_queue.as_str().into(),
             durable,
             intake_queue_arguments(&amqp.intake_queue),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            retry_queue(&amqp.intake_queue).into(),
+            durable,
+            retry_queue_arguments(&amqp.intake_queue, amqp.retry_delay_ms),
         )
         .await?;
     channel

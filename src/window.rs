@@ -132,6 +132,13 @@ pub async fn process(
             }
         }
     }
+    // A replay re-decides a key whose recorded outcome is a failure; a created case stays.
+    let replayed: Vec<(i64, String)> = prepared
+        .iter()
+        .filter(|p| p.env.replay.is_some())
+        .filter_map(|p| Some((namespace(p), p.env.message_key.clone()?)))
+        .collect();
+    store::forget_failed_outcomes(&mut tx, &replayed).await?;
     let lost = store::claim_keys(&mut tx, &claims).await?;
     if !lost.is_empty() {
         let stored = store::stored_outcomes(&mut tx, &lost).await?;
@@ -148,7 +155,9 @@ pub async fn process(
     let mut county_refs = Vec::new();
     let mut household_refs = Vec::new();
     for (i, p) in prepared.iter().enumerate() {
-        if let (Slot::Fresh, Some(c), Ok(v)) = (&slots[i], caller_of(p), &p.body) {
+        if let (Slot::Fresh, Some(c), Ok(v), None) =
+            (&slots[i], caller_of(p), &p.body, &p.env.forced_failure)
+        {
             if let Some(county) = v.case.street_county {
                 county_refs.push((county, c.network_id));
             }
@@ -169,6 +178,9 @@ pub async fn process(
                 ErrorCode::MissingMessageKey,
                 "the message_id property must hold a message key of 1 to 255 characters",
             ))),
+            (Slot::Fresh, _) if p.env.forced_failure.is_some() => {
+                p.env.forced_failure.clone().map(Err)
+            }
             (Slot::Fresh, None) => Some(Err(IntakeError::new(
                 ErrorCode::Unauthorized,
                 "a valid API token is required in the authorization header as `Token <api_token>`",
@@ -332,6 +344,11 @@ pub async fn process(
         });
     }
 
+    let resolved: Vec<i64> = envelopes
+        .iter()
+        .filter_map(|e| e.replay.map(|r| r.failed_intake_id))
+        .collect();
+    store::resolve_failed(&mut tx, &resolved, now).await?;
     plan.write(&mut tx, now).await?;
     tx.commit().await?;
     Ok(outcomes

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::options::BasicQosOptions;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
@@ -12,7 +11,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{ConsumerError, IntakeConsumer};
+use crate::consumer::{ConsumerError, ConsumerSpec, IntakeConsumer, Mode, probe_backoff};
 use crate::decode::BodyLimits;
 use crate::relay::{Relay, RelayError};
 use crate::settings::Settings;
@@ -54,17 +53,6 @@ pub fn window_context(settings: &Settings) -> WindowContext {
     }
 }
 
-/// Capped exponential backoff with jitter, without a limit on attempts: used to probe a
-/// dependency that is down until it returns.
-fn probe_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
 /// Migrates (creating the database if asked), retrying while PostgreSQL is unreachable.
 pub async fn prepare_database(settings: &Settings, shutdown: &CancellationToken) -> Option<PgPool> {
     let mut delays = probe_backoff();
@@ -102,6 +90,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let Some(pool) = prepare_database(&settings, &shutdown).await else {
         return Ok(());
     };
+    let janitor = tokio::spawn(crate::retention::run(
+        pool.clone(),
+        settings.outbox.retention_hours,
+        settings.intake.dedup_retention_days,
+        Duration::from_secs(600),
+        shutdown.clone(),
+    ));
     let mut delays = probe_backoff();
     while !shutdown.is_cancelled() {
         match session(&settings, &pool, &shutdown).await {
@@ -121,6 +116,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             }
         }
     }
+    let _ = janitor.await;
     pool.close().await;
     tracing::info!("worker stopped");
     Ok(())
@@ -174,30 +170,40 @@ async fn session(
     let relay_stop = CancellationToken::new();
     let relay_task = {
         let (wake, relay_stop, stop) = (wake.clone(), relay_stop.clone(), stop.clone());
-        let outage = outage.clone();
         tokio::spawn(async move {
             let r = relay.run(&wake, &relay_stop).await;
-            match &r {
-                // The relay cannot reach the database: pause like the consumers do.
-                Err(RelayError::Database(_)) => outage.cancel(),
-                Err(RelayError::Broker(_)) => stop.cancel(),
-                Ok(()) => {}
+            if r.is_err() {
+                stop.cancel();
             }
             r
         })
     };
 
     let ctx = window_context(settings);
-    let mut consumers = Vec::with_capacity(settings.intake.consumers);
-    for i in 0..settings.intake.consumers {
+    let intake = settings.amqp.intake_queue.as_str();
+    let dead = topology::dead_letter_queue(intake);
+    let retry = topology::retry_queue(intake);
+    // The intake consumers, and one on the dead-letter queue.
+    let specs = (0..settings.intake.consumers)
+        .map(|i| (intake, Mode::Intake, i))
+        .chain(std::iter::once((dead.as_str(), Mode::DeadLetter, 0)));
+    let mut consumers = Vec::with_capacity(settings.intake.consumers + 1);
+    for (queue, mode, i) in specs {
         let channel = consuming.create_channel().await?;
         channel
             .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
             .await?;
+        let tag = format!("case-intake-{}-{mode:?}-{i}", std::process::id());
+        let spec = ConsumerSpec {
+            queue,
+            retry_queue: &retry,
+            tag: &tag,
+            mode,
+        };
         let consumer = IntakeConsumer::start(
             channel,
-            &settings.amqp.intake_queue,
-            &format!("case-intake-{}-{i}", std::process::id()),
+            publishing.create_channel().await?,
+            spec,
             pool.clone(),
             ctx.clone(),
             settings.intake.clone(),
@@ -234,7 +240,7 @@ async fn session(
     // Every window has committed or been handed back: let the relay publish what they queued.
     relay_stop.cancel();
     match relay_task.await {
-        Ok(Ok(())) | Ok(Err(RelayError::Database(_))) => {}
+        Ok(Ok(())) => {}
         Ok(Err(e)) => {
             first_error.get_or_insert(e.into());
         }

@@ -111,6 +111,7 @@ impl TestEnv {
             token: token.map(case_intake::auth::hash_token),
             body: serde_json::to_vec(body).unwrap(),
             replay: None,
+            forced_failure: None,
         }
     }
 
@@ -159,6 +160,7 @@ impl TestEnv {
             for q in [
                 self.settings.amqp.intake_queue.clone(),
                 case_intake::topology::dead_letter_queue(&self.settings.amqp.intake_queue),
+                case_intake::topology::retry_queue(&self.settings.amqp.intake_queue),
             ] {
                 let _ = ch
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -342,6 +344,16 @@ impl Broker {
             delivery.properties.clone(),
             body,
         )
+    }
+
+    /// The next event whose subject is `key`, skipping others (e.g. of setup intakes).
+    pub async fn next_event_for(&mut self, key: &str) -> (String, BasicProperties, Value) {
+        loop {
+            let e = self.next_event().await;
+            if e.2["subject"] == key {
+                return e;
+            }
+        }
     }
 
     /// Collects `n` events.

@@ -1,0 +1,280 @@
+//! Failed intakes for operators: listing, inspection (SSN masked) and replay under the
+//! original message key.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+use crate::auth::TokenHash;
+use crate::classify::{ErrorClass, classify};
+use crate::envelope::Envelope;
+use crate::event::ReplayInfo;
+use crate::window::{self, Outcome, WindowContext};
+
+/// Which failed intakes a listing or a replay selects.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub key: Option<String>,
+    pub code: Option<String>,
+    pub network: Option<i64>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Include failed intakes already resolved by a replay.
+    pub include_resolved: bool,
+    pub limit: i64,
+}
+
+/// One failed intake as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedIntake {
+    pub id: i64,
+    pub network_id: Option<i64>,
+    pub message_key: Option<String>,
+    pub correlation_id: Option<String>,
+    pub error_code: String,
+    pub error: Value,
+    pub attempts: i32,
+    pub event_id: uuid::Uuid,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+const SELECT: &str = "SELECT id, network_id, message_key, correlation_id, error_code, error,
+                             attempts, event_id, created_at, resolved_at, payload, token_hash
+                        FROM failed_intakes
+                       WHERE ($1::text IS NULL OR message_key = $1)
+                         AND ($2::text IS NULL OR error_code = $2)
+                         AND ($3::bigint IS NULL OR network_id = $3)
+                         AND ($4::timestamptz IS NULL OR created_at >= $4)
+                         AND ($5::timestamptz IS NULL OR created_at < $5)
+                         AND ($6 OR resolved_at IS NULL)
+                         AND id > $7
+                         AND ($9::bigint IS NULL OR id <= $9)
+                       ORDER BY id
+                       LIMIT $8";
+
+/// A row with its payload, for replay and `show`.
+struct Stored {
+    intake: FailedIntake,
+    payload: Vec<u8>,
+    token_hash: Option<Vec<u8>>,
+}
+
+async fn select(
+    pool: &PgPool,
+    f: &Filter,
+    after: i64,
+    upto: Option<i64>,
+) -> Result<Vec<Stored>, sqlx::Error> {
+    let rows = sqlx::query(SELECT)
+        .bind(&f.key)
+        .bind(&f.code)
+        .bind(f.network)
+        .bind(f.since)
+        .bind(f.until)
+        .bind(f.include_resolved)
+        .bind(after)
+        .bind(f.limit)
+        .bind(upto)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Stored {
+                intake: FailedIntake {
+                    id: r.try_get(0)?,
+                    network_id: r.try_get(1)?,
+                    message_key: r.try_get(2)?,
+                    correlation_id: r.try_get(3)?,
+                    error_code: r.try_get(4)?,
+                    error: r.try_get(5)?,
+                    attempts: r.try_get(6)?,
+                    event_id: r.try_get(7)?,
+                    created_at: r.try_get(8)?,
+                    resolved_at: r.try_get(9)?,
+                },
+                payload: r.try_get(10)?,
+                token_hash: r.try_get(11)?,
+            })
+        })
+        .collect()
+}
+
+/// Lists failed intakes matching `f`, oldest first.
+pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<FailedIntake>, sqlx::Error> {
+    Ok(select(pool, f, 0, None)
+        .await?
+        .into_iter()
+        .map(|s| s.intake)
+        .collect())
+}
+
+/// A failed intake with its payload, for `failed show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shown {
+    #[serde(flatten)]
+    pub intake: FailedIntake,
+    /// The payload as JSON with `ss_number` masked, or a note when it is not JSON.
+    pub payload: Value,
+}
+
+/// Every attempt recorded for a message key (its history), payloads with the SSN masked.
+pub async fn show(
+    pool: &PgPool,
+    key: &str,
+    network: Option<i64>,
+) -> Result<Vec<Shown>, sqlx::Error> {
+    let f = Filter {
+        key: Some(key.to_owned()),
+        network,
+        include_resolved: true,
+        limit: 1000,
+        ..Filter::default()
+    };
+    Ok(select(pool, &f, 0, None)
+        .await?
+        .into_iter()
+        .map(|s| Shown {
+            payload: masked_payload(&s.payload),
+            intake: s.intake,
+        })
+        .collect())
+}
+
+/// The payload for display: JSON with the SSN reduced to its last four digits. A body that is
+/// not a JSON object is not shown at all (it could hold anything).
+pub fn masked_payload(payload: &[u8]) -> Value {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(Value::Object(mut map)) => {
+            if let Some(ssn) = map.get_mut("ss_number") {
+                *ssn = Value::String(mask_ssn(ssn));
+            }
+            Value::Object(map)
+        }
+        _ => Value::String(format!("<{} bytes, not a JSON object>", payload.len())),
+    }
+}
+
+fn mask_ssn(value: &Value) -> String {
+    let digits: String = match value {
+        Value::String(s) => s.chars().filter(char::is_ascii_digit).collect(),
+        Value::Number(n) => n.to_string().chars().filter(char::is_ascii_digit).collect(),
+        _ => String::new(),
+    };
+    if digits.len() >= 9 {
+        format!("*****{}", &digits[digits.len() - 4..])
+    } else {
+        "*****".to_owned()
+    }
+}
+
+/// Totals of a replay.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    pub selected: usize,
+    pub created: usize,
+    pub failed: usize,
+    /// The key had since got a case (or the same outcome): nothing new was created.
+    pub duplicate: usize,
+    /// Failed intakes without a message key cannot be replayed under it.
+    pub skipped: usize,
+}
+
+/// Replays the open failed intakes matching `f` in windows, calling `progress` after each.
+pub async fn replay(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    f: &Filter,
+    window_size: usize,
+    mut progress: impl FnMut(&ReplayReport),
+) -> Result<ReplayReport, sqlx::Error> {
+    let mut report = ReplayReport::default();
+    let mut after = 0;
+    let page = Filter {
+        include_resolved: false,
+        limit: window_size as i64,
+        ..f.clone()
+    };
+    // Only what failed before the replay started: a replay that fails again records a new
+    // failed intake, which this run must not pick up again.
+    let upto: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM failed_intakes")
+        .fetch_one(pool)
+        .await?;
+    loop {
+        let rows = select(pool, &page, after, upto).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.intake.id;
+        report.selected += rows.len();
+        let envelopes: Vec<Envelope> = rows
+            .into_iter()
+            .filter_map(|s| {
+                let key = s.intake.message_key.clone();
+                if key.is_none() {
+                    report.skipped += 1;
+                    return None;
+                }
+                Some(Envelope {
+                    message_key: key,
+                    correlation_id: s.intake.correlation_id.clone(),
+                    token: s
+                        .token_hash
+                        .as_deref()
+                        .and_then(|t| TokenHash::try_from(t).ok()),
+                    body: s.payload,
+                    replay: Some(ReplayInfo {
+                        attempt: s.intake.attempts + 1,
+                        failed_intake_id: s.intake.id,
+                    }),
+                    forced_failure: None,
+                })
+            })
+            .collect();
+        for outcome in process_retrying(pool, ctx, &envelopes).await? {
+            match outcome {
+                Outcome::Created { .. } => report.created += 1,
+                Outcome::Failed { .. } => report.failed += 1,
+                Outcome::Duplicate { .. } => report.duplicate += 1,
+            }
+        }
+        progress(&report);
+    }
+    Ok(report)
+}
+
+/// Runs a window, re-running it a few times on transient errors.
+async fn process_retrying(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    envelopes: &[Envelope],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    if envelopes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut attempt = 0;
+    loop {
+        match window::process(pool, ctx, envelopes).await {
+            Err(e) if classify(&e) == ErrorClass::Transient && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_ssn_is_masked_and_non_json_hidden() {
+        let p = masked_payload(br#"{"ss_number":"111-22-3333","first_name":"A"}"#);
+        assert_eq!(p["ss_number"], "*****3333");
+        assert_eq!(p["first_name"], "A");
+        let p = masked_payload(br#"{"ss_number":"12"}"#);
+        assert_eq!(p["ss_number"], "*****");
+        let p = masked_payload(b"111223333 raw");
+        assert_eq!(p, Value::String("<13 bytes, not a JSON object>".into()));
+    }
+}

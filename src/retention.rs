@@ -1,0 +1,101 @@
+//! Retention: published outbox rows are deleted after `outbox.retention_hours`; message keys
+//! and resolved failed intakes after `intake.dedup_retention_days`. Unresolved failed intakes
+//! are kept until replayed: they are work for a human.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// Rows deleted per statement, so a large purge never holds long locks.
+const PURGE_BATCH: i64 = 10_000;
+
+/// What one purge deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub outbox: u64,
+    pub outcomes: u64,
+    pub failed: u64,
+}
+
+/// Deletes everything past its retention, in batches.
+pub async fn purge(
+    pool: &PgPool,
+    outbox_hours: u64,
+    dedup_days: u32,
+) -> Result<Purged, sqlx::Error> {
+    let hours = outbox_hours.min(i32::MAX as u64) as i32;
+    let days = dedup_days.min(i32::MAX as u32) as i32;
+    let mut purged = Purged::default();
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox
+                  WHERE published_at < now() - make_interval(hours => $1)
+                  LIMIT $2)",
+        )
+        .bind(hours)
+        .bind(PURGE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        purged.outbox += n;
+        if n < PURGE_BATCH as u64 {
+            break;
+        }
+    }
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM intake_outcomes WHERE (network_id, message_key) IN (
+                 SELECT network_id, message_key FROM intake_outcomes
+                  WHERE created_at < now() - make_interval(days => $1) AND outcome IS NOT NULL
+                  LIMIT $2)",
+        )
+        .bind(days)
+        .bind(PURGE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        purged.outcomes += n;
+        if n < PURGE_BATCH as u64 {
+            break;
+        }
+    }
+    purged.failed = sqlx::query(
+        "DELETE FROM failed_intakes
+          WHERE resolved_at IS NOT NULL AND resolved_at < now() - make_interval(days => $1)",
+    )
+    .bind(days)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(purged)
+}
+
+/// Purges every `every` until shutdown; errors are logged and retried next time.
+pub async fn run(
+    pool: PgPool,
+    outbox_hours: u64,
+    dedup_days: u32,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        match purge(&pool, outbox_hours, dedup_days).await {
+            Ok(p) if p != Purged::default() => {
+                tracing::info!(
+                    outbox = p.outbox,
+                    outcomes = p.outcomes,
+                    failed = p.failed,
+                    "retention purge"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "retention purge failed; will retry"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Failure handling against the real services: replay of failed intakes, the delayed retry
+//! queue, `retries_exhausted`, the dead-letter consumer, retention, configuration errors.
+
+mod common;
+
+use case_intake::error::ErrorCode;
+use case_intake::failed::{self, Filter};
+use case_intake::window::Outcome;
+use common::{Broker, RunningWorker, TestEnv, seed_body, token_header};
+use lapin::BasicProperties;
+use lapin::options::BasicPublishOptions;
+use serde_json::json;
+use sqlx::Connection;
+
+#[tokio::test]
+async fn replay_succeeds_once_the_missing_county_exists() {
+    let env = TestEnv::new().await;
+    let token = env.a.token.clone();
+    let body = seed_body(424_242);
+    let out = env
+        .process(&[env.envelope("needs-county", Some(&token), &body)])
+        .await;
+    assert!(matches!(
+        out[0],
+        Outcome::Failed {
+            code: ErrorCode::ValidationFailed,
+            ..
+        }
+    ));
+
+    let listed = failed::list(
+        &env.pool,
+        &Filter {
+            code: Some("validation_failed".into()),
+            limit: 10,
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].message_key.as_deref(), Some("needs-county"));
+    let shown = failed::show(&env.pool, "needs-county", Some(env.a.network_id))
+        .await
+        .unwrap();
+    assert_eq!(shown[0].payload["ss_number"], "*****3333");
+
+    // Replaying before the fix fails again, as attempt 2.
+    let ctx = case_intake::worker::window_context(&env.settings);
+    let all = Filter {
+        limit: 0,
+        ..Filter::default()
+    };
+    let r = failed::replay(&env.pool, &ctx, &all, 50, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((r.selected, r.failed), (1, 1));
+
+    sqlx::query("INSERT INTO counties (id, network_id, name) VALUES (424242, $1, 'Late County')")
+        .bind(env.a.network_id)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let mut progress_calls = 0;
+    let r = failed::replay(&env.pool, &ctx, &all, 50, |_| progress_calls += 1)
+        .await
+        .unwrap();
+    assert_eq!((r.selected, r.created), (1, 1));
+    assert_eq!(progress_calls, 1);
+    let event: serde_json::Value =
+        sqlx::query_scalar("SELECT event FROM intake_outcomes WHERE message_key = 'needs-county'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(event["type"], "case.created");
+    assert_eq!(event["data"]["replay"]["replayed"], true);
+    assert_eq!(event["data"]["replay"]["attempt"], 3);
+
+    // Nothing is left to replay; the history keeps every attempt.
+    let r = failed::replay(&env.pool, &ctx, &all, 50, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(r.selected, 0);
+    let history = failed::show(&env.pool, "needs-county", None).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history.iter().all(|h| h.intake.resolved_at.is_some()));
+    // A re-published duplicate now gets the created outcome.
+    let out = env
+        .process(&[env.envelope("needs-county", Some(&token), &body)])
+        .await;
+    assert!(matches!(out[0], Outcome::Duplicate { .. }));
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn replaying_a_key_that_has_since_succeeded_creates_nothing() {
+    let env = TestEnv::new().await;
+    let body = seed_body(env.a.county_ids[0]);
+    // First without a valid token (kept in the unauthenticated namespace), then properly.
+    env.process(&[env.envelope("later-ok", Some("wrong"), &body)])
+        .await;
+    let mut env_ok = env.envelope("later-ok", Some(&env.a.token), &body);
+    env_ok.correlation_id = None;
+    let out = env.process(&[env_ok]).await;
+    assert!(matches!(out[0], Outcome::Created { .. }));
+    // The failed intake carries the wrong token's hash, so replaying it fails again...
+    let ctx = case_intake::worker::window_context(&env.settings);
+    let by_key = Filter {
+        key: Some("later-ok".into()),
+        ..Filter::default()
+    };
+    let r = failed::replay(&env.pool, &ctx, &by_key, 10, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((r.selected, r.failed), (1, 1));
+    // ...and a failed intake replayed with the right caller finds the existing case.
+    sqlx::query("UPDATE failed_intakes SET token_hash = $1 WHERE resolved_at IS NULL")
+        .bind(case_intake::auth::hash_token(&env.a.token).to_vec())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let r = failed::replay(&env.pool, &ctx, &by_key, 10, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((r.selected, r.duplicate, r.created), (1, 1, 0));
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 1);
+    env.cleanup().await;
+}
+
+/// Holds an exclusive lock on `households` until the returned connection commits.
+async fn lock_households(env: &TestEnv) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(&format!(
+        "postgres://postgres@127.0.0.1:5432/{}",
+        env.db_name
+    ))
+    .await
+    .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE households IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+fn fast_retries(env: &mut TestEnv, max_attempts: u32) {
+    env.settings.database.lock_timeout_ms = 100;
+    env.settings.intake.transient_retries = 1;
+    env.settings.intake.max_attempts = max_attempts;
+    env.settings.amqp.retry_delay_ms = 200;
+}
+
+#[tokio::test]
+async fn a_lock_past_the_timeout_goes_through_the_retry_queue_and_then_succeeds() {
+    let mut env = TestEnv::new().await;
+    fast_retries(&mut env, 1000);
+    let (_, household) = match env
+        .process(&[env.envelope("head", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
+        .await[0]
+    {
+        Outcome::Created {
+            case_id,
+            household_id,
+            ..
+        } => (case_id, household_id),
+        ref o => panic!("{o:?}"),
+    };
+    let mut broker = Broker::connect(&env).await;
+    broker.declare_topology(&env).await;
+    let worker = RunningWorker::start(&env.settings);
+    let lock = lock_households(&env).await;
+    let mut join = seed_body(env.a.county_ids[0]);
+    join["household"] = json!(household);
+    let (h, v) = token_header(&env.a.token);
+    broker
+        .publish(
+            Some("join"),
+            &[(h, &v)],
+            None,
+            &serde_json::to_vec(&join).unwrap(),
+        )
+        .await;
+    // Wait until the intake has been through the retry queue at least once, then release.
+    let retried_queue = case_intake::topology::retry_queue(&env.settings.amqp.intake_queue);
+    let ch = broker.conn.create_channel().await.unwrap();
+    loop {
+        let q = ch
+            .queue_declare(
+                retried_queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        if q.message_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    lock.close().await.unwrap();
+    let (routing_key, _, event) = broker.next_event_for("join").await;
+    assert_eq!(routing_key, "case.created", "{event}");
+    assert_eq!(event["data"]["household_id"], household);
+    worker.stop().await;
+    env.assert_household_invariant().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_lock_that_never_ends_fails_the_intake_with_retries_exhausted() {
+    let mut env = TestEnv::new().await;
+    fast_retries(&mut env, 2);
+    let household = match env
+        .process(&[env.envelope("head", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
+        .await[0]
+    {
+        Outcome::Created { household_id, .. } => household_id,
+        ref o => panic!("{o:?}"),
+    };
+    let mut broker = Broker::connect(&env).await;
+    broker.declare_topology(&env).await;
+    let lock = lock_households(&env).await;
+    let worker = RunningWorker::start(&env.settings);
+    let mut join = seed_body(env.a.county_ids[0]);
+    join["household"] = json!(household);
+    let (h, v) = token_header(&env.a.token);
+    broker
+        .publish(
+            Some("stuck"),
+            &[(h, &v)],
+            Some("c-stuck"),
+            &serde_json::to_vec(&join).unwrap(),
+        )
+        .await;
+    let (routing_key, props, event) = broker.next_event_for("stuck").await;
+    assert_eq!(routing_key, "case.failed");
+    assert_eq!(event["data"]["error"]["code"], "retries_exhausted");
+    assert_eq!(
+        props.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("c-stuck")
+    );
+    lock.close().await.unwrap();
+    worker.stop().await;
+    // Kept for replay, which succeeds now that the lock is gone.
+    let ctx = case_intake::worker::window_context(&env.settings);
+    let code = Filter {
+        code: Some("retries_exhausted".into()),
+        ..Filter::default()
+    };
+    let r = failed::replay(&env.pool, &ctx, &code, 10, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((r.selected, r.created), (1, 1));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn dead_lettered_intakes_become_failed_intakes_unless_already_done() {
+    let env = TestEnv::new().await;
+    let mut broker = Broker::connect(&env).await;
+    broker.declare_topology(&env).await;
+    let done = env
+        .process(&[env.envelope("done", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
+        .await;
+    let worker = RunningWorker::start(&env.settings);
+    let dead = case_intake::topology::dead_letter_queue(&env.settings.amqp.intake_queue);
+    let (h, v) = token_header(&env.a.token);
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert(
+        h.into(),
+        lapin::types::AMQPValue::LongString(v.as_bytes().to_vec().into()),
+    );
+    let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    for key in ["poison", "done"] {
+        broker
+            .publish
+            .basic_publish(
+                "".into(),
+                dead.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default()
+                    .with_message_id(key.into())
+                    .with_headers(headers.clone()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let events = [
+        broker.next_event_for("poison").await,
+        broker.next_event_for("done").await,
+    ];
+    let poison = events.iter().find(|e| e.2["subject"] == "poison").unwrap();
+    assert_eq!(poison.2["data"]["error"]["code"], "dead_lettered");
+    // A key that already had an outcome keeps it: its original event is repeated.
+    let again = events.iter().find(|e| e.2["subject"] == "done").unwrap();
+    assert_eq!(again.2["id"], done[0].event_id().to_string());
+    worker.stop().await;
+    let kept = env
+        .scalar_i64("SELECT count(*) FROM failed_intakes WHERE error_code = 'dead_lettered'")
+        .await;
+    assert_eq!(kept, 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn retention_purges_old_keys_published_events_and_resolved_failures() {
+    let env = TestEnv::new().await;
+    env.process(&[
+        env.envelope("old", Some(&env.a.token), &seed_body(env.a.county_ids[0])),
+        env.envelope("new", Some(&env.a.token), &seed_body(env.a.county_ids[0])),
+        env.envelope("bad", None, &seed_body(env.a.county_ids[0])),
+    ])
+    .await;
+    sqlx::raw_sql(
+        "UPDATE intake_outcomes SET created_at = now() - interval '31 days' WHERE message_key IN ('old', 'bad');
+         UPDATE outbox SET published_at = now() - interval '25 hours';
+         UPDATE failed_intakes SET resolved_at = now() - interval '31 days'",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let purged = case_intake::retention::purge(&env.pool, 24, 30)
+        .await
+        .unwrap();
+    assert_eq!(purged.outcomes, 2);
+    assert_eq!(purged.outbox, 3);
+    assert_eq!(purged.failed, 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT message_key FROM intake_outcomes")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["new".to_owned()]);
+    // After the window a re-published key is a new intake (documented in the README).
+    let out = env
+        .process(&[env.envelope("old", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
+        .await;
+    assert!(matches!(out[0], Outcome::Created { .. }));
+    env.cleanup().await;
+}
+
+#[test]
+fn invalid_configuration_is_refused_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(format!("case-intake-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[intake]\nwindow_size = 0\n[amqp]\nurl = \"http://nope\"\n",
+    )
+    .unwrap();
+    let err = case_intake::settings::Settings::load(Some(&file))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("intake.window_size must be greater than 0"),
+        "{err}"
+    );
+    assert!(err.contains("amqp.url must start with amqp://"), "{err}");
+    std::fs::write(&file, "[intake]\nwindw_size = 3\n").unwrap();
+    let err = case_intake::settings::Settings::load(Some(&file))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("windw_size"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
