@@ -68,14 +68,30 @@ struct Prepared<'a> {
     env: &'a Envelope,
     hash: [u8; 32],
     body: Result<Validated, IntakeError>,
+    /// The county and household ids the body names (when they are well-formed ids), checked
+    /// against the caller's network even when other fields are invalid, so that a failed
+    /// intake reports every field error at once.
+    county: Option<i64>,
+    household: Option<i64>,
 }
 
 /// Decodes and validates outside the transaction: CPU work that needs no lock.
 fn prepare<'a>(env: &'a Envelope, ctx: &WindowContext, today: NaiveDate) -> Prepared<'a> {
     let decoded = decode_body(&env.body, &ctx.limits);
     let hash = payload_hash(&env.body, decoded.as_ref().ok());
+    let id_of = |field: &str| {
+        let map = decoded.as_ref().ok()?;
+        map.get(field)?.as_i64().filter(|id| *id > 0)
+    };
+    let (county, household) = (id_of("street_county"), id_of("household"));
     let body = decoded.and_then(|map| validate(&map, today).map_err(IntakeError::validation));
-    Prepared { env, hash, body }
+    Prepared {
+        env,
+        hash,
+        body,
+        county,
+        household,
+    }
 }
 
 /// How a claimed key's outcome gets decided.
@@ -155,13 +171,11 @@ pub async fn process(
     let mut county_refs = Vec::new();
     let mut household_refs = Vec::new();
     for (i, p) in prepared.iter().enumerate() {
-        if let (Slot::Fresh, Some(c), Ok(v), None) =
-            (&slots[i], caller_of(p), &p.body, &p.env.forced_failure)
-        {
-            if let Some(county) = v.case.street_county {
+        if let (Slot::Fresh, Some(c), None) = (&slots[i], caller_of(p), &p.env.forced_failure) {
+            if let Some(county) = p.county {
                 county_refs.push((county, c.network_id));
             }
-            if let Some(h) = v.case.household {
+            if let Some(h) = p.household {
                 household_refs.push((h, c.network_id));
             }
         }
@@ -185,10 +199,20 @@ pub async fn process(
                 ErrorCode::Unauthorized,
                 "a valid API token is required in the authorization header as `Token <api_token>`",
             ))),
-            (Slot::Fresh, Some(caller)) => Some(match &p.body {
-                Err(e) => Err(e.clone()),
-                Ok(v) => check_references(v, caller, &counties, &heads).map(|()| (caller, v)),
-            }),
+            (Slot::Fresh, Some(caller)) => {
+                let mut refs = check_references(p, caller, &counties, &heads);
+                Some(match &p.body {
+                    Err(e) if e.code == ErrorCode::ValidationFailed => {
+                        for (field, messages) in &e.fields {
+                            refs.insert(field.clone(), messages.clone());
+                        }
+                        Err(IntakeError::validation(refs))
+                    }
+                    Err(e) => Err(e.clone()),
+                    Ok(v) if refs.is_empty() => Ok((caller, v)),
+                    Ok(_) => Err(IntakeError::validation(refs)),
+                })
+            }
             _ => None,
         };
         decisions.push(decision);
@@ -377,13 +401,13 @@ fn failed_event(
 /// The county and household must exist in the caller's network. A reference into another
 /// network gets the same message as a missing one, so nothing about that network leaks.
 fn check_references(
-    v: &Validated,
+    p: &Prepared,
     caller: Caller,
     counties: &HashSet<(i64, i64)>,
     households: &HashMap<i64, store::HouseholdState>,
-) -> Result<(), IntakeError> {
+) -> FieldErrors {
     let mut fields = FieldErrors::new();
-    if let Some(county) = v.case.street_county
+    if let Some(county) = p.county
         && !counties.contains(&(county, caller.network_id))
     {
         fields.insert(
@@ -391,7 +415,7 @@ fn check_references(
             vec!["is not a county of your network".into()],
         );
     }
-    if let Some(h) = v.case.household
+    if let Some(h) = p.household
         && households
             .get(&h)
             .is_none_or(|s| s.network_id != caller.network_id)
@@ -401,11 +425,7 @@ fn check_references(
             vec!["is not a household of your network".into()],
         );
     }
-    if fields.is_empty() {
-        Ok(())
-    } else {
-        Err(IntakeError::validation(fields))
-    }
+    fields
 }
 
 fn unique<T: std::hash::Hash + Eq + Ord + Copy>(items: impl IntoIterator<Item = T>) -> Vec<T> {

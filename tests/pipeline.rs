@@ -303,6 +303,8 @@ async fn bad_messages_fail_alone_with_stable_codes() {
     invalid["ss_number"] = json!("666-12-3456");
     invalid["id"] = json!(5);
     invalid["favourite_colour"] = json!("blue");
+    // Reference errors are reported together with the other field errors.
+    invalid["street_county"] = json!(999_999);
     let out = env
         .process(&[
             malformed,
@@ -323,7 +325,16 @@ async fn bad_messages_fail_alone_with_stable_codes() {
     let fields = ev["data"]["error"]["fields"].as_object().unwrap();
     let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
     names.sort();
-    assert_eq!(names, ["favourite_colour", "first_name", "id", "ss_number"]);
+    assert_eq!(
+        names,
+        [
+            "favourite_colour",
+            "first_name",
+            "id",
+            "ss_number",
+            "street_county"
+        ]
+    );
     assert_eq!(ev["type"], "case.failed");
     assert_eq!(ev["subject"], "m4");
     // No event or stored error repeats the SSN.
