@@ -1,0 +1,1975 @@
+//! Fault-injection suite: proves that every intake enqueued ends in exactly one outcome while
+//! workers are killed, RabbitMQ and PostgreSQL restart, sessions are terminated and tables are
+//! locked. Jepsen's queue method on one machine: publish with confirms into a ledger, inject
+//! faults, heal, re-publish what was not confirmed, drain, then check the database and the
+//! events against the ledger. See `docs/faults.md`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::error::Error;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection as _, PgPool, Row};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use case_intake::settings::Settings;
+use case_intake::{db, provision, topology};
+
+type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
+
+/// The suite's own database, dropped and recreated at every start.
+const DB_NAME: &str = "case_intake_faults";
+/// Only the local PostgreSQL and RabbitMQ are ever touched.
+const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10";
+/// How long a publish waits for its confirm before it is recorded as indeterminate.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Publishes awaiting a confirm at once.
+const MAX_IN_FLIGHT: usize = 500;
+/// How long the table lock of the `lock` fault is held (the worker's lock_timeout is 2 s).
+const LOCK_HOLD: Duration = Duration::from_secs(5);
+/// Households that receive head replacements over and over.
+const HOT_HOUSEHOLDS: usize = 3;
+/// How many failing keys are listed per failing figure.
+const SHOWN_KEYS: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+enum Fault {
+    /// `kill -9` of a worker by pid; the supervisor restarts it.
+    Kill,
+    /// `rabbitmqctl stop_app`, a pause, `start_app`, `await_startup`.
+    Broker,
+    /// `rabbitmqctl close_all_connections`.
+    Close,
+    /// PostgreSQL fast restart.
+    Pgrestart,
+    /// PostgreSQL stopped for `--outage-secs`.
+    Outage,
+    /// `pg_terminate_backend` of every worker session.
+    Terminate,
+    /// `LOCK TABLE households IN ACCESS EXCLUSIVE MODE` held past the worker's lock_timeout.
+    Lock,
+}
+
+impl Fault {
+    /// Relative size of the burst published around one repetition: larger where the fault
+    /// lasts longer, so that intakes keep arriving while it lasts.
+    fn weight(self) -> usize {
+        match self {
+            Fault::Kill | Fault::Terminate => 1,
+            Fault::Close | Fault::Pgrestart | Fault::Lock => 2,
+            Fault::Broker | Fault::Outage => 4,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Broker => "broker",
+            Fault::Close => "close",
+            Fault::Pgrestart => "pgrestart",
+            Fault::Outage => "outage",
+            Fault::Terminate => "terminate",
+            Fault::Lock => "lock",
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "case-intake-faults",
+    about = "Fault-injection suite: every intake enqueued ends in exactly one outcome"
+)]
+struct Args {
+    /// Faults to inject, each in its own phase, in the order given.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kill,broker,close,pgrestart,outage,terminate,lock"
+    )]
+    faults: Vec<Fault>,
+    /// Intakes to publish (distinct keys, duplicates not counted) [default: 3000, quick: 600].
+    #[arg(long)]
+    count: Option<usize>,
+    /// The CI variant: 600 intakes, 3 kills, one of each other fault, a 10 s outage.
+    #[arg(long)]
+    quick: bool,
+    /// Length of the PostgreSQL outage [default: 60, quick: 10].
+    #[arg(long)]
+    outage_secs: Option<u64>,
+    /// Worker kills in the `kill` phase [default: 10, quick: 3].
+    #[arg(long)]
+    kills: Option<u32>,
+    /// Publish rate within a burst, intakes per second.
+    #[arg(long, default_value_t = 250)]
+    rate: u32,
+    /// How long to wait for the queue to drain after healing, in seconds.
+    #[arg(long, default_value_t = 300)]
+    drain_secs: u64,
+    /// Seed of the intake mix (printed; the default is taken from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keep the database afterwards for inspection.
+    #[arg(long)]
+    keep_db: bool,
+}
+
+/// The resolved plan of a run.
+#[derive(Debug, Clone)]
+struct Plan {
+    count: usize,
+    outage: Duration,
+    rate: f64,
+    drain: Duration,
+    seed: u64,
+    /// Each fault with its number of repetitions.
+    phases: Vec<(Fault, u32)>,
+    /// Hard bound of the whole run.
+    limit: Duration,
+    keep_db: bool,
+}
+
+impl Plan {
+    fn from_args(args: &Args) -> Self {
+        let quick = args.quick;
+        let kills = args.kills.unwrap_or(if quick { 3 } else { 10 });
+        let mut seen = HashSet::new();
+        let phases = args
+            .faults
+            .iter()
+            .filter(|f| seen.insert(**f))
+            .map(|&f| {
+                let reps = match f {
+                    Fault::Kill => kills,
+                    _ if quick => 1,
+                    Fault::Broker | Fault::Pgrestart | Fault::Lock => 2,
+                    Fault::Close | Fault::Terminate => 3,
+                    Fault::Outage => 1,
+                };
+                (f, reps)
+            })
+            .collect();
+        let seed = args.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+        Plan {
+            count: args.count.unwrap_or(if quick { 600 } else { 3000 }).max(1),
+            outage: Duration::from_secs(args.outage_secs.unwrap_or(if quick { 10 } else { 60 })),
+            rate: f64::from(args.rate.clamp(1, 5000)),
+            drain: Duration::from_secs(args.drain_secs.max(10)),
+            seed,
+            phases,
+            limit: Duration::from_secs(if quick { 15 * 60 } else { 60 * 60 }),
+            keep_db: args.keep_db,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logging of the suite itself.
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+fn elapsed() -> f64 {
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("[{:>7.1}s] {}", elapsed(), format_args!($($arg)*))
+    };
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another task must not hide the figures: the data stays usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger: every intake and every publish attempt.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    NewHousehold,
+    Join,
+    HeadReplacement,
+    /// Missing `last_name`: must fail with `validation_failed`.
+    Invalid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Published; the confirm has not been decided yet.
+    Pending,
+    Ok,
+    /// Nacked, returned as unroutable, or refused before it was sent.
+    Failed,
+    /// The confirm did not arrive (timeout, connection lost): the intake may or may not be in
+    /// the queue.
+    Indeterminate,
+}
+
+struct Entry {
+    key: String,
+    body: Arc<Vec<u8>>,
+    kind: Kind,
+    attempts: Vec<Attempt>,
+}
+
+impl Entry {
+    fn confirmed(&self) -> bool {
+        self.attempts.contains(&Attempt::Ok)
+    }
+    fn valid(&self) -> bool {
+        self.kind != Kind::Invalid
+    }
+}
+
+#[derive(Default)]
+struct Ledger {
+    entries: Vec<Entry>,
+    /// Publishes of a key that was published before (same key, same body).
+    duplicates: usize,
+    republished: usize,
+}
+
+impl Ledger {
+    fn begin(&mut self, idx: usize) -> usize {
+        let attempts = &mut self.entries[idx].attempts;
+        attempts.push(Attempt::Pending);
+        attempts.len() - 1
+    }
+    fn settle(&mut self, idx: usize, attempt: usize, status: Attempt) {
+        self.entries[idx].attempts[attempt] = status;
+    }
+    fn attempt_counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for a in self.entries.iter().flat_map(|e| &e.attempts) {
+            let name = match a {
+                Attempt::Pending => "pending",
+                Attempt::Ok => "ok",
+                Attempt::Failed => "failed",
+                Attempt::Indeterminate => "indeterminate",
+            };
+            *m.entry(name).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What arrived on the suite's events queue.
+
+#[derive(Default)]
+struct Seen {
+    /// Distinct event ids per message key.
+    by_key: HashMap<String, HashSet<Uuid>>,
+    event_ids: HashSet<Uuid>,
+    /// Households in the order their creation was seen; the first few are the hot ones.
+    households: Vec<i64>,
+    deliveries: u64,
+    unparsable: u64,
+    reconnects: u32,
+}
+
+impl Seen {
+    fn record(&mut self, data: &[u8]) {
+        self.deliveries += 1;
+        let Ok(body) = serde_json::from_slice::<Value>(data) else {
+            self.unparsable += 1;
+            return;
+        };
+        let id = body["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
+        let key = body["subject"]
+            .as_str()
+            .or_else(|| body["data"]["message_key"].as_str());
+        let (Some(id), Some(key)) = (id, key) else {
+            self.unparsable += 1;
+            return;
+        };
+        let fresh = self.event_ids.insert(id);
+        self.by_key.entry(key.to_owned()).or_default().insert(id);
+        if fresh
+            && body["type"] == "case.created"
+            && body["data"]["household_created"] == true
+            && let Some(h) = body["data"]["household_id"].as_i64()
+        {
+            self.households.push(h);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shell commands, each bounded by `timeout`.
+
+async fn run_cmd(program: &str, args: &[&str], limit: Duration) -> Result<String, String> {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("-k")
+        .arg("5")
+        .arg(limit.as_secs().max(1).to_string())
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null());
+    let shown = format!("{program} {}", args.join(" "));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| format!("{shown}: {e}"))?
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{shown}: {} {}", out.status, text.trim()))
+    }
+}
+
+/// The PostgreSQL major version directory under /etc/postgresql (e.g. `15`).
+fn pg_version() -> Res<String> {
+    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .ok_or_else(|| "no cluster under /etc/postgresql".into())
+}
+
+async fn pg_ctl(action: &str) -> Result<String, String> {
+    let version = pg_version().map_err(|e| e.to_string())?;
+    let mut args = vec![
+        "--skip-systemctl-redirect",
+        version.as_str(),
+        "main",
+        action,
+    ];
+    if action != "start" {
+        args.extend(["-m", "fast"]);
+    }
+    run_cmd("pg_ctlcluster", &args, Duration::from_secs(120)).await
+}
+
+async fn pg_ready() -> bool {
+    run_cmd(
+        "pg_isready",
+        &["-h", "127.0.0.1", "-p", "5432", "-q"],
+        Duration::from_secs(10),
+    )
+    .await
+    .is_ok()
+}
+
+/// Waits up to `limit` for PostgreSQL to accept connections.
+async fn await_pg(limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if pg_ready().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    false
+}
+
+async fn rabbitmqctl(args: &[&str], limit: Duration) -> Result<String, String> {
+    run_cmd("rabbitmqctl", args, limit).await
+}
+
+/// Makes sure PostgreSQL and RabbitMQ run and the RabbitMQ app is started.
+async fn ensure_services() {
+    if !pg_ready().await {
+        say!("heal: starting PostgreSQL");
+        if let Err(e) = pg_ctl("start").await {
+            say!("heal: {e}");
+        }
+    }
+    if !await_pg(Duration::from_secs(90)).await {
+        say!("heal: PostgreSQL still not ready after 90 s");
+    }
+    if let Err(e) = rabbitmqctl(&["-q", "start_app"], Duration::from_secs(120)).await {
+        say!("heal: rabbitmqctl start_app: {e}");
+    }
+    if let Err(e) = rabbitmqctl(
+        &["-q", "await_startup", "--timeout", "120"],
+        Duration::from_secs(150),
+    )
+    .await
+    {
+        say!("heal: rabbitmqctl await_startup: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The two worker processes and their supervisor.
+
+struct Workers {
+    exe: PathBuf,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+    slots: Vec<Option<Child>>,
+    starts: u32,
+    kills: u32,
+    /// Exits that the suite did not cause (crash, non-zero exit).
+    unexpected_exits: Vec<String>,
+    /// Off during the final SIGTERM: no restarts.
+    supervise: bool,
+}
+
+impl Workers {
+    fn log_path(&self, slot: usize) -> PathBuf {
+        self.dir.join(format!("worker-{slot}.log"))
+    }
+
+    fn start(&mut self, slot: usize) -> std::io::Result<()> {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(slot))?;
+        self.starts += 1;
+        writeln!(
+            log,
+            "==== case-intake-faults: start #{} (worker {slot}) at {:.1}s",
+            self.starts,
+            elapsed()
+        )?;
+        let child = Command::new(&self.exe)
+            .arg("run")
+            .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.slots[slot] = Some(child);
+        Ok(())
+    }
+
+    /// Notices exited workers and restarts them (the orchestrator's job).
+    fn reap(&mut self) {
+        for slot in 0..self.slots.len() {
+            if let Some(child) = &mut self.slots[slot] {
+                match child.try_wait() {
+                    Ok(None) => continue,
+                    Ok(Some(status)) => {
+                        let msg = format!(
+                            "worker {slot} (pid {}) exited by itself at {:.1}s: {status}",
+                            child.id(),
+                            elapsed()
+                        );
+                        say!("{msg}");
+                        self.unexpected_exits.push(msg);
+                    }
+                    Err(e) => say!("worker {slot}: try_wait: {e}"),
+                }
+                self.slots[slot] = None;
+            }
+            if self.supervise
+                && self.slots[slot].is_none()
+                && let Err(e) = self.start(slot)
+            {
+                say!("worker {slot}: cannot start: {e}");
+            }
+        }
+    }
+
+    fn alive(&mut self) -> usize {
+        let mut n = 0;
+        for c in self.slots.iter_mut().flatten() {
+            if matches!(c.try_wait(), Ok(None)) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// SIGKILL by pid; returns the pid. The supervisor restarts the slot.
+    fn kill9(&mut self, slot: usize) -> Option<u32> {
+        let mut child = self.slots[slot].take()?;
+        let pid = child.id();
+        let _ = child.kill();
+        let _ = child.wait();
+        self.kills += 1;
+        Some(pid)
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.slots.iter().flatten().map(Child::id).collect()
+    }
+
+    /// Waits (without the lock held) for every slot to have exited; SIGKILLs what is left.
+    fn finish(&mut self) -> Vec<(u32, String)> {
+        let mut out = Vec::new();
+        for c in self.slots.iter_mut().flatten() {
+            let status = match c.try_wait() {
+                Ok(Some(s)) => s.to_string(),
+                _ => {
+                    let _ = c.kill();
+                    format!("killed after the grace period ({:?})", c.wait().ok())
+                }
+            };
+            out.push((c.id(), status));
+        }
+        self.slots.iter_mut().for_each(|s| *s = None);
+        out
+    }
+
+    fn all_exited(&mut self) -> bool {
+        self.slots
+            .iter_mut()
+            .flatten()
+            .all(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+}
+
+async fn supervise(workers: Arc<Mutex<Workers>>, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        lock(&workers).reap();
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Waits up to `limit` until both workers run.
+async fn await_workers(workers: &Mutex<Workers>, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if lock(workers).alive() == 2 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// SIGTERM to every worker, then waits for them (bounded), then SIGKILL.
+async fn stop_workers(workers: &Mutex<Workers>) -> Vec<(u32, String)> {
+    let pids = {
+        let mut w = lock(workers);
+        w.supervise = false;
+        w.pids()
+    };
+    for pid in &pids {
+        let _ = run_cmd("kill", &["-TERM", &pid.to_string()], Duration::from_secs(5)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while Instant::now() < deadline && !lock(workers).all_exited() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    lock(workers).finish()
+}
+
+// ---------------------------------------------------------------------------------------------
+// RabbitMQ helpers.
+
+async fn amqp_connect(name: &str) -> Res<Connection> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let conn = tokio::time::timeout(
+        Duration::from_secs(10),
+        Connection::connect(AMQP_URL, props),
+    )
+    .await
+    .map_err(|_| "connecting to RabbitMQ timed out")??;
+    Ok(conn)
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// Messages ready in `queue` (passive declare on a short-lived connection).
+async fn queue_ready(queue: &str) -> Res<u32> {
+    let conn = amqp_connect("case-intake-faults probe").await?;
+    let ch = conn.create_channel().await?;
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    let _ = conn.close(200, "OK".into()).await;
+    Ok(q?.message_count())
+}
+
+/// Consumes the suite's events queue until `stop`, reconnecting after every broker fault.
+async fn collect_events(queue: String, seen: Arc<Mutex<Seen>>, stop: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    while !stop.is_cancelled() {
+        match consume_events(&queue, &seen, &stop).await {
+            Ok(()) => return,
+            Err(_) => {
+                lock(&seen).reconnects += 1;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn consume_events(queue: &str, seen: &Mutex<Seen>, stop: &CancellationToken) -> Res<()> {
+    let conn = amqp_connect("case-intake-faults events").await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(500, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "case-intake-faults".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => {
+                let _ = conn.close(200, "OK".into()).await;
+                return Ok(());
+            }
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Some(d) => d?,
+            None => return Err("the broker ended the events consumer".into()),
+        };
+        lock(seen).record(&delivery.data);
+        if !delivery.ack(BasicAckOptions::default()).await? {
+            return Err("events ack refused".into());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The publisher: builds the intake mix and publishes with confirms into the ledger.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    Normal,
+    /// Mostly joins of existing households (while the households table is locked).
+    Joins,
+}
+
+enum Cmd {
+    Burst {
+        n: usize,
+        rate: f64,
+        mix: Mix,
+        done: oneshot::Sender<()>,
+    },
+    /// Re-publishes every key without a confirmed attempt, in rounds; answers how many remain
+    /// unconfirmed.
+    Republish { done: oneshot::Sender<usize> },
+}
+
+struct Publisher {
+    ledger: Arc<Mutex<Ledger>>,
+    seen: Arc<Mutex<Seen>>,
+    queue: String,
+    token: String,
+    county: i64,
+    run_id: String,
+    rng: SmallRng,
+    conn: Option<(Connection, Channel)>,
+    inflight: JoinSet<()>,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+}
+
+impl Publisher {
+    async fn run(mut self, mut commands: mpsc::Receiver<Cmd>) {
+        while let Some(cmd) = tokio::select! {
+            _ = self.stop.cancelled() => None,
+            c = commands.recv() => c,
+        } {
+            match cmd {
+                Cmd::Burst { n, rate, mix, done } => {
+                    // `n` new keys; duplicates ride on top (bounded: at most 2n + 10 publishes).
+                    let start = tokio::time::Instant::now();
+                    let mut fresh = 0;
+                    for i in 0..(2 * n + 10) {
+                        if fresh >= n || self.stop.is_cancelled() {
+                            break;
+                        }
+                        let at = start + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(at).await;
+                        let (idx, new) = self.next_intake(mix);
+                        fresh += usize::from(new);
+                        self.publish(idx).await;
+                    }
+                    self.settle().await;
+                    let _ = done.send(());
+                }
+                Cmd::Republish { done } => {
+                    let left = self.republish().await;
+                    let _ = done.send(left);
+                }
+            }
+        }
+        if let Some((conn, _)) = self.conn.take() {
+            let _ = conn.close(200, "OK".into()).await;
+        }
+    }
+
+    /// Waits for every pending confirm (each bounded by CONFIRM_TIMEOUT).
+    async fn settle(&mut self) {
+        let bound = CONFIRM_TIMEOUT + Duration::from_secs(20);
+        let _ = tokio::time::timeout(bound, async {
+            while self.inflight.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    async fn republish(&mut self) -> usize {
+        for round in 0..6 {
+            let todo: Vec<usize> = {
+                let ledger = lock(&self.ledger);
+                ledger
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| !e.confirmed())
+                    .map(|(i, _)| i)
+                    .collect()
+            };
+            if todo.is_empty() || self.stop.is_cancelled() {
+                return todo.len();
+            }
+            say!(
+                "re-publishing {} unconfirmed intakes (round {})",
+                todo.len(),
+                round + 1
+            );
+            lock(&self.ledger).republished += todo.len();
+            let start = tokio::time::Instant::now();
+            for (i, idx) in todo.into_iter().enumerate() {
+                let at = start + Duration::from_secs_f64(i as f64 / 500.0);
+                tokio::time::sleep_until(at).await;
+                self.publish(idx).await;
+            }
+            self.settle().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let ledger = lock(&self.ledger);
+        ledger.entries.iter().filter(|e| !e.confirmed()).count()
+    }
+
+    /// Picks the next intake: a duplicate of an earlier key, or a new key (then `true`).
+    fn next_intake(&mut self, mix: Mix) -> (usize, bool) {
+        let roll: f64 = self.rng.random();
+        let (known, hot) = {
+            let seen = lock(&self.seen);
+            let hot = seen.households.len().min(HOT_HOUSEHOLDS);
+            let household = if seen.households.is_empty() {
+                None
+            } else {
+                Some(seen.households[self.rng.random_range(0..seen.households.len())])
+            };
+            let hot_household = (hot > 0).then(|| seen.households[self.rng.random_range(0..hot)]);
+            (household, hot_household)
+        };
+        let mut ledger = lock(&self.ledger);
+        if roll < 0.05 && !ledger.entries.is_empty() {
+            ledger.duplicates += 1;
+            return (self.rng.random_range(0..ledger.entries.len()), false);
+        }
+        let (kind, household) = match (mix, roll) {
+            (_, r) if r < 0.10 => (Kind::Invalid, None),
+            (_, r) if r < 0.14 && hot.is_some() => (Kind::HeadReplacement, hot),
+            (Mix::Normal, r) if r < 0.50 && known.is_some() => (Kind::Join, known),
+            (Mix::Joins, _) if known.is_some() => (Kind::Join, known),
+            _ => (Kind::NewHousehold, None),
+        };
+        let seq = ledger.entries.len();
+        let key = format!("{}-{seq:06}", self.run_id);
+        let body = intake_body(kind, seq, self.county, household);
+        ledger.entries.push(Entry {
+            key,
+            body: Arc::new(body),
+            kind,
+            attempts: Vec::new(),
+        });
+        (seq, true)
+    }
+
+    /// A channel in confirm mode, reconnecting (bounded) when the broker went away.
+    async fn channel(&mut self) -> Option<Channel> {
+        if let Some((conn, ch)) = &self.conn
+            && conn.status().connected()
+            && ch.status().connected()
+        {
+            return Some(ch.clone());
+        }
+        self.conn = None;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut delay = Duration::from_millis(200);
+        while Instant::now() < deadline && !self.stop.is_cancelled() {
+            match open_publisher().await {
+                Ok((conn, ch)) => {
+                    self.conn = Some((conn, ch.clone()));
+                    return Some(ch);
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        None
+    }
+
+    async fn publish(&mut self, idx: usize) {
+        let (key, body) = {
+            let ledger = lock(&self.ledger);
+            let e = &ledger.entries[idx];
+            (e.key.clone(), e.body.clone())
+        };
+        let Some(channel) = self.channel().await else {
+            let mut ledger = lock(&self.ledger);
+            let a = ledger.begin(idx);
+            ledger.settle(idx, a, Attempt::Failed);
+            return;
+        };
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "authorization".into(),
+            text(&format!("Token {}", self.token)),
+        );
+        let props = BasicProperties::default()
+            .with_message_id(key.as_str().into())
+            .with_correlation_id(key.as_str().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let attempt = lock(&self.ledger).begin(idx);
+        let published = channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                props,
+            )
+            .await;
+        match published {
+            Err(_) => {
+                // It may have left before the channel broke: not known to be absent.
+                lock(&self.ledger).settle(idx, attempt, Attempt::Indeterminate);
+                self.conn = None;
+            }
+            Ok(confirm) => {
+                let ledger = self.ledger.clone();
+                self.inflight.spawn(async move {
+                    let status = match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+                        Ok(Ok(Confirmation::Ack(None))) => Attempt::Ok,
+                        Ok(Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(_))) => {
+                            Attempt::Failed
+                        }
+                        Ok(Ok(Confirmation::NotRequested) | Err(_)) | Err(_) => {
+                            Attempt::Indeterminate
+                        }
+                    };
+                    lock(&ledger).settle(idx, attempt, status);
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+async fn open_publisher() -> Res<(Connection, Channel)> {
+    let conn = amqp_connect("case-intake-faults publisher").await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok((conn, ch))
+}
+
+/// An intake body: the seed's example with a distinct first name.
+fn intake_body(kind: Kind, seq: usize, county: i64, household: Option<i64>) -> Vec<u8> {
+    let mut body = json!({
+        "first_name": format!("Fault{seq}"),
+        "middle_name": "Tom",
+        "last_name": "Smith",
+        "date_of_birth": "1950-12-03",
+        "email": format!("fault{seq}@example.org"),
+        "head_of_household": kind == Kind::HeadReplacement,
+        "mailing_address": "123 Adams Street",
+        "mailing_city": "Exampleville",
+        "mailing_state": "NY",
+        "mailing_zip_code": "12345",
+        "ss_number": "111223333",
+        "street_address": "123 Adams Street",
+        "street_city": "Exampleville",
+        "street_state": "NY",
+        "street_zip_code": "12345",
+        "street_county": county,
+        "yearly_expenses": 11580,
+        "yearly_income": 15350,
+        "deceased": false,
+        "private": false
+    });
+    if let Some(h) = household {
+        body["household"] = json!(h);
+    }
+    if kind == Kind::Invalid
+        && let Some(map) = body.as_object_mut()
+    {
+        map.remove("last_name");
+    }
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Setup.
+
+struct Setup {
+    suffix: String,
+    db_url: String,
+    pool: PgPool,
+    intake_queue: String,
+    events_exchange: String,
+    capture_queue: String,
+    token: String,
+    county: i64,
+    dir: PathBuf,
+}
+
+fn db_url() -> String {
+    format!("{PG_BASE}/{DB_NAME}")
+}
+
+async fn drop_database() -> Res<()> {
+    let mut admin = sqlx::PgConnection::connect(&format!("{PG_BASE}/postgres")).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    admin.close().await?;
+    Ok(())
+}
+
+/// The suite's own pool; its `application_name` keeps it out of the `terminate` fault.
+fn suite_pool(url: &str) -> Res<PgPool> {
+    let options = PgConnectOptions::from_str(url)?.application_name("case-intake-faults");
+    Ok(PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options))
+}
+
+async fn setup() -> Res<Setup> {
+    let suffix = Uuid::new_v4().simple().to_string()[..10].to_owned();
+    drop_database().await?;
+    let mut settings = Settings::load(None)?;
+    let url = db_url();
+    settings.database.url = url.clone().into();
+    settings.database.create_database = true;
+    settings.amqp.intake_queue = format!("faults.{suffix}.intake");
+    settings.amqp.events_exchange = format!("faults.{suffix}.events");
+    let migrated = db::migrate(&settings.database).await?;
+    let p = provision::provision(
+        &migrated,
+        "faults network",
+        "Faults agency",
+        "faults agent",
+        &["Kings".into(), "Queens".into()],
+    )
+    .await?;
+    migrated.close().await;
+
+    let conn = amqp_connect("case-intake-faults setup").await?;
+    let ch = conn.create_channel().await?;
+    topology::declare(&ch, &settings.amqp).await?;
+    let capture_queue = format!("faults.{suffix}.captured-events");
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    ch.queue_declare(
+        capture_queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        args,
+    )
+    .await?;
+    ch.queue_bind(
+        capture_queue.as_str().into(),
+        settings.amqp.events_exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    let _ = conn.close(200, "OK".into()).await;
+
+    let dir = std::env::temp_dir().join(format!("case-intake-faults-{suffix}"));
+    std::fs::create_dir_all(&dir)?;
+    Ok(Setup {
+        pool: suite_pool(&url)?,
+        db_url: url,
+        intake_queue: settings.amqp.intake_queue,
+        events_exchange: settings.amqp.events_exchange,
+        capture_queue,
+        token: p.token,
+        county: p.county_ids[0],
+        dir,
+        suffix,
+    })
+}
+
+async fn teardown_broker(s: &Setup) {
+    let Ok(conn) = amqp_connect("case-intake-faults cleanup").await else {
+        say!("cleanup: RabbitMQ unreachable; queues of this run are left");
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        for q in [
+            s.intake_queue.clone(),
+            topology::dead_letter_queue(&s.intake_queue),
+            s.capture_queue.clone(),
+        ] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(
+                s.events_exchange.as_str().into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = conn.close(200, "OK".into()).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run: warm-up, fault phases, heal, drain.
+
+struct Run {
+    plan: Plan,
+    setup: Setup,
+    workers: Arc<Mutex<Workers>>,
+    ledger: Arc<Mutex<Ledger>>,
+    seen: Arc<Mutex<Seen>>,
+    commands: mpsc::Sender<Cmd>,
+    injected: BTreeMap<&'static str, u32>,
+    fault_errors: Vec<String>,
+}
+
+impl Run {
+    /// Starts a burst of `n` intakes; the receiver fires when all are confirmed or decided.
+    async fn burst(&self, n: usize, rate: f64, mix: Mix) -> oneshot::Receiver<()> {
+        let (done, rx) = oneshot::channel();
+        let cmd = Cmd::Burst {
+            n,
+            rate: rate.max(1.0),
+            mix,
+            done,
+        };
+        if self.commands.send(cmd).await.is_err() {
+            say!("publisher gone");
+        }
+        rx
+    }
+
+    async fn await_burst(rx: oneshot::Receiver<()>) {
+        if tokio::time::timeout(Duration::from_secs(600), rx)
+            .await
+            .is_err()
+        {
+            say!("a burst did not finish within 600 s");
+        }
+    }
+
+    fn note(&mut self, fault: Fault, result: Result<String, String>) {
+        *self.injected.entry(fault.name()).or_insert(0) += 1;
+        if let Err(e) = result {
+            say!("fault {}: {e}", fault.name());
+            self.fault_errors.push(format!("{}: {e}", fault.name()));
+        }
+    }
+
+    async fn warm_up(&self, n: usize) {
+        say!("warm-up: {n} intakes, no fault");
+        let rx = self.burst(n, self.plan.rate, Mix::Normal).await;
+        Self::await_burst(rx).await;
+        // Let the first households come back as events, so joins have targets.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline && lock(&self.seen).households.len() < HOT_HOUSEHOLDS {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn phase(&mut self, fault: Fault, reps: u32, per_burst: usize) {
+        say!(
+            "phase {}: {reps} time(s), {per_burst} intakes per burst",
+            fault.name()
+        );
+        for rep in 0..reps {
+            match fault {
+                Fault::Lock => self.lock_fault(per_burst).await,
+                Fault::Outage => {
+                    let spread = (self.plan.outage.as_secs_f64() / 2.0).max(1.0);
+                    let rx = self
+                        .burst(per_burst, per_burst as f64 / spread, Mix::Normal)
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let r = self.outage().await;
+                    self.note(fault, r);
+                    Self::await_burst(rx).await;
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                _ => {
+                    if fault == Fault::Kill
+                        && !await_workers(&self.workers, Duration::from_secs(20)).await
+                    {
+                        say!("kill: both workers were not running before kill {rep}");
+                    }
+                    // rabbitmqctl needs about a second to act: start it early in the burst so
+                    // that the broker goes away with publishes and confirms in flight.
+                    let lead = match fault {
+                        Fault::Broker | Fault::Close => 0.1,
+                        _ => 1.0,
+                    };
+                    let burst_secs = per_burst as f64 / self.plan.rate;
+                    let rx = self.burst(per_burst, self.plan.rate, Mix::Normal).await;
+                    tokio::time::sleep(Duration::from_secs_f64((burst_secs / 2.0).min(lead))).await;
+                    let r = self.inject(fault, rep).await;
+                    self.note(fault, r);
+                    Self::await_burst(rx).await;
+                    self.recover(fault).await;
+                }
+            }
+        }
+    }
+
+    async fn inject(&self, fault: Fault, rep: u32) -> Result<String, String> {
+        match fault {
+            Fault::Kill => {
+                let slot = (rep % 2) as usize;
+                match lock(&self.workers).kill9(slot) {
+                    Some(pid) => {
+                        say!("kill -9 worker {slot} (pid {pid})");
+                        Ok(String::new())
+                    }
+                    None => Err(format!("worker {slot} was not running")),
+                }
+            }
+            Fault::Broker => {
+                say!("rabbitmqctl stop_app");
+                let stopped = rabbitmqctl(&["-q", "stop_app"], Duration::from_secs(120)).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                say!("rabbitmqctl start_app");
+                let started = rabbitmqctl(&["-q", "start_app"], Duration::from_secs(120)).await;
+                let ready = rabbitmqctl(
+                    &["-q", "await_startup", "--timeout", "120"],
+                    Duration::from_secs(150),
+                )
+                .await;
+                stopped.and(started).and(ready)
+            }
+            Fault::Close => {
+                say!("rabbitmqctl close_all_connections");
+                rabbitmqctl(
+                    &["-q", "close_all_connections", "fault test"],
+                    Duration::from_secs(60),
+                )
+                .await
+            }
+            Fault::Pgrestart => {
+                say!("PostgreSQL restart -m fast");
+                pg_ctl("restart").await
+            }
+            Fault::Terminate => {
+                let r = sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                      WHERE application_name = 'case-intake' AND datname = current_database()
+                        AND pid <> pg_backend_pid()) t",
+                )
+                .fetch_one(&self.setup.pool)
+                .await;
+                match r {
+                    Ok(n) => {
+                        say!("pg_terminate_backend: {n} worker session(s)");
+                        Ok(String::new())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Fault::Outage | Fault::Lock => Ok(String::new()),
+        }
+    }
+
+    /// Lets the system come back before the next repetition.
+    async fn recover(&self, fault: Fault) {
+        match fault {
+            Fault::Kill => {
+                if !await_workers(&self.workers, Duration::from_secs(20)).await {
+                    say!("kill: the worker was not restarted within 20 s");
+                }
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            Fault::Pgrestart => {
+                await_pg(Duration::from_secs(60)).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            _ => tokio::time::sleep(Duration::from_secs(3)).await,
+        }
+    }
+
+    async fn outage(&self) -> Result<String, String> {
+        say!("PostgreSQL stop -m fast (outage of {:?})", self.plan.outage);
+        let stopped = pg_ctl("stop").await;
+        tokio::time::sleep(self.plan.outage).await;
+        say!("PostgreSQL start");
+        let started = pg_ctl("start").await;
+        if !await_pg(Duration::from_secs(60)).await {
+            return Err("PostgreSQL not ready 60 s after start".into());
+        }
+        stopped.and(started)
+    }
+
+    /// Holds an ACCESS EXCLUSIVE lock on households for LOCK_HOLD while joins flow.
+    async fn lock_fault(&mut self, n: usize) {
+        let held = async {
+            let mut conn = self.setup.pool.acquire().await?;
+            sqlx::raw_sql(
+                "BEGIN; SET LOCAL lock_timeout = '20s';
+                 LOCK TABLE households IN ACCESS EXCLUSIVE MODE;",
+            )
+            .execute(&mut *conn)
+            .await?;
+            Ok::<_, sqlx::Error>(conn)
+        }
+        .await;
+        let mut conn = match held {
+            Ok(c) => c,
+            Err(e) => {
+                self.note(Fault::Lock, Err(format!("could not take the lock: {e}")));
+                return;
+            }
+        };
+        say!("LOCK TABLE households IN ACCESS EXCLUSIVE MODE (held {LOCK_HOLD:?})");
+        let spread = LOCK_HOLD.as_secs_f64() - 1.0;
+        let rx = self.burst(n, n as f64 / spread, Mix::Joins).await;
+        tokio::time::sleep(LOCK_HOLD).await;
+        let r = sqlx::raw_sql("COMMIT").execute(&mut *conn).await;
+        say!("households lock released");
+        self.note(
+            Fault::Lock,
+            r.map(|_| String::new()).map_err(|e| e.to_string()),
+        );
+        Self::await_burst(rx).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+
+    /// Heals, re-publishes what was not confirmed and waits for the drain.
+    async fn heal_and_drain(&self) -> (usize, bool) {
+        say!("heal: making sure PostgreSQL, RabbitMQ and both workers run");
+        ensure_services().await;
+        if !await_workers(&self.workers, Duration::from_secs(30)).await {
+            say!("heal: both workers are not running");
+        }
+        let (done, rx) = oneshot::channel();
+        let _ = self.commands.send(Cmd::Republish { done }).await;
+        let unconfirmed = tokio::time::timeout(Duration::from_secs(900), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(usize::MAX);
+        say!("drain: waiting for the intake queue and every outcome event");
+        let deadline = Instant::now() + self.plan.drain;
+        let mut last_report = Instant::now();
+        while Instant::now() < deadline {
+            let ready = queue_ready(&self.setup.intake_queue).await.ok();
+            let missing = self.keys_without_event();
+            let unpublished = sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+            )
+            .fetch_one(&self.setup.pool)
+            .await
+            .ok();
+            if ready == Some(0) && missing == 0 && unpublished == Some(0) {
+                say!("drained");
+                return (unconfirmed, true);
+            }
+            if last_report.elapsed() > Duration::from_secs(10) {
+                say!(
+                    "drain: queue ready {ready:?}, keys without event {missing}, outbox unpublished {unpublished:?}"
+                );
+                last_report = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        say!("drain: timed out after {:?}", self.plan.drain);
+        (unconfirmed, false)
+    }
+
+    fn keys_without_event(&self) -> usize {
+        let keys: Vec<String> = lock(&self.ledger)
+            .entries
+            .iter()
+            .filter(|e| e.confirmed())
+            .map(|e| e.key.clone())
+            .collect();
+        let seen = lock(&self.seen);
+        keys.iter()
+            .filter(|k| !seen.by_key.contains_key(*k))
+            .count()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks.
+
+struct Figure {
+    name: &'static str,
+    value: usize,
+    /// Must be 0 for the run to pass.
+    must_be_zero: bool,
+    /// Keys (or ids) behind a non-zero value, for the post-mortem.
+    examples: Vec<String>,
+}
+
+fn figure(name: &'static str, must_be_zero: bool, examples: Vec<String>) -> Figure {
+    Figure {
+        name,
+        value: examples.len(),
+        must_be_zero,
+        examples,
+    }
+}
+
+struct OutcomeRow {
+    key: String,
+    case_id: Option<i64>,
+    error_code: Option<String>,
+    event_id: Option<Uuid>,
+}
+
+async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
+    let pool = &run.setup.pool;
+    let rows = sqlx::query(
+        "SELECT message_key, case_id, error_code, event_id FROM intake_outcomes
+          WHERE outcome IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    let outcomes: Vec<OutcomeRow> = rows
+        .iter()
+        .map(|r| {
+            Ok(OutcomeRow {
+                key: r.try_get(0)?,
+                case_id: r.try_get(1)?,
+                error_code: r.try_get(2)?,
+                event_id: r.try_get(3)?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    let by_key: HashMap<&str, &OutcomeRow> = outcomes.iter().map(|o| (o.key.as_str(), o)).collect();
+
+    let mut duplicated: Vec<String> = sqlx::query_scalar(
+        "SELECT o.message_key FROM intake_outcomes o JOIN cases c ON c.id = o.case_id
+          GROUP BY o.network_id, o.message_key HAVING count(*) > 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let orphans: Vec<i64> = sqlx::query_scalar(
+        "SELECT c.id FROM cases c
+          WHERE NOT EXISTS (SELECT 1 FROM intake_outcomes o WHERE o.case_id = c.id)",
+    )
+    .fetch_all(pool)
+    .await?;
+    duplicated.extend(orphans.iter().map(|id| format!("case {id} (no outcome)")));
+    // The invariant of tests/common: exactly one head per household, one of its own cases.
+    let households: Vec<i64> = sqlx::query_scalar(
+        "SELECT h.id FROM households h
+          WHERE (SELECT count(*) FROM cases c
+                  WHERE c.household_id = h.id AND c.head_of_household) <> 1
+             OR NOT EXISTS (SELECT 1 FROM cases c
+                             WHERE c.id = h.head_case_id AND c.household_id = h.id
+                               AND c.head_of_household)",
+    )
+    .fetch_all(pool)
+    .await?;
+    let unpublished: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+
+    let ledger = lock(&run.ledger);
+    let seen = lock(&run.seen);
+    let published: Vec<&Entry> = ledger
+        .entries
+        .iter()
+        .filter(|e| !e.attempts.is_empty())
+        .collect();
+    let ledger_keys: HashSet<&str> = published.iter().map(|e| e.key.as_str()).collect();
+    let lost = published
+        .iter()
+        .filter(|e| e.confirmed() && !by_key.contains_key(e.key.as_str()))
+        .map(|e| e.key.clone())
+        .collect();
+    let unexpected = outcomes
+        .iter()
+        .filter(|o| !ledger_keys.contains(o.key.as_str()))
+        .map(|o| o.key.clone())
+        .collect();
+    let multi = seen
+        .by_key
+        .iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .map(|(k, ids)| format!("{k} ({} event ids)", ids.len()))
+        .collect();
+    let no_event = outcomes
+        .iter()
+        .filter(|o| o.event_id.is_none_or(|id| !seen.event_ids.contains(&id)))
+        .map(|o| o.key.clone())
+        .collect();
+    let valid_failed = published
+        .iter()
+        .filter(|e| e.valid())
+        .filter_map(|e| {
+            let o = by_key.get(e.key.as_str())?;
+            o.error_code
+                .as_ref()
+                .map(|code| format!("{} ({code}, {:?})", e.key, e.kind))
+        })
+        .collect();
+    let invalid_accepted = published
+        .iter()
+        .filter(|e| !e.valid())
+        .filter_map(|e| {
+            let o = by_key.get(e.key.as_str())?;
+            (o.error_code.as_deref() != Some("validation_failed"))
+                .then(|| format!("{} (case {:?}, code {:?})", e.key, o.case_id, o.error_code))
+        })
+        .collect();
+    let unconfirmed_keys = ledger
+        .entries
+        .iter()
+        .filter(|e| !e.confirmed())
+        .map(|e| e.key.clone())
+        .collect::<Vec<_>>();
+    if unconfirmed != usize::MAX && unconfirmed != unconfirmed_keys.len() {
+        say!(
+            "note: {unconfirmed} unconfirmed at the end of re-publishing, {} now",
+            unconfirmed_keys.len()
+        );
+    }
+
+    Ok(vec![
+        Figure {
+            name: "intakes published (distinct keys)",
+            value: published.len(),
+            must_be_zero: false,
+            examples: Vec::new(),
+        },
+        Figure {
+            name: "outcomes (distinct keys with an outcome row)",
+            value: outcomes.len(),
+            must_be_zero: false,
+            examples: Vec::new(),
+        },
+        figure("lost (confirmed, no outcome)", true, lost),
+        figure(
+            "duplicated (keys with >1 case, cases without outcome)",
+            true,
+            duplicated,
+        ),
+        figure(
+            "unexpected (outcomes for keys never published)",
+            true,
+            unexpected,
+        ),
+        figure("keys with more than one outcome (event ids)", true, multi),
+        figure(
+            "households without exactly one head",
+            true,
+            households
+                .iter()
+                .map(|h| format!("household {h}"))
+                .collect(),
+        ),
+        figure("outcomes without a published event", true, no_event),
+        figure(
+            "outbox rows still unpublished",
+            true,
+            unpublished.iter().map(|i| format!("outbox {i}")).collect(),
+        ),
+        figure(
+            "valid intakes failed (outage, retries, ...)",
+            true,
+            valid_failed,
+        ),
+        figure(
+            "invalid intakes not failed as validation_failed",
+            true,
+            invalid_accepted,
+        ),
+        figure(
+            "intakes still unconfirmed after healing",
+            true,
+            unconfirmed_keys,
+        ),
+    ])
+}
+
+/// More about failing keys: what the database holds for them.
+async fn explain(pool: &PgPool, keys: &[String]) {
+    for key in keys.iter().take(SHOWN_KEYS) {
+        let key = key.split(' ').next().unwrap_or(key);
+        let outcome = sqlx::query(
+            "SELECT outcome, case_id, error_code, event_id::text, created_at::text
+               FROM intake_outcomes WHERE message_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(pool)
+        .await;
+        let failed = sqlx::query(
+            "SELECT error_code, error::text, attempts, created_at::text
+               FROM failed_intakes WHERE message_key = $1 ORDER BY id",
+        )
+        .bind(key)
+        .fetch_all(pool)
+        .await;
+        println!("    {key}:");
+        match outcome {
+            Ok(Some(r)) => println!(
+                "      outcome {:?} case {:?} code {:?} event {:?} at {:?}",
+                r.try_get::<Option<String>, _>(0).ok().flatten(),
+                r.try_get::<Option<i64>, _>(1).ok().flatten(),
+                r.try_get::<Option<String>, _>(2).ok().flatten(),
+                r.try_get::<Option<String>, _>(3).ok().flatten(),
+                r.try_get::<Option<String>, _>(4).ok().flatten(),
+            ),
+            Ok(None) => println!("      no intake_outcomes row"),
+            Err(e) => println!("      intake_outcomes: {e}"),
+        }
+        for r in failed.unwrap_or_default() {
+            println!(
+                "      failed_intakes {:?} attempts {:?} at {:?}: {}",
+                r.try_get::<String, _>(0).unwrap_or_default(),
+                r.try_get::<i32, _>(2).ok(),
+                r.try_get::<Option<String>, _>(3).ok().flatten(),
+                r.try_get::<String, _>(1).unwrap_or_default(),
+            );
+        }
+    }
+}
+
+/// Removes ANSI colour sequences (the worker's text logs may carry them).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Counts the worker logs' WARN and ERROR lines by level, target, message and error class.
+fn summarize_logs(paths: &[PathBuf]) -> Vec<(usize, String)> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for path in paths {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        for line in text.lines().map(strip_ansi) {
+            let mut words = line.split_whitespace().skip(1);
+            let Some(level) = words.next() else { continue };
+            if level != "WARN" && level != "ERROR" {
+                continue;
+            }
+            // The message runs up to the first field; `error=` is shown in short.
+            let words: Vec<&str> = words.collect();
+            let fields = words
+                .iter()
+                .position(|w| w.contains('='))
+                .unwrap_or(words.len());
+            let mut key = vec![level.to_owned()];
+            key.extend(words[..fields].iter().map(|w| (*w).to_owned()));
+            let mut in_error = 0;
+            for w in &words[fields..] {
+                if let Some(rest) = w.strip_prefix("error=") {
+                    key.push(format!("| {rest}"));
+                    in_error = 1;
+                } else if w.starts_with("class=") {
+                    key.push(format!("| {w}"));
+                    in_error = 0;
+                } else if w.contains('=') {
+                    in_error = 0;
+                } else if in_error > 0 && in_error < 8 {
+                    key.push((*w).to_owned());
+                    in_error += 1;
+                }
+            }
+            *counts.entry(key.join(" ")).or_insert(0) += 1;
+        }
+    }
+    let mut v: Vec<(usize, String)> = counts.into_iter().map(|(k, n)| (n, k)).collect();
+    v.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    v
+}
+
+fn print_tail(path: &Path, lines: usize) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            println!(
+                "---- last {} lines of {}",
+                lines.min(all.len()),
+                path.display()
+            );
+            for l in &all[all.len().saturating_sub(lines)..] {
+                println!("{l}");
+            }
+        }
+        Err(e) => println!("---- {}: {e}", path.display()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Main.
+
+async fn exercise(run: &mut Run) -> Res<bool> {
+    // Each repetition gets a burst sized by the fault's weight; the warm-up (at least a tenth)
+    // takes the rest. Duplicates ride on top of the count: about 5% of the publishes.
+    let units: usize = run
+        .plan
+        .phases
+        .iter()
+        .map(|(f, r)| f.weight() * *r as usize)
+        .sum();
+    let unit = if units == 0 {
+        0
+    } else {
+        (run.plan.count - (run.plan.count / 10).max(50).min(run.plan.count)) / units
+    };
+    run.warm_up(run.plan.count - unit * units).await;
+    let phases = run.plan.phases.clone();
+    for (fault, reps) in phases {
+        run.phase(fault, reps, unit * fault.weight()).await;
+    }
+    let (unconfirmed, drained) = run.heal_and_drain().await;
+    say!("stopping the workers with SIGTERM");
+    for (pid, status) in stop_workers(&run.workers).await {
+        say!("worker pid {pid}: {status}");
+    }
+    // The last events (re-published duplicates) may still be on their way to the suite.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let before = lock(&run.seen).deliveries;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let ready = queue_ready(&run.setup.capture_queue).await.ok();
+        if ready == Some(0) && lock(&run.seen).deliveries == before {
+            break;
+        }
+    }
+
+    let figures = check(run, unconfirmed).await?;
+    let passed = report(run, &figures, drained);
+    if !passed {
+        for f in figures.iter().filter(|f| f.must_be_zero && f.value > 0) {
+            println!("\n{} = {}; first keys:", f.name, f.value);
+            for e in f.examples.iter().take(SHOWN_KEYS) {
+                println!("  {e}");
+            }
+            explain(&run.setup.pool, &f.examples).await;
+        }
+    }
+    Ok(passed && drained)
+}
+
+fn report(run: &Run, figures: &[Figure], drained: bool) -> bool {
+    let ledger = lock(&run.ledger);
+    let seen = lock(&run.seen);
+    let mut workers = lock(&run.workers);
+    let kinds = |k: Kind| ledger.entries.iter().filter(|e| e.kind == k).count();
+    println!();
+    println!(
+        "case-intake fault-injection suite: seed {}, {:.0} s",
+        run.plan.seed,
+        elapsed()
+    );
+    let injected: Vec<String> = run
+        .injected
+        .iter()
+        .map(|(k, v)| format!("{k} x{v}"))
+        .collect();
+    println!("faults injected: {}", injected.join(", "));
+    println!(
+        "worker starts: {} (kills {}, unexpected exits {})",
+        workers.starts,
+        workers.kills,
+        workers.unexpected_exits.len()
+    );
+    println!(
+        "intake mix: {} new households, {} joins, {} head replacements, {} invalid, {} duplicate publishes",
+        kinds(Kind::NewHousehold),
+        kinds(Kind::Join),
+        kinds(Kind::HeadReplacement),
+        kinds(Kind::Invalid),
+        ledger.duplicates
+    );
+    let counts: Vec<String> = ledger
+        .attempt_counts()
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "publish attempts: {} (re-published after healing: {})",
+        counts.join(", "),
+        ledger.republished
+    );
+    println!(
+        "events received: {} deliveries, {} distinct event ids, {} consumer reconnects",
+        seen.deliveries,
+        seen.event_ids.len(),
+        seen.reconnects
+    );
+    println!();
+    println!("{:<56} {:>7}  check", "figure", "value");
+    let mut passed = true;
+    for f in figures {
+        let verdict = if !f.must_be_zero {
+            ""
+        } else if f.value == 0 {
+            "ok"
+        } else {
+            passed = false;
+            "FAIL"
+        };
+        println!("{:<56} {:>7}  {verdict}", f.name, f.value);
+    }
+    if !drained {
+        println!("drain timed out: the queue or the outbox did not empty in time");
+    }
+    for e in &run.fault_errors {
+        println!("fault error: {e}");
+    }
+    for e in &workers.unexpected_exits {
+        println!("note: {e}");
+    }
+    let logs: Vec<PathBuf> = (0..workers.slots.len())
+        .map(|i| workers.log_path(i))
+        .collect();
+    let summary = summarize_logs(&logs);
+    if !summary.is_empty() {
+        println!("worker log lines (WARN/ERROR), most frequent first:");
+        for (n, line) in summary.iter().take(12) {
+            println!("  {n:>6}  {line}");
+        }
+    }
+    let passed = passed && drained;
+    println!("result: {}", if passed { "PASS" } else { "FAIL" });
+    if !passed {
+        for slot in 0..workers.slots.len() {
+            print_tail(&workers.log_path(slot), 40);
+        }
+        println!("worker logs kept in {}", workers.dir.display());
+    }
+    workers.supervise = false;
+    passed
+}
+
+async fn suite(args: Args) -> Res<bool> {
+    elapsed();
+    let plan = Plan::from_args(&args);
+    let exe = std::env::current_exe()?.with_file_name("case-intake");
+    if !exe.exists() {
+        return Err(format!(
+            "{} not found: build it first (cargo build --release --bins)",
+            exe.display()
+        )
+        .into());
+    }
+    let names: Vec<&str> = plan.phases.iter().map(|(f, _)| f.name()).collect();
+    say!(
+        "plan: {} intakes, faults {}, outage {:?}, seed {}",
+        plan.count,
+        names.join(","),
+        plan.outage,
+        plan.seed
+    );
+    ensure_services().await;
+    let setup = setup().await?;
+    say!(
+        "database {DB_NAME}, intake queue {}, worker logs in {}",
+        setup.intake_queue,
+        setup.dir.display()
+    );
+
+    let stop = CancellationToken::new();
+    let workers = Arc::new(Mutex::new(Workers {
+        exe,
+        env: vec![
+            ("CASE_INTAKE__DATABASE__URL".into(), setup.db_url.clone()),
+            (
+                "CASE_INTAKE__AMQP__INTAKE_QUEUE".into(),
+                setup.intake_queue.clone(),
+            ),
+            (
+                "CASE_INTAKE__AMQP__EVENTS_EXCHANGE".into(),
+                setup.events_exchange.clone(),
+            ),
+            ("CASE_INTAKE__LOG__FILTER".into(), "warn".into()),
+            ("CASE_INTAKE__LOG__FORMAT".into(), "text".into()),
+        ],
+        dir: setup.dir.clone(),
+        slots: vec![None, None],
+        starts: 0,
+        kills: 0,
+        unexpected_exits: Vec::new(),
+        supervise: true,
+    }));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut tasks = JoinSet::new();
+    tasks.spawn(collect_events(
+        setup.capture_queue.clone(),
+        seen.clone(),
+        stop.clone(),
+    ));
+    tasks.spawn(supervise(workers.clone(), stop.clone()));
+    let (tx, rx) = mpsc::channel(4);
+    let publisher = Publisher {
+        ledger: ledger.clone(),
+        seen: seen.clone(),
+        queue: setup.intake_queue.clone(),
+        token: setup.token.clone(),
+        county: setup.county,
+        run_id: format!("f{}", &setup.suffix[..8]),
+        rng: SmallRng::seed_from_u64(plan.seed),
+        conn: None,
+        inflight: JoinSet::new(),
+        permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        stop: stop.clone(),
+    };
+    tasks.spawn(publisher.run(rx));
+    if !await_workers(&workers, Duration::from_secs(30)).await {
+        say!("warning: both workers are not running 30 s after start");
+    }
+
+    let limit = plan.limit;
+    let keep_db = plan.keep_db;
+    let mut run = Run {
+        plan,
+        setup,
+        workers: workers.clone(),
+        ledger,
+        seen,
+        commands: tx,
+        injected: BTreeMap::new(),
+        fault_errors: Vec::new(),
+    };
+    let result = tokio::select! {
+        r = tokio::time::timeout(limit, exercise(&mut run)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(format!("the run exceeded its limit of {limit:?}").into()),
+        },
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    };
+
+    // Teardown, whatever happened: services up, workers stopped, broker objects and database
+    // removed.
+    stop.cancel();
+    ensure_services().await;
+    for (pid, status) in stop_workers(&workers).await {
+        say!("worker pid {pid}: {status}");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    teardown_broker(&run.setup).await;
+    run.setup.pool.close().await;
+    let passed = matches!(result, Ok(true));
+    if keep_db {
+        say!("database {DB_NAME} kept");
+    } else if let Err(e) = drop_database().await {
+        say!("cleanup: could not drop {DB_NAME}: {e}");
+    }
+    if passed {
+        let _ = std::fs::remove_dir_all(&run.setup.dir);
+    } else {
+        say!("worker logs kept in {}", run.setup.dir.display());
+        if result.is_err() {
+            let w = lock(&workers);
+            for slot in 0..w.slots.len() {
+                print_tail(&w.log_path(slot), 40);
+            }
+        }
+    }
+    result
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("case-intake-faults: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(suite(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("case-intake-faults: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
