@@ -78,8 +78,9 @@ impl Fault {
     fn weight(self) -> usize {
         match self {
             Fault::Kill | Fault::Terminate => 1,
-            Fault::Close | Fault::Pgrestart | Fault::Lock => 2,
-            Fault::Broker | Fault::Outage => 4,
+            Fault::Pgrestart | Fault::Lock => 2,
+            Fault::Close | Fault::Outage => 4,
+            Fault::Broker => 8,
         }
     }
 
@@ -474,6 +475,9 @@ impl Workers {
 
     /// Notices exited workers and restarts them (the orchestrator's job).
     fn reap(&mut self) {
+        if !self.supervise {
+            return;
+        }
         for slot in 0..self.slots.len() {
             if let Some(child) = &mut self.slots[slot] {
                 match child.try_wait() {
@@ -491,8 +495,7 @@ impl Workers {
                 }
                 self.slots[slot] = None;
             }
-            if self.supervise
-                && self.slots[slot].is_none()
+            if self.slots[slot].is_none()
                 && let Err(e) = self.start(slot)
             {
                 say!("worker {slot}: cannot start: {e}");
@@ -1066,6 +1069,7 @@ async fn teardown_broker(s: &Setup) {
         for q in [
             s.intake_queue.clone(),
             topology::dead_letter_queue(&s.intake_queue),
+            topology::retry_queue(&s.intake_queue),
             s.capture_queue.clone(),
         ] {
             let _ = ch
@@ -1171,8 +1175,13 @@ impl Run {
                         Fault::Broker | Fault::Close => 0.1,
                         _ => 1.0,
                     };
-                    let burst_secs = per_burst as f64 / self.plan.rate;
-                    let rx = self.burst(per_burst, self.plan.rate, Mix::Normal).await;
+                    let rate = match fault {
+                        // Long enough to overlap the moment the broker acts.
+                        Fault::Broker | Fault::Close => self.plan.rate.min(per_burst as f64 / 2.5),
+                        _ => self.plan.rate,
+                    };
+                    let burst_secs = per_burst as f64 / rate;
+                    let rx = self.burst(per_burst, rate, Mix::Normal).await;
                     tokio::time::sleep(Duration::from_secs_f64((burst_secs / 2.0).min(lead))).await;
                     let r = self.inject(fault, rep).await;
                     self.note(fault, r);
@@ -1321,7 +1330,14 @@ impl Run {
         let deadline = Instant::now() + self.plan.drain;
         let mut last_report = Instant::now();
         while Instant::now() < deadline {
-            let ready = queue_ready(&self.setup.intake_queue).await.ok();
+            // Intakes waiting out a delayed retry come back to the intake queue later.
+            let retrying = queue_ready(&topology::retry_queue(&self.setup.intake_queue))
+                .await
+                .unwrap_or(0);
+            let ready = queue_ready(&self.setup.intake_queue)
+                .await
+                .ok()
+                .map(|n| n + retrying);
             let missing = self.keys_without_event();
             let unpublished = sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM outbox WHERE published_at IS NULL",
@@ -1335,7 +1351,7 @@ impl Run {
             }
             if last_report.elapsed() > Duration::from_secs(10) {
                 say!(
-                    "drain: queue ready {ready:?}, keys without event {missing}, outbox unpublished {unpublished:?}"
+                    "drain: queued {ready:?}, keys without event {missing}, outbox unpublished {unpublished:?}"
                 );
                 last_report = Instant::now();
             }
@@ -1689,11 +1705,8 @@ async fn exercise(run: &mut Run) -> Res<bool> {
         .iter()
         .map(|(f, r)| f.weight() * *r as usize)
         .sum();
-    let unit = if units == 0 {
-        0
-    } else {
-        (run.plan.count - (run.plan.count / 10).max(50).min(run.plan.count)) / units
-    };
+    let warm_min = (run.plan.count / 10).max(50).min(run.plan.count);
+    let unit = (run.plan.count - warm_min).checked_div(units).unwrap_or(0);
     run.warm_up(run.plan.count - unit * units).await;
     let phases = run.plan.phases.clone();
     for (fault, reps) in phases {
@@ -1715,7 +1728,14 @@ async fn exercise(run: &mut Run) -> Res<bool> {
         }
     }
 
-    let figures = check(run, unconfirmed).await?;
+    let mut figures = check(run, unconfirmed).await?;
+    let dead = topology::dead_letter_queue(&run.setup.intake_queue);
+    figures.push(Figure {
+        name: "messages left in the dead-letter queue",
+        value: queue_ready(&dead).await.map_or(usize::MAX, |n| n as usize),
+        must_be_zero: false,
+        examples: Vec::new(),
+    });
     let passed = report(run, &figures, drained);
     if !passed {
         for f in figures.iter().filter(|f| f.must_be_zero && f.value > 0) {
