@@ -9,6 +9,7 @@
 //! poison message, which the dead-letter consumer then records as failed `dead_lettered`.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -28,6 +29,7 @@ use crate::auth::{TOKEN_HEADERS, hash_token, parse_token_header};
 use crate::classify::{ErrorClass, classify};
 use crate::envelope::{Envelope, check_message_key};
 use crate::error::{ErrorCode, IntakeError};
+use crate::metrics::{ConsumerState, Metrics};
 use crate::settings::IntakeSettings;
 use crate::topology::RETRIES_HEADER;
 use crate::window::{self, Outcome, WindowContext};
@@ -133,6 +135,7 @@ pub struct IntakeConsumer {
     ctx: WindowContext,
     settings: IntakeSettings,
     mode: Mode,
+    metrics: Arc<Metrics>,
 }
 
 /// Where and how a consumer reads.
@@ -152,6 +155,7 @@ impl IntakeConsumer {
         pool: PgPool,
         ctx: WindowContext,
         settings: IntakeSettings,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ConsumerError> {
         retry_channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -173,6 +177,7 @@ impl IntakeConsumer {
             ctx,
             settings,
             mode: spec.mode,
+            metrics,
         })
     }
 
@@ -259,7 +264,7 @@ impl IntakeConsumer {
             .iter()
             .all(|d| matches!(d, Disposition::Done(_)))
         {
-            log_outcomes(envelopes, &dispositions);
+            self.record(envelopes, &dispositions);
             return ack(window, true).await;
         }
         let mut exhausted = Vec::new();
@@ -290,11 +295,12 @@ impl IntakeConsumer {
                 }
             }
         }
-        log_outcomes(envelopes, &dispositions);
+        self.record(envelopes, &dispositions);
         for (delivery, d) in window.iter().zip(&dispositions) {
             match d {
                 Disposition::Done(_) => ack(std::slice::from_ref(delivery), false).await?,
                 Disposition::Retry => {
+                    self.metrics.record_retry();
                     self.send_to_retry(delivery).await?;
                     ack(std::slice::from_ref(delivery), false).await?;
                 }
@@ -302,6 +308,16 @@ impl IntakeConsumer {
             }
         }
         Ok(())
+    }
+
+    /// Logs and counts the outcome of each delivery.
+    fn record(&self, envelopes: &[Envelope], dispositions: &[Disposition]) {
+        for d in dispositions {
+            if let Disposition::Done(o) = d {
+                self.metrics.record_outcome(o);
+            }
+        }
+        log_outcomes(envelopes, dispositions);
     }
 
     /// Re-publishes a delivery to the retry queue with its retry count raised, and waits for
@@ -372,8 +388,13 @@ impl IntakeConsumer {
         let started = tokio::time::Instant::now();
         let mut probe = probe_backoff();
         loop {
-            match self.process_with_retries(envelopes).await {
+            let result = self.process_with_retries(envelopes).await;
+            if result.is_ok() && self.metrics.state() == ConsumerState::DatabaseOutage {
+                self.metrics.set_state(ConsumerState::Consuming);
+            }
+            match result {
                 Err(ErrorClass::Outage) if started.elapsed() < hold && !shutdown.is_cancelled() => {
+                    self.metrics.set_state(ConsumerState::DatabaseOutage);
                     let delay = probe.next().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(
                         window = envelopes.len(),
@@ -401,9 +422,14 @@ impl IntakeConsumer {
             .with_max_times(self.settings.transient_retries)
             .build();
         loop {
+            let started = std::time::Instant::now();
             let run = AssertUnwindSafe(window::process(&self.pool, &self.ctx, envelopes));
             let class = match run.catch_unwind().await {
-                Ok(Ok(o)) => return Ok(o),
+                Ok(Ok(o)) => {
+                    self.metrics
+                        .record_window(envelopes.len(), started.elapsed().as_secs_f64());
+                    return Ok(o);
+                }
                 Ok(Err(e)) => {
                     let class = classify(&e);
                     tracing::warn!(error = %e, ?class, window = envelopes.len(), "window failed");

@@ -73,10 +73,16 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
 
 /// Creates the database if asked to, then applies pending migrations.
 pub async fn migrate(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    let pool = pool(settings)?;
+    migrate_pool(settings, &pool).await?;
+    Ok(pool)
+}
+
+/// [`migrate`] on an existing pool.
+pub async fn migrate_pool(settings: &DatabaseSettings, pool: &PgPool) -> Result<(), sqlx::Error> {
     if settings.create_database {
         ensure_database(settings).await?;
     }
-    let pool = pool(settings)?;
-    MIGRATOR.run(&pool).await?;
-    Ok(pool)
+    MIGRATOR.run(pool).await?;
+    Ok(())
 }

@@ -8,6 +8,7 @@ use sqlx::{PgPool, Row};
 
 use crate::auth::TokenHash;
 use crate::classify::{ErrorClass, classify};
+use crate::crypto::{CryptoError, Purpose, Vault};
 use crate::envelope::Envelope;
 use crate::event::ReplayInfo;
 use crate::window::{self, Outcome, WindowContext};
@@ -41,7 +42,8 @@ pub struct FailedIntake {
 }
 
 const SELECT: &str = "SELECT id, network_id, message_key, correlation_id, error_code, error,
-                             attempts, event_id, created_at, resolved_at, payload, token_hash
+                             attempts, event_id, created_at, resolved_at, payload_sealed,
+                             token_hash, payload_key_id
                         FROM failed_intakes
                        WHERE ($1::text IS NULL OR message_key = $1)
                          AND ($2::text IS NULL OR error_code = $2)
@@ -57,8 +59,20 @@ const SELECT: &str = "SELECT id, network_id, message_key, correlation_id, error_
 /// A row with its payload, for replay and `show`.
 struct Stored {
     intake: FailedIntake,
-    payload: Vec<u8>,
+    /// Sealed with `payload_key_id` (see `crypto`).
+    payload_sealed: Vec<u8>,
+    payload_key_id: String,
     token_hash: Option<Vec<u8>>,
+}
+
+impl Stored {
+    fn payload(&self, vault: &Vault) -> Result<Vec<u8>, CryptoError> {
+        vault.open(
+            Purpose::FailedPayload,
+            &self.payload_key_id,
+            &self.payload_sealed,
+        )
+    }
 }
 
 async fn select(
@@ -94,8 +108,9 @@ async fn select(
                     created_at: r.try_get(8)?,
                     resolved_at: r.try_get(9)?,
                 },
-                payload: r.try_get(10)?,
+                payload_sealed: r.try_get(10)?,
                 token_hash: r.try_get(11)?,
+                payload_key_id: r.try_get(12)?,
             })
         })
         .collect()
@@ -122,6 +137,7 @@ pub struct Shown {
 /// Every attempt recorded for a message key (its history), payloads with the SSN masked.
 pub async fn show(
     pool: &PgPool,
+    vault: &Vault,
     key: &str,
     network: Option<i64>,
 ) -> Result<Vec<Shown>, sqlx::Error> {
@@ -136,7 +152,10 @@ pub async fn show(
         .await?
         .into_iter()
         .map(|s| Shown {
-            payload: masked_payload(&s.payload),
+            payload: match s.payload(vault) {
+                Ok(p) => masked_payload(&p),
+                Err(e) => Value::String(format!("<payload cannot be opened: {e}>")),
+            },
             intake: s.intake,
         })
         .collect())
@@ -177,7 +196,8 @@ pub struct ReplayReport {
     pub failed: usize,
     /// The key had since got a case (or the same outcome): nothing new was created.
     pub duplicate: usize,
-    /// Failed intakes without a message key cannot be replayed under it.
+    /// Failed intakes without a message key cannot be replayed under it, nor those whose
+    /// payload key is no longer configured.
     pub skipped: usize,
 }
 
@@ -214,6 +234,11 @@ pub async fn replay(
                     report.skipped += 1;
                     return None;
                 }
+                let Ok(payload) = s.payload(&ctx.vault) else {
+                    // Sealed with a key that is no longer configured: cannot be replayed.
+                    report.skipped += 1;
+                    return None;
+                };
                 Some(Envelope {
                     message_key: key,
                     correlation_id: s.intake.correlation_id.clone(),
@@ -221,7 +246,7 @@ pub async fn replay(
                         .token_hash
                         .as_deref()
                         .and_then(|t| TokenHash::try_from(t).ok()),
-                    body: s.payload,
+                    body: payload,
                     replay: Some(ReplayInfo {
                         attempt: s.intake.attempts + 1,
                         failed_intake_id: s.intake.id,

@@ -42,6 +42,9 @@ enum Command {
     },
     /// Revoke an API key by id; it stops working for the next message.
     RevokeKey { id: i64 },
+    /// Re-encrypt every SSN and failed-intake payload not sealed with `crypto.active_key`
+    /// (keep the old key configured until this has finished).
+    RotateKey,
     /// Inspect failed intakes.
     Failed {
         #[command(subcommand)]
@@ -223,7 +226,8 @@ async fn dispatch(command: Command, settings: Settings) -> Result<(), Box<dyn st
             command: FailedCommand::Show { key, network },
         } => {
             let pool = db::migrate(&settings.database).await?;
-            let rows = failed::show(&pool, &key, network).await?;
+            let vault = case_intake::crypto::Vault::from_settings(&settings.crypto)?;
+            let rows = failed::show(&pool, &vault, &key, network).await?;
             if rows.is_empty() {
                 return Err(format!("no failed intake with key {key:?}").into());
             }
@@ -259,6 +263,21 @@ async fn dispatch(command: Command, settings: Settings) -> Result<(), Box<dyn st
                     report.skipped
                 );
             }
+            Ok(())
+        }
+        Command::RotateKey => {
+            let pool = db::migrate(&settings.database).await?;
+            let vault = case_intake::crypto::Vault::from_settings(&settings.crypto)?;
+            let done = case_intake::rotate::rotate(&pool, &vault, |r| {
+                eprintln!("re-sealed {} SSNs, {} payloads", r.ssns, r.payloads)
+            })
+            .await?;
+            println!(
+                "re-sealed {} SSNs and {} failed-intake payloads under key {:?}",
+                done.ssns,
+                done.payloads,
+                vault.active_key()
+            );
             Ok(())
         }
         Command::RevokeKey { id } => {

@@ -13,7 +13,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use std::sync::Arc;
+
 use crate::event::CONTENT_TYPE;
+use crate::metrics::Metrics;
 use crate::settings::OutboxSettings;
 
 /// Why a relay pass stopped early.
@@ -44,6 +47,7 @@ pub struct PassReport {
 
 /// Publishes events of the outbox to `exchange`.
 pub struct Relay {
+    metrics: Arc<Metrics>,
     pool: PgPool,
     channel: Channel,
     exchange: String,
@@ -57,11 +61,13 @@ impl Relay {
         channel: Channel,
         exchange: String,
         settings: OutboxSettings,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, RelayError> {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(Self {
+            metrics,
             pool,
             channel,
             exchange,
@@ -172,6 +178,7 @@ impl Relay {
         .bind(&done)
         .execute(&self.pool)
         .await?;
+        self.metrics.record_published(done.len());
         if !again.is_empty() {
             // Retry after a pause that grows with the attempts, capped at a minute, so an
             // unbound routing key does not make the relay spin.

@@ -23,13 +23,92 @@ pub struct Settings {
     pub events: EventSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
+    pub http: HttpSettings,
+    pub crypto: CryptoSettings,
+}
+
+/// Keys for encryption at rest (see `crypto`). Every key is 32 bytes as 64 hex digits.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoSettings {
+    /// Id of the key that seals new values; older keys stay listed to open old values.
+    pub active_key: String,
+    /// Key id → key.
+    pub keys: std::collections::BTreeMap<String, SecretString>,
+    /// Key of the SSN HMAC. Changing it breaks matching against stored HMACs.
+    pub hmac_key: SecretString,
+    /// Optional TOML file with `hmac_key = "…"` and a `[keys]` table, merged over the above
+    /// (for secrets mounted as files).
+    pub keys_file: String,
+}
+
+impl std::fmt::Debug for CryptoSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CryptoSettings")
+            .field("active_key", &self.active_key)
+            .field("keys", &self.keys.keys().collect::<Vec<_>>())
+            .field("keys_file", &self.keys_file)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    keys: std::collections::BTreeMap<String, String>,
+    hmac_key: Option<String>,
+}
+
+impl CryptoSettings {
+    fn file(&self) -> Result<Option<KeysFile>, String> {
+        if self.keys_file.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.keys_file)
+            .map_err(|e| format!("crypto.keys_file {}: {e}", self.keys_file))?;
+        toml::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("crypto.keys_file {}: {}", self.keys_file, e.message()))
+    }
+
+    /// Every key (settings, then the keys file), as hex.
+    pub fn all_keys(&self) -> Result<Vec<(String, String)>, String> {
+        let mut keys: std::collections::BTreeMap<String, String> = self
+            .keys
+            .iter()
+            .map(|(id, k)| (id.clone(), k.expose_secret().to_owned()))
+            .collect();
+        if let Some(file) = self.file()? {
+            keys.extend(file.keys);
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// The HMAC key, as hex (the keys file wins).
+    pub fn hmac_key(&self) -> Result<String, String> {
+        Ok(self
+            .file()?
+            .and_then(|f| f.hmac_key)
+            .unwrap_or_else(|| self.hmac_key.expose_secret().to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Address of the health, metrics and counties server; empty turns it off.
+    pub address: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// Holds a password in most deployments, so it is never printed.
+    /// Holds a password in most deployments, so it is never printed. TLS: add
+    /// `sslmode=require` (or `verify-full` with `sslrootcert=…`) to the URL.
     pub url: SecretString,
+    /// A file whose content replaces `url` (secrets mounted as files).
+    pub url_file: String,
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
     /// Bounds how long a window waits on a household lock before it is retried as transient.
@@ -43,7 +122,10 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
+    /// `amqp://` or, for TLS, `amqps://`.
     pub url: SecretString,
+    /// A file whose content replaces `url` (secrets mounted as files).
+    pub url_file: String,
     pub intake_queue: String,
     pub events_exchange: String,
     pub created_routing_key: String,
@@ -130,7 +212,7 @@ impl Settings {
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .add_source(
                 config::Environment::with_prefix(ENV_PREFIX)
                     .prefix_separator("__")
@@ -139,8 +221,24 @@ impl Settings {
             )
             .build()?
             .try_deserialize()?;
+        settings.read_secret_files()?;
         settings.check()?;
         Ok(settings)
+    }
+
+    fn read_secret_files(&mut self) -> Result<(), SettingsError> {
+        let read = |name: &str, path: &str| {
+            std::fs::read_to_string(path)
+                .map(|s| SecretString::from(s.trim().to_owned()))
+                .map_err(|e| SettingsError::Invalid(format!("{name} {path}: {e}")))
+        };
+        if !self.database.url_file.is_empty() {
+            self.database.url = read("database.url_file", &self.database.url_file)?;
+        }
+        if !self.amqp.url_file.is_empty() {
+            self.amqp.url = read("amqp.url_file", &self.amqp.url_file)?;
+        }
+        Ok(())
     }
 
     fn check(&self) -> Result<(), SettingsError> {
@@ -205,8 +303,16 @@ impl Settings {
                     .into(),
             );
         }
+        if !self.http.address.is_empty()
+            && self.http.address.parse::<std::net::SocketAddr>().is_err()
+        {
+            problems.push("http.address must be host:port (e.g. 0.0.0.0:9090) or empty".into());
+        }
         if !["auto", "text", "json"].contains(&self.log.format.as_str()) {
             problems.push("log.format must be auto, text or json".into());
+        }
+        if let Err(e) = crate::crypto::Vault::from_settings(&self.crypto) {
+            problems.push(e);
         }
         if problems.is_empty() {
             Ok(())

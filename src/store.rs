@@ -12,8 +12,9 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::auth::{Caller, TokenHash};
+use crate::crypto::{Purpose, Vault};
 use crate::event::Event;
-use crate::validate::CaseInput;
+use crate::validate::{CaseInput, Ssn};
 
 /// Resolves token hashes to callers: key not revoked, agent active.
 pub async fn callers(
@@ -384,7 +385,11 @@ fn texts<'a>(
     rows.iter().map(|r| f(&r.fields)).collect()
 }
 
-pub async fn insert_cases(tx: &mut PgConnection, rows: &[CaseRow]) -> Result<(), sqlx::Error> {
+pub async fn insert_cases(
+    tx: &mut PgConnection,
+    rows: &[CaseRow],
+    vault: &Vault,
+) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -399,7 +404,17 @@ pub async fn insert_cases(tx: &mut PgConnection, rows: &[CaseRow]) -> Result<(),
         .iter()
         .map(|r| r.fields.date_of_birth.map(|d| d.to_string()))
         .collect();
-    let ssns: Vec<Option<&str>> = texts(rows, |c| c.ss_number.as_ref().map(|s| s.digits()));
+    let ssns: Vec<Option<&Ssn>> = rows.iter().map(|r| r.fields.ss_number.as_ref()).collect();
+    let sealed: Vec<Option<Vec<u8>>> = ssns
+        .iter()
+        .map(|s| s.map(|s| vault.seal(Purpose::Ssn, s.digits().as_bytes())))
+        .collect();
+    let key_ids: Vec<Option<&str>> = ssns.iter().map(|s| s.map(|_| vault.active_key())).collect();
+    let hmacs: Vec<Option<Vec<u8>>> = ssns
+        .iter()
+        .map(|s| s.map(|s| vault.ssn_hmac(s.digits()).to_vec()))
+        .collect();
+    let last4: Vec<Option<&str>> = ssns.iter().map(|s| s.map(|s| s.last4())).collect();
     let counties: Vec<Option<i64>> = rows.iter().map(|r| r.fields.street_county).collect();
     let expenses: Vec<Option<String>> = rows
         .iter()
@@ -416,21 +431,24 @@ pub async fn insert_cases(tx: &mut PgConnection, rows: &[CaseRow]) -> Result<(),
                             \"group\", created_at, updated_at, first_name, middle_name, last_name,
                             suffix, nickname, date_of_birth, email, mailing_address,
                             mailing_apt_number, mailing_city, mailing_state, mailing_zip_code,
-                            ss_number, street_address, street_apt_number, street_city,
+                            ss_number_sealed, street_address, street_apt_number, street_city,
                             street_state, street_zip_code, street_county, yearly_expenses,
-                            yearly_income, deceased, private)
+                            yearly_income, deceased, private, ss_number_key_id, ss_number_hmac,
+                            ss_number_last4)
          SELECT id, n, h, head, agent, agent, grp, ts, ts, fname, mname, lname, suffix, nick,
                 dob::date, email, maddr, mapt, mcity, mstate, mzip, ssn, saddr, sapt, scity,
-                sstate, szip, county, expenses::numeric, income::numeric, deceased, private
+                sstate, szip, county, expenses::numeric, income::numeric, deceased, private,
+                ssn_key, ssn_hmac, ssn_last4
            FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[],
                        $6::bigint[], $7::timestamptz[], $8::text[], $9::text[], $10::text[],
                        $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
-                       $16::text[], $17::text[], $18::text[], $19::text[], $20::text[],
+                       $16::text[], $17::text[], $18::text[], $19::text[], $20::bytea[],
                        $21::text[], $22::text[], $23::text[], $24::text[], $25::text[],
-                       $26::bigint[], $27::text[], $28::text[], $29::bool[], $30::bool[])
+                       $26::bigint[], $27::text[], $28::text[], $29::bool[], $30::bool[],
+                       $31::text[], $32::bytea[], $33::text[])
              AS u(id, n, h, head, agent, grp, ts, fname, mname, lname, suffix, nick, dob, email,
                   maddr, mapt, mcity, mstate, mzip, ssn, saddr, sapt, scity, sstate, szip,
-                  county, expenses, income, deceased, private)",
+                  county, expenses, income, deceased, private, ssn_key, ssn_hmac, ssn_last4)",
     )
     .bind(&ids)
     .bind(&networks)
@@ -451,7 +469,7 @@ pub async fn insert_cases(tx: &mut PgConnection, rows: &[CaseRow]) -> Result<(),
     .bind(texts(rows, |c| c.mailing_city.as_deref()))
     .bind(texts(rows, |c| c.mailing_state.as_deref()))
     .bind(texts(rows, |c| c.mailing_zip_code.as_deref()))
-    .bind(&ssns)
+    .bind(&sealed)
     .bind(texts(rows, |c| c.street_address.as_deref()))
     .bind(texts(rows, |c| c.street_apt_number.as_deref()))
     .bind(texts(rows, |c| c.street_city.as_deref()))
@@ -462,6 +480,9 @@ pub async fn insert_cases(tx: &mut PgConnection, rows: &[CaseRow]) -> Result<(),
     .bind(&incomes)
     .bind(&deceased)
     .bind(&private)
+    .bind(&key_ids)
+    .bind(&hmacs)
+    .bind(&last4)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -556,6 +577,7 @@ pub async fn insert_failed(
     tx: &mut PgConnection,
     rows: &[FailedRow],
     now: DateTime<Utc>,
+    vault: &Vault,
 ) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
@@ -564,15 +586,20 @@ pub async fn insert_failed(
     let keys: Vec<Option<&str>> = rows.iter().map(|r| r.message_key.as_deref()).collect();
     let corr: Vec<Option<&str>> = rows.iter().map(|r| r.correlation_id.as_deref()).collect();
     let tokens: Vec<Option<&[u8]>> = rows.iter().map(|r| r.token_hash.as_deref()).collect();
-    let payloads: Vec<&[u8]> = rows.iter().map(|r| r.payload.as_slice()).collect();
+    // The whole payload is sealed: it may hold an SSN in any shape, even when malformed.
+    let payloads: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|r| vault.seal(Purpose::FailedPayload, &r.payload))
+        .collect();
     let codes: Vec<&str> = rows.iter().map(|r| r.error_code.as_str()).collect();
     let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
     let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     sqlx::query(
-        "INSERT INTO failed_intakes (network_id, message_key, correlation_id, token_hash, payload,
-                                     error_code, error, attempts, event_id, created_at)
-         SELECT n, k, c, t, p, code, e::jsonb, a, eid, $10
+        "INSERT INTO failed_intakes (network_id, message_key, correlation_id, token_hash,
+                                     payload_sealed, payload_key_id, error_code, error, attempts,
+                                     event_id, created_at)
+         SELECT n, k, c, t, p, $11, code, e::jsonb, a, eid, $10
            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
                        $6::text[], $7::text[], $8::int[], $9::uuid[])
              AS u(n, k, c, t, p, code, e, a, eid)",
@@ -587,6 +614,7 @@ pub async fn insert_failed(
     .bind(&attempts)
     .bind(&ids)
     .bind(now)
+    .bind(vault.active_key())
     .execute(&mut *tx)
     .await?;
     Ok(())

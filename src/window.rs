@@ -33,6 +33,8 @@ pub struct WindowContext {
     pub created_routing_key: String,
     pub failed_routing_key: String,
     pub limits: BodyLimits,
+    /// Seals SSNs and failed payloads before they are written.
+    pub vault: std::sync::Arc<crate::crypto::Vault>,
 }
 
 /// What became of one intake; the consumer logs it, tests assert on it.
@@ -373,7 +375,7 @@ pub async fn process(
         .filter_map(|e| e.replay.map(|r| r.failed_intake_id))
         .collect();
     store::resolve_failed(&mut tx, &resolved, now).await?;
-    plan.write(&mut tx, now).await?;
+    plan.write(&mut tx, now, &ctx.vault).await?;
     tx.commit().await?;
     Ok(outcomes
         .into_iter()
@@ -526,15 +528,16 @@ impl Plan {
         self,
         tx: &mut sqlx::PgConnection,
         now: chrono::DateTime<Utc>,
+        vault: &crate::crypto::Vault,
     ) -> Result<(), sqlx::Error> {
         // Demote old heads before inserting new ones: the one-head index is not deferrable.
         store::unflag_heads(tx, &self.unflag, now).await?;
         store::insert_households(tx, &self.households, now).await?;
-        store::insert_cases(tx, &self.cases).await?;
+        store::insert_cases(tx, &self.cases, vault).await?;
         let updates: Vec<(i64, i64)> = self.head_updates.iter().map(|(h, c)| (*h, *c)).collect();
         store::update_heads(tx, &updates, now).await?;
         store::record_outcomes(tx, &self.outcomes).await?;
-        store::insert_failed(tx, &self.failed, now).await?;
+        store::insert_failed(tx, &self.failed, now, vault).await?;
         let mut outbox = self.outbox;
         outbox.sort_by_key(|(i, _)| *i);
         let rows: Vec<OutboxRow> = outbox.into_iter().map(|(_, r)| r).collect();

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{ConsumerError, ConsumerSpec, IntakeConsumer, Mode, probe_backoff};
 use crate::decode::BodyLimits;
+use crate::http::HttpState;
+use crate::metrics::{ConsumerState, Metrics};
 use crate::relay::{Relay, RelayError};
 use crate::settings::Settings;
 use crate::topology;
@@ -50,20 +52,31 @@ pub fn window_context(settings: &Settings) -> WindowContext {
             max_body_bytes: settings.intake.max_body_bytes,
             max_depth: settings.intake.max_depth,
         },
+        // Settings::load refuses keys that do not build a vault, so this cannot fail for
+        // loaded settings.
+        vault: Arc::new(
+            crate::crypto::Vault::from_settings(&settings.crypto)
+                .expect("crypto settings are validated when settings load"),
+        ),
     }
 }
 
 /// Migrates (creating the database if asked), retrying while PostgreSQL is unreachable.
-pub async fn prepare_database(settings: &Settings, shutdown: &CancellationToken) -> Option<PgPool> {
+/// Returns false when shutdown was asked first.
+pub async fn prepare_database(
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> bool {
     let mut delays = probe_backoff();
     loop {
-        match crate::db::migrate(&settings.database).await {
-            Ok(pool) => return Some(pool),
+        match crate::db::migrate_pool(&settings.database, pool).await {
+            Ok(()) => return true,
             Err(e) => tracing::warn!(error = %e, "database not ready; retrying"),
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
+            _ = shutdown.cancelled() => return false,
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -87,9 +100,46 @@ async fn await_database(pool: &PgPool, shutdown: &CancellationToken) {
 
 /// Runs the worker until `shutdown` is cancelled and everything in flight is finished.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), sqlx::Error> {
-    let Some(pool) = prepare_database(&settings, &shutdown).await else {
-        return Ok(());
+    run_with(settings, shutdown, Metrics::shared()).await
+}
+
+/// Starts the HTTP server of the settings, if any. A failure to bind is logged, not fatal:
+/// intake goes on, and the missing probes make the problem visible to the orchestrator.
+async fn start_http(settings: &Settings, state: HttpState, shutdown: &CancellationToken) {
+    if settings.http.address.is_empty() {
+        return;
+    }
+    match tokio::net::TcpListener::bind(&settings.http.address).await {
+        Ok(listener) => {
+            tracing::info!(address = %settings.http.address, "http server listening");
+            tokio::spawn(crate::http::serve(listener, state, shutdown.clone()));
+        }
+        Err(e) => {
+            tracing::error!(address = %settings.http.address, error = %e, "http server not started")
+        }
+    }
+}
+
+/// [`run`] with the caller's metrics (tests read them).
+pub async fn run_with(
+    settings: Settings,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Result<(), sqlx::Error> {
+    if settings.crypto.active_key == crate::crypto::DEV_KEY_ID {
+        tracing::warn!(
+            "the built-in development encryption key is active: set crypto.keys and crypto.active_key for real data"
+        );
+    }
+    let pool = crate::db::pool(&settings.database)?;
+    let state = HttpState {
+        pool: pool.clone(),
+        metrics: metrics.clone(),
     };
+    start_http(&settings, state, &shutdown).await;
+    if !prepare_database(&settings, &pool, &shutdown).await {
+        return Ok(());
+    }
     let janitor = tokio::spawn(crate::retention::run(
         pool.clone(),
         settings.outbox.retention_hours,
@@ -99,14 +149,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     ));
     let mut delays = probe_backoff();
     while !shutdown.is_cancelled() {
-        match session(&settings, &pool, &shutdown).await {
+        match session(&settings, &pool, &shutdown, &metrics).await {
             Ok(SessionEnd::Shutdown) => break,
             Ok(SessionEnd::DatabaseOutage) => {
+                metrics.set_state(ConsumerState::DatabaseOutage);
                 tracing::warn!("database outage: intake paused, deliveries handed back");
                 await_database(&pool, &shutdown).await;
                 delays = probe_backoff();
             }
             Err(e) => {
+                metrics.set_state(ConsumerState::Reconnecting);
+                metrics.record_reconnect();
                 tracing::warn!(error = %e, "broker session ended; reconnecting");
                 let delay = delays.next().unwrap_or(Duration::from_secs(5));
                 tokio::select! {
@@ -116,6 +169,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
             }
         }
     }
+    metrics.set_state(ConsumerState::ShuttingDown);
     let _ = janitor.await;
     pool.close().await;
     tracing::info!("worker stopped");
@@ -148,6 +202,7 @@ async fn session(
     settings: &Settings,
     pool: &PgPool,
     shutdown: &CancellationToken,
+    metrics: &Arc<Metrics>,
 ) -> Result<SessionEnd, SessionError> {
     let consuming = connect(settings, "case-intake consumer").await?;
     let publishing = connect(settings, "case-intake relay").await?;
@@ -165,6 +220,7 @@ async fn session(
         publishing.create_channel().await?,
         settings.amqp.events_exchange.clone(),
         settings.outbox.clone(),
+        metrics.clone(),
     )
     .await?;
     let relay_stop = CancellationToken::new();
@@ -207,6 +263,7 @@ async fn session(
             pool.clone(),
             ctx.clone(),
             settings.intake.clone(),
+            metrics.clone(),
         )
         .await?;
         let (wake, stop, outage) = (wake.clone(), stop.clone(), outage.clone());
@@ -217,6 +274,7 @@ async fn session(
             r
         }));
     }
+    metrics.set_state(ConsumerState::Consuming);
     {
         let (stop, outage) = (stop.clone(), outage.clone());
         tokio::spawn(async move {
@@ -226,6 +284,10 @@ async fn session(
     }
 
     let mut first_error: Option<SessionError> = None;
+    stop.cancelled().await;
+    if shutdown.is_cancelled() {
+        metrics.set_state(ConsumerState::ShuttingDown);
+    }
     for c in consumers {
         match c.await {
             Ok(Ok(())) => {}

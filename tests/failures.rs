@@ -40,7 +40,8 @@ async fn replay_succeeds_once_the_missing_county_exists() {
     .unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].message_key.as_deref(), Some("needs-county"));
-    let shown = failed::show(&env.pool, "needs-county", Some(env.a.network_id))
+    let vault = case_intake::crypto::Vault::from_settings(&env.settings.crypto).unwrap();
+    let shown = failed::show(&env.pool, &vault, "needs-county", Some(env.a.network_id))
         .await
         .unwrap();
     assert_eq!(shown[0].payload["ss_number"], "*****3333");
@@ -81,7 +82,9 @@ async fn replay_succeeds_once_the_missing_county_exists() {
         .await
         .unwrap();
     assert_eq!(r.selected, 0);
-    let history = failed::show(&env.pool, "needs-county", None).await.unwrap();
+    let history = failed::show(&env.pool, &vault, "needs-county", None)
+        .await
+        .unwrap();
     assert_eq!(history.len(), 2);
     assert!(history.iter().all(|h| h.intake.resolved_at.is_some()));
     // A re-published duplicate now gets the created outcome.

@@ -400,13 +400,37 @@ async fn created_event_holds_every_field_with_the_ssn_masked() {
     }
     assert_eq!(ev["specversion"], "1.0");
     assert_eq!(ev["source"], env.settings.events.source);
-    // The stored case keeps the digits.
-    let ssn: String = sqlx::query_scalar("SELECT ss_number FROM cases WHERE id = $1")
-        .bind(case_id)
-        .fetch_one(&env.pool)
-        .await
+    // The stored case keeps the SSN sealed (AES-256-GCM) with its key id, an HMAC for exact
+    // matching, and the last four digits; the digits never appear in clear.
+    let row = sqlx::query(
+        "SELECT ss_number_sealed, ss_number_key_id, ss_number_hmac, ss_number_last4
+           FROM cases WHERE id = $1",
+    )
+    .bind(case_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    use sqlx::Row;
+    let sealed: Vec<u8> = row.get(0);
+    let key_id: String = row.get(1);
+    let hmac: Vec<u8> = row.get(2);
+    let last4: String = row.get(3);
+    assert!(!sealed.windows(9).any(|w| w == b"111223333"));
+    let vault = case_intake::crypto::Vault::from_settings(&env.settings.crypto).unwrap();
+    let opened = vault
+        .open(case_intake::crypto::Purpose::Ssn, &key_id, &sealed)
         .unwrap();
-    assert_eq!(ssn, "111223333");
+    assert_eq!(opened, b"111223333");
+    assert_eq!(hmac, vault.ssn_hmac("111223333").to_vec());
+    assert_eq!(last4, "3333");
+    let found: i64 =
+        sqlx::query_scalar("SELECT id FROM cases WHERE network_id = $1 AND ss_number_hmac = $2")
+            .bind(env.a.network_id)
+            .bind(vault.ssn_hmac("111223333").to_vec())
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(found, case_id);
     env.cleanup().await;
 }
 

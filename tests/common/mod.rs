@@ -75,6 +75,7 @@ impl TestEnv {
         settings.amqp.events_exchange = format!("test.{id}.events");
         settings.outbox.poll_interval_ms = 100;
         settings.intake.window_wait_ms = 2;
+        settings.http.address = String::new();
         let pool = db::migrate(&settings.database).await.expect("migrate");
         let a = provision::provision(
             &pool,

@@ -1,0 +1,160 @@
+//! The HTTP surface over real HTTP: liveness, readiness, metrics and the counties endpoint.
+
+mod common;
+
+use std::sync::Arc;
+
+use case_intake::http::{HttpState, serve};
+use case_intake::metrics::Metrics;
+use common::{Broker, TestEnv, seed_body, token_header};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// Serves the HTTP surface of `metrics` on a free local port; returns its base URL.
+async fn start_http(env: &TestEnv, metrics: Arc<Metrics>, stop: &CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = HttpState {
+        pool: env.pool.clone(),
+        metrics,
+    };
+    tokio::spawn(serve(listener, state, stop.clone()));
+    base
+}
+
+#[tokio::test]
+async fn probes_follow_the_consumer_and_metrics_count_outcomes() {
+    let env = TestEnv::new().await;
+    let metrics = Metrics::shared();
+    let stop = CancellationToken::new();
+    let base = start_http(&env, metrics.clone(), &stop).await;
+    let client = reqwest::Client::new();
+
+    let live = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    // No worker yet: alive but not ready.
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "not ready");
+
+    let mut broker = Broker::connect(&env).await;
+    let worker_stop = CancellationToken::new();
+    let worker = tokio::spawn(case_intake::worker::run_with(
+        env.settings.clone(),
+        worker_stop.clone(),
+        metrics.clone(),
+    ));
+    broker.declare_topology(&env).await;
+    let (h, v) = token_header(&env.a.token);
+    let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    broker.publish(Some("m1"), &[(h, &v)], None, &body).await;
+    broker.publish(Some("m2"), &[], None, &body).await;
+    broker.events(2).await;
+
+    // Once the event is out, the consumer is running: ready.
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    // The counters are bumped, and the outbox rows marked published, just after the events
+    // leave: poll until they show (bounded), then check them all.
+    let created = r#"case_intake_intakes_total{outcome="created",code=""} 1"#;
+    let mut text = String::new();
+    for _ in 0..600 {
+        text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(created)
+            && text.contains(r#"code="unauthorized""#)
+            && text.contains("case_intake_outbox_backlog 0")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(text.contains(created), "{text}");
+    assert!(
+        text.contains(r#"case_intake_intakes_total{outcome="failed",code="unauthorized"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("case_intake_outbox_backlog 0"), "{text}");
+    assert!(text.contains("case_intake_window_seconds_count"), "{text}");
+
+    worker_stop.cancel();
+    worker.await.unwrap().unwrap();
+    // Stopped: not ready any more.
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    stop.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn counties_endpoint_lists_only_the_callers_network() {
+    let env = TestEnv::new().await;
+    let stop = CancellationToken::new();
+    let base = start_http(&env, Metrics::shared(), &stop).await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/api/v1/counties/");
+
+    let res = client
+        .get(&url)
+        .header("Authorization", format!("Token {}", env.a.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let counties: Vec<Value> = res.json().await.unwrap();
+    let names: Vec<&str> = counties
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Kings", "Queens"]);
+    let ids: Vec<i64> = counties.iter().map(|c| c["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, env.a.county_ids);
+
+    // The seed's header name works too.
+    let res = client
+        .get(&url)
+        .header("Authorize", format!("Token {}", env.b.token))
+        .send()
+        .await
+        .unwrap();
+    let counties: Vec<Value> = res.json().await.unwrap();
+    let names: Vec<&str> = counties
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Bexar", "Travis"]);
+
+    for header in [
+        None,
+        Some("Token nope".to_owned()),
+        Some(format!("Bearer {}", env.a.token)),
+    ] {
+        let mut req = client.get(&url);
+        if let Some(h) = header {
+            req = req.header("Authorization", h);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    case_intake::provision::revoke_key(&env.pool, env.a.api_key_id)
+        .await
+        .unwrap();
+    let res = client
+        .get(&url)
+        .header("Authorization", format!("Token {}", env.a.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    stop.cancel();
+    env.cleanup().await;
+}

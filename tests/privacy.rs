@@ -1,0 +1,197 @@
+//! Privacy and tenant isolation: sealed payloads, key rotation, and what one network can learn
+//! about another (nothing).
+
+mod common;
+
+use case_intake::crypto::{Purpose, Vault};
+use case_intake::error::ErrorCode;
+use case_intake::failed::{self, Filter};
+use case_intake::window::Outcome;
+use common::{TestEnv, seed_body};
+use secrecy::SecretString;
+use serde_json::json;
+use sqlx::Row;
+
+#[tokio::test]
+async fn failed_payloads_are_sealed_and_keys_rotate() {
+    let mut env = TestEnv::new().await;
+    let mut bad = seed_body(env.a.county_ids[0]);
+    bad["last_name"] = json!(null);
+    env.process(&[
+        env.envelope("sealed-1", Some(&env.a.token), &bad),
+        env.envelope(
+            "sealed-2",
+            Some(&env.a.token),
+            &seed_body(env.a.county_ids[0]),
+        ),
+    ])
+    .await;
+    let row = sqlx::query("SELECT payload_sealed, payload_key_id FROM failed_intakes")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let sealed: Vec<u8> = row.get(0);
+    let key_id: String = row.get(1);
+    assert_eq!(key_id, "dev");
+    assert!(!sealed.windows(9).any(|w| w == b"111223333"));
+    assert!(
+        !sealed
+            .windows(5)
+            .any(|w| w == b"Smith".as_slice() || w == b"Adams")
+    );
+
+    // A new key becomes active; the old one stays configured until rotation is done.
+    env.settings
+        .crypto
+        .keys
+        .insert("2027".into(), SecretString::from("11".repeat(32)));
+    env.settings.crypto.active_key = "2027".into();
+    let vault = Vault::from_settings(&env.settings.crypto).unwrap();
+    let rotated = case_intake::rotate::rotate(&env.pool, &vault, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((rotated.ssns, rotated.payloads), (1, 1));
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT ss_number_key_id FROM cases UNION ALL SELECT payload_key_id FROM failed_intakes",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(keys, ["2027", "2027"]);
+    // Now readable with the new key alone.
+    env.settings.crypto.keys.remove("dev");
+    let only_new = Vault::from_settings(&env.settings.crypto).unwrap();
+    let row = sqlx::query("SELECT ss_number_sealed, ss_number_key_id FROM cases")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let ssn = only_new
+        .open(
+            Purpose::Ssn,
+            &row.get::<String, _>(1),
+            &row.get::<Vec<u8>, _>(0),
+        )
+        .unwrap();
+    assert_eq!(ssn, b"111223333");
+    let shown = failed::show(&env.pool, &only_new, "sealed-1", None)
+        .await
+        .unwrap();
+    assert_eq!(shown[0].payload["ss_number"], "*****3333");
+    // A second rotation has nothing left to do.
+    let again = case_intake::rotate::rotate(&env.pool, &only_new, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((again.ssns, again.payloads), (0, 0));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn network_a_can_learn_nothing_about_network_b() {
+    let env = TestEnv::new().await;
+    // B has a case, a household and counties; A tries to reach them.
+    let b_out = env
+        .process(&[env.envelope("b-key", Some(&env.b.token), &seed_body(env.b.county_ids[0]))])
+        .await;
+    let Outcome::Created {
+        household_id: b_household,
+        ..
+    } = b_out[0]
+    else {
+        panic!("{b_out:?}")
+    };
+    let mut into_b = seed_body(env.b.county_ids[0]);
+    into_b["household"] = json!(b_household);
+    let mut nowhere = seed_body(9_999_999);
+    nowhere["household"] = json!(9_999_999);
+    let out = env
+        .process(&[
+            env.envelope("a-1", Some(&env.a.token), &into_b),
+            env.envelope("a-2", Some(&env.a.token), &nowhere),
+            // The same key as B's: a separate intake, no collision, no reuse error.
+            env.envelope("b-key", Some(&env.a.token), &seed_body(env.a.county_ids[0])),
+        ])
+        .await;
+    let error_of = |key: &str| {
+        let pool = env.pool.clone();
+        let key = key.to_owned();
+        let network = env.a.network_id;
+        async move {
+            let ev: serde_json::Value = sqlx::query_scalar(
+                "SELECT event FROM intake_outcomes WHERE network_id = $1 AND message_key = $2",
+            )
+            .bind(network)
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            ev["data"]["error"].clone()
+        }
+    };
+    // Same error for B's county and household as for ids that exist nowhere.
+    assert_eq!(error_of("a-1").await, error_of("a-2").await);
+    assert!(matches!(out[2], Outcome::Created { .. }), "{out:?}");
+    // B's household was not touched.
+    let members: i64 = sqlx::query_scalar("SELECT count(*) FROM cases WHERE household_id = $1")
+        .bind(b_household)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(members, 1);
+    // B's listing shows B's failures only, and A's events never name B's data.
+    let mut bad_b = seed_body(env.b.county_ids[0]);
+    bad_b["email"] = json!("nope");
+    env.process(&[env.envelope("b-bad", Some(&env.b.token), &bad_b)])
+        .await;
+    let b_failed = failed::list(
+        &env.pool,
+        &Filter {
+            network: Some(env.b.network_id),
+            limit: 100,
+            ..Filter::default()
+        },
+    )
+    .await
+    .unwrap();
+    let keys: Vec<_> = b_failed
+        .iter()
+        .filter_map(|f| f.message_key.clone())
+        .collect();
+    assert_eq!(keys, ["b-bad"]);
+    let a_events: Vec<String> =
+        sqlx::query_scalar("SELECT event::text FROM intake_outcomes WHERE network_id = $1")
+            .bind(env.a.network_id)
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    for ev in &a_events {
+        assert!(!ev.contains("Travis") && !ev.contains("Bexar"), "{ev}");
+        assert!(
+            !ev.contains(&format!("\"household_id\":{b_household}")),
+            "{ev}"
+        );
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_token_of_one_network_never_authenticates_as_another() {
+    let env = TestEnv::new().await;
+    // B's token with A's county: B's caller is used, so A's county is "not of your network".
+    let out = env
+        .process(&[env.envelope("x", Some(&env.b.token), &seed_body(env.a.county_ids[0]))])
+        .await;
+    assert!(matches!(
+        out[0],
+        Outcome::Failed {
+            code: ErrorCode::ValidationFailed,
+            ..
+        }
+    ));
+    let network: Option<i64> =
+        sqlx::query_scalar("SELECT network_id FROM failed_intakes WHERE message_key = 'x'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(network, Some(env.b.network_id));
+    env.cleanup().await;
+}
