@@ -1,0 +1,722 @@
+//! Holds the service to its published contract, docs/asyncapi.yaml: the document's examples
+//! against its schemas, real events of the service (created, joined, replaced, replayed and
+//! every kind of failure) against the event schemas, the intake schema against
+//! `validate::validate`, the names against the defaults, and README.md's marked examples.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use case_intake::auth::TOKEN_HEADERS;
+use case_intake::envelope::MAX_KEY_CHARS;
+use case_intake::error::{ALL_CODES, ErrorCode, IntakeError};
+use case_intake::event::{CASE_CREATED, CASE_FAILED, CONTENT_TYPE};
+use case_intake::failed::{self, Filter};
+use case_intake::settings::Settings;
+use case_intake::topology::RETRIES_HEADER;
+use case_intake::validate::validate;
+use case_intake::window::Outcome;
+use common::{TestEnv, seed_body};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+/// Fields of a created case that the system sets, and the placement fields the event adds:
+/// everything in `case.created` data that is not an intake field.
+const NOT_INTAKE_FIELDS: [&str; 14] = [
+    "id",
+    "roi_exp_date",
+    "entry_agent",
+    "mod_agent",
+    "group",
+    "import_id",
+    "created_at",
+    "updated_at",
+    "household_id",
+    "household_created",
+    "previous_head_case_id",
+    "message_key",
+    "warnings",
+    "replay",
+];
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// docs/asyncapi.yaml, parsed.
+struct Contract {
+    doc: Value,
+}
+
+impl Contract {
+    fn load() -> Self {
+        let path = repo().join("docs/asyncapi.yaml");
+        let text = std::fs::read_to_string(&path).expect("docs/asyncapi.yaml is readable");
+        let doc = Value::deserialize(serde_norway::Deserializer::from_str(&text))
+            .expect("docs/asyncapi.yaml is YAML");
+        assert_eq!(doc["asyncapi"], "3.0.0");
+        Self { doc }
+    }
+
+    fn schema(&self, name: &str) -> &Value {
+        let s = &self.doc["components"]["schemas"][name];
+        assert!(s.is_object(), "components.schemas.{name} exists");
+        s
+    }
+
+    fn message(&self, name: &str) -> &Value {
+        let m = &self.doc["components"]["messages"][name];
+        assert!(m.is_object(), "components.messages.{name} exists");
+        m
+    }
+
+    fn channel(&self, name: &str) -> &Value {
+        let c = &self.doc["channels"][name];
+        assert!(c.is_object(), "channels.{name} exists");
+        c
+    }
+
+    /// Follows a local `$ref` of the document.
+    fn resolve<'a>(&'a self, value: &'a Value) -> &'a Value {
+        match value["$ref"].as_str() {
+            Some(r) => {
+                let pointer = r.strip_prefix('#').expect("local reference");
+                self.doc
+                    .pointer(pointer)
+                    .unwrap_or_else(|| panic!("{r} resolves"))
+            }
+            None => value,
+        }
+    }
+
+    /// A draft-07 validator for `schema`, whose `$ref`s resolve within the document.
+    fn validator(&self, schema: &Value) -> jsonschema::Validator {
+        let root = json!({
+            "allOf": [schema],
+            "components": self.doc["components"],
+        });
+        jsonschema::draft7::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| panic!("schema {schema} compiles: {e}"))
+    }
+
+    fn named(&self, name: &str) -> jsonschema::Validator {
+        self.validator(&json!({ "$ref": format!("#/components/schemas/{name}") }))
+    }
+
+    /// The payload validator of the channel whose address is `routing_key`.
+    fn event_validator(&self, routing_key: &str) -> jsonschema::Validator {
+        let channels = self.doc["channels"].as_object().expect("channels");
+        let (_, channel) = channels
+            .iter()
+            .find(|(_, c)| c["address"] == routing_key)
+            .unwrap_or_else(|| panic!("a channel has the address {routing_key}"));
+        let messages = channel["messages"].as_object().expect("messages");
+        assert_eq!(messages.len(), 1);
+        let message = self.resolve(messages.values().next().unwrap());
+        self.validator(&message["payload"])
+    }
+}
+
+/// Every error of `instance`, or nothing.
+fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+    v.iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+fn assert_valid(v: &jsonschema::Validator, instance: &Value, what: &str) {
+    let errs = errors(v, instance);
+    assert!(
+        errs.is_empty(),
+        "{what} does not match its schema: {errs:#?}\n{instance:#}"
+    );
+}
+
+fn object(v: &Value) -> &Map<String, Value> {
+    v.as_object().expect("a JSON object")
+}
+
+fn today() -> chrono::NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
+/// The full "seed" example of the createCase message.
+fn seed_example(c: &Contract) -> Value {
+    c.message("createCase")["examples"]
+        .as_array()
+        .expect("examples")
+        .iter()
+        .find(|e| e["name"] == "seed")
+        .expect("a `seed` example")["payload"]
+        .clone()
+}
+
+fn with(mut body: Value, field: &str, value: Value) -> Value {
+    body[field] = value;
+    body
+}
+
+fn without(mut body: Value, field: &str) -> Value {
+    body.as_object_mut().unwrap().remove(field);
+    body
+}
+
+#[test]
+fn the_schemas_are_draft_07_and_every_example_matches_its_schema() {
+    let c = Contract::load();
+    let schemas = object(&c.doc["components"]["schemas"]);
+    let mut checked = 0;
+    for (name, schema) in schemas {
+        if let Err(e) = jsonschema::draft7::meta::validate(schema) {
+            panic!("components.schemas.{name} is not a draft-07 schema: {e}");
+        }
+        let v = c.named(name);
+        for (i, example) in schema["examples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            assert_valid(&v, example, &format!("schemas.{name}.examples[{i}]"));
+            checked += 1;
+        }
+    }
+    for (name, message) in object(&c.doc["components"]["messages"]) {
+        let payload = c.validator(&message["payload"]);
+        assert!(
+            !payload.is_valid(&json!({})),
+            "{name}: the payload schema accepts anything"
+        );
+        let examples = message["examples"].as_array().expect("examples");
+        assert!(!examples.is_empty(), "{name} has examples");
+        for example in examples {
+            let what = format!("messages.{name}.examples.{}", example["name"]);
+            assert_valid(&payload, &example["payload"], &what);
+            if message.get("headers").is_some() {
+                let headers = c.validator(&message["headers"]);
+                assert_valid(&headers, &example["headers"], &format!("{what}.headers"));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} examples");
+}
+
+#[test]
+fn the_documented_names_are_the_service_defaults() {
+    let c = Contract::load();
+    let s = Settings::load(None).expect("defaults load");
+    let intake = c.channel("intake");
+    assert_eq!(intake["address"], s.amqp.intake_queue.as_str());
+    assert_eq!(intake["bindings"]["amqp"]["is"], "queue");
+    assert_eq!(
+        intake["bindings"]["amqp"]["queue"]["name"],
+        s.amqp.intake_queue.as_str()
+    );
+    for (channel, routing_key, message, event_type) in [
+        (
+            "caseCreated",
+            &s.amqp.created_routing_key,
+            "caseCreated",
+            CASE_CREATED,
+        ),
+        (
+            "caseFailed",
+            &s.amqp.failed_routing_key,
+            "caseFailed",
+            CASE_FAILED,
+        ),
+    ] {
+        let ch = c.channel(channel);
+        assert_eq!(ch["address"], routing_key.as_str());
+        assert_eq!(ch["bindings"]["amqp"]["is"], "routingKey");
+        let exchange = &ch["bindings"]["amqp"]["exchange"];
+        assert_eq!(exchange["name"], s.amqp.events_exchange.as_str());
+        assert_eq!(exchange["type"], "topic");
+        assert_eq!(exchange["durable"], true);
+        let m = c.message(message);
+        assert_eq!(m["contentType"], CONTENT_TYPE);
+        assert_eq!(m["bindings"]["amqp"]["messageType"], routing_key.as_str());
+        let payload = c.resolve(&m["payload"]);
+        assert_eq!(payload["properties"]["type"]["const"], event_type);
+        for example in m["examples"].as_array().unwrap() {
+            assert_eq!(example["payload"]["source"], s.events.source.as_str());
+        }
+    }
+    for b in c
+        .doc
+        .pointer("/channels")
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .values()
+    {
+        assert_eq!(b["bindings"]["amqp"]["bindingVersion"], "0.3.0");
+    }
+    assert_eq!(
+        c.schema("EventProperties")["properties"]["content_type"]["const"],
+        CONTENT_TYPE
+    );
+
+    // AMQP properties and headers of an intake.
+    let props = c.schema("IntakeProperties");
+    assert_eq!(props["required"], json!(["message_id"]));
+    assert_eq!(
+        props["properties"]["message_id"]["maxLength"],
+        json!(MAX_KEY_CHARS)
+    );
+    assert_eq!(props["properties"]["message_id"]["minLength"], 1);
+    assert_eq!(
+        c.message("createCase")["bindings"]["amqp"]["x-properties"]["$ref"],
+        "#/components/schemas/IntakeProperties"
+    );
+    let headers: BTreeSet<String> = object(&c.schema("IntakeHeaders")["properties"])
+        .keys()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    // The token headers, and the retry counter the service keeps (reserved, never accepted).
+    let expected: BTreeSet<String> = TOKEN_HEADERS
+        .iter()
+        .chain([&RETRIES_HEADER])
+        .map(|h| h.to_string())
+        .collect();
+    assert_eq!(headers, expected);
+    let intake_headers = c.named("IntakeHeaders");
+    assert!(!intake_headers.is_valid(&json!({"authorization": "Token a", RETRIES_HEADER: 1})));
+    let token = c.named("TokenHeader");
+    for ok in ["Token abc", "  token   abc  ", "TOKEN abc"] {
+        assert!(case_intake::auth::parse_token_header(ok).is_some() && token.is_valid(&json!(ok)));
+    }
+    for bad in ["Bearer abc", "Token", "Token a b", "abc"] {
+        assert!(
+            case_intake::auth::parse_token_header(bad).is_none() && !token.is_valid(&json!(bad)),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn the_error_codes_are_exactly_the_service_codes() {
+    let c = Contract::load();
+    let codes: Vec<&str> = ALL_CODES.iter().map(|c| c.as_str()).collect();
+    let schema = c.schema("ErrorCode");
+    assert_eq!(schema["enum"], json!(codes), "same codes, same order");
+    let description = schema["description"].as_str().unwrap();
+    for code in codes {
+        assert!(
+            description.contains(&format!("`{code}`")),
+            "{code} is explained"
+        );
+    }
+}
+
+#[test]
+fn the_intake_schema_agrees_with_validate() {
+    let c = Contract::load();
+    let schema = c.named("IntakeBody");
+    let accepts = |body: &Value| validate(object(body), today()).is_ok();
+
+    // Every intake example is accepted by the service.
+    let mut examples: Vec<Value> = c.message("createCase")["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"].clone())
+        .collect();
+    examples.extend(
+        c.schema("IntakeBody")["examples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .cloned(),
+    );
+    for body in &examples {
+        assert!(accepts(body), "validate refuses the example {body}");
+        assert_valid(&schema, body, "an intake example");
+    }
+
+    // The schema lists exactly the fields of the seed example, each of which validate knows.
+    let seed = seed_example(&c);
+    let properties: BTreeSet<&String> = object(&c.schema("IntakeBody")["properties"])
+        .keys()
+        .collect();
+    let seed_fields: BTreeSet<&String> = object(&seed).keys().collect();
+    assert_eq!(properties, seed_fields);
+    assert_eq!(properties.len(), 25);
+    for field in &properties {
+        // Null is "not given" for every optional field; the required names get a value.
+        let mut body = json!({"first_name": "A", "last_name": "B"});
+        body.as_object_mut()
+            .unwrap()
+            .entry(field.as_str())
+            .or_insert(Value::Null);
+        assert!(accepts(&body), "validate does not know {field}");
+    }
+
+    let bad = [
+        without(seed.clone(), "last_name"),
+        without(seed.clone(), "first_name"),
+        with(seed.clone(), "first_name", json!("   ")),
+        with(seed.clone(), "first_name", json!(null)),
+        with(seed.clone(), "first_name", json!("a".repeat(101))),
+        with(seed.clone(), "last_name", json!(7)),
+        with(seed.clone(), "middle_name", json!("a\u{7}b")),
+        with(seed.clone(), "nickname", json!("line\nbreak")),
+        with(seed.clone(), "suffix", json!("s".repeat(21))),
+        with(seed.clone(), "mailing_address", json!("x".repeat(201))),
+        with(seed.clone(), "street_apt_number", json!("x".repeat(51))),
+        with(seed.clone(), "date_of_birth", json!("2023-02-30")),
+        with(seed.clone(), "date_of_birth", json!("1950-1-3")),
+        with(seed.clone(), "date_of_birth", json!("03/12/1950")),
+        with(seed.clone(), "email", json!("[email protected]")),
+        with(seed.clone(), "email", json!("john@localhost")),
+        with(seed.clone(), "email", json!("john smith@example.org")),
+        with(seed.clone(), "email", json!("john@-example.org")),
+        with(seed.clone(), "head_of_household", json!("true")),
+        with(seed.clone(), "deceased", json!(1)),
+        with(seed.clone(), "mailing_state", json!("XX")),
+        with(seed.clone(), "street_state", json!("New York")),
+        with(seed.clone(), "mailing_zip_code", json!("1234")),
+        with(seed.clone(), "street_zip_code", json!("123456789")),
+        with(seed.clone(), "ss_number", json!("666-12-3456")),
+        with(seed.clone(), "ss_number", json!("000-12-3456")),
+        with(seed.clone(), "ss_number", json!("900-12-3456")),
+        with(seed.clone(), "ss_number", json!("123-00-4567")),
+        with(seed.clone(), "ss_number", json!("123-45-0000")),
+        with(seed.clone(), "ss_number", json!("12345678")),
+        with(seed.clone(), "ss_number", json!("123 45 6789")),
+        with(seed.clone(), "ss_number", json!(111223333)),
+        with(seed.clone(), "street_county", json!(0)),
+        with(seed.clone(), "street_county", json!(-1)),
+        with(seed.clone(), "street_county", json!("1")),
+        with(seed.clone(), "street_county", json!(1.5)),
+        with(seed.clone(), "household", json!("1001")),
+        with(seed.clone(), "yearly_income", json!(-1)),
+        with(seed.clone(), "yearly_income", json!(0.001)),
+        with(seed.clone(), "yearly_expenses", json!(1e12)),
+        with(seed.clone(), "yearly_expenses", json!("11580")),
+        with(seed.clone(), "id", json!(5)),
+        with(seed.clone(), "group", json!(1)),
+        with(seed.clone(), "import_id", json!(null)),
+        with(seed.clone(), "favorite_color", json!("blue")),
+    ];
+    for body in &bad {
+        assert!(!accepts(body), "validate accepts {body}");
+        assert!(
+            !schema.is_valid(body),
+            "the schema accepts a body validate refuses: {body}"
+        );
+    }
+
+    let minimal = json!({"first_name": "Ann", "last_name": "Lee"});
+    let good = [
+        minimal.clone(),
+        with(minimal.clone(), "household", json!(null)),
+        with(minimal.clone(), "middle_name", json!("")),
+        with(minimal.clone(), "first_name", json!("  Ann  ")),
+        with(seed.clone(), "ss_number", json!("111-22-3333")),
+        with(seed.clone(), "ss_number", json!("899-99-9999")),
+        with(seed.clone(), "ss_number", json!(null)),
+        with(seed.clone(), "mailing_zip_code", json!("12345-6789")),
+        with(seed.clone(), "street_state", json!("PR")),
+        with(seed.clone(), "email", json!("o'brien@example.ie")),
+        with(seed.clone(), "email", json!("x@1.2.3.4")),
+        with(seed.clone(), "yearly_income", json!(15350.5)),
+        with(seed.clone(), "yearly_income", json!(0.29)),
+        with(seed.clone(), "yearly_income", json!(4.35)),
+        with(seed.clone(), "yearly_income", json!(0)),
+        with(seed.clone(), "yearly_income", json!(999_999_999_999.99)),
+        with(seed.clone(), "date_of_birth", json!("1910-01-01")),
+        with(seed.clone(), "date_of_birth", json!("2000-02-29")),
+        with(seed.clone(), "head_of_household", json!(true)),
+        with(seed.clone(), "suffix", json!("s".repeat(20))),
+        with(seed.clone(), "first_name", json!("é".repeat(100))),
+    ];
+    for body in &good {
+        assert!(accepts(body), "validate refuses {body}");
+        assert_valid(&schema, body, "a valid body");
+    }
+}
+
+/// An envelope whose body is raw bytes rather than JSON.
+fn raw(
+    env: &TestEnv,
+    key: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> case_intake::envelope::Envelope {
+    let mut e = env.envelope(key, token, &json!({}));
+    e.body = body.to_vec();
+    e
+}
+
+fn created(outcome: &Outcome) -> (i64, i64) {
+    match outcome {
+        Outcome::Created {
+            case_id,
+            household_id,
+            ..
+        } => (*case_id, *household_id),
+        other => panic!("expected a created case, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn real_events_match_the_event_schemas() {
+    let c = Contract::load();
+    let env = TestEnv::new().await;
+    let token = env.a.token.clone();
+    let t = Some(token.as_str());
+    let county = env.a.county_ids[0];
+
+    // A new household, and a minimal case in another one.
+    let out = env
+        .process(&[
+            env.envelope("new", t, &seed_body(county)),
+            env.envelope(
+                "minimal",
+                t,
+                &json!({"first_name": "Ann", "last_name": "Lee"}),
+            ),
+        ])
+        .await;
+    let (head, household) = created(&out[0]);
+    created(&out[1]);
+
+    // Joining it, then replacing its head (with a warning and the other value forms).
+    let join = with(seed_body(county), "household", json!(household));
+    let out = env.process(&[env.envelope("join", t, &join)]).await;
+    created(&out[0]);
+    let replace = json!({
+        "first_name": " Jane ", "last_name": "Smith", "household": household,
+        "head_of_household": true, "date_of_birth": "1910-05-06", "ss_number": "123-45-6789",
+        "mailing_state": "ny", "mailing_zip_code": "12345-6789", "yearly_income": 15350.5,
+        "yearly_expenses": 0.29, "email": "", "street_county": county,
+    });
+    let out = env.process(&[env.envelope("replace", t, &replace)]).await;
+    created(&out[0]);
+
+    // Every kind of failure.
+    let mut no_key = env.envelope("unused", t, &seed_body(county));
+    no_key.message_key = None;
+    let too_large = json!({"first_name": "A", "last_name": "B", "nickname": "x".repeat(70_000)});
+    let invalid = json!({
+        "first_name": "", "last_name": "Smith", "email": "[email protected]",
+        "ss_number": "666-12-3456", "id": 5, "favorite_color": "blue",
+    });
+    let other_network = seed_body(env.b.county_ids[0]);
+    let mut dead = env.envelope("dead", t, &seed_body(county));
+    dead.forced_failure = Some(IntakeError::new(
+        ErrorCode::DeadLettered,
+        "the broker dead-lettered this intake",
+    ));
+    let mut exhausted = env.envelope("exhausted", t, &seed_body(county));
+    exhausted.forced_failure = Some(IntakeError::new(
+        ErrorCode::RetriesExhausted,
+        "transient database errors persisted through every retry",
+    ));
+    let out = env
+        .process(&[
+            raw(&env, "not-json", t, b"not json"),
+            raw(&env, "array", t, b"[1, 2]"),
+            env.envelope("too-large", t, &too_large),
+            no_key,
+            env.envelope("no-token", None, &seed_body(county)),
+            env.envelope("bad-token", Some("not-a-token"), &seed_body(county)),
+            env.envelope("invalid", t, &invalid),
+            env.envelope("other-network", t, &other_network),
+            dead,
+            exhausted,
+            // The same key and body again: the original event once more.
+            env.envelope("new", t, &seed_body(county)),
+            // The same key with another body.
+            env.envelope(
+                "new",
+                t,
+                &json!({"first_name": "Other", "last_name": "Body"}),
+            ),
+        ])
+        .await;
+    assert!(
+        matches!(out[10], Outcome::Duplicate { .. }),
+        "{:?}",
+        out[10]
+    );
+
+    // A replay: fails again (attempt 2) until the county exists, then creates the case.
+    let missing_county: i64 = 990_001;
+    let body = with(seed_body(county), "street_county", json!(missing_county));
+    env.process(&[env.envelope("replayed", t, &body)]).await;
+    let ctx = case_intake::worker::window_context(&env.settings);
+    let only = Filter {
+        key: Some("replayed".into()),
+        limit: 0,
+        ..Filter::default()
+    };
+    let r = failed::replay(&env.pool, &ctx, &only, 10, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(r.failed, 1);
+    sqlx::query("INSERT INTO counties (id, network_id, name) VALUES ($1, $2, 'Late County')")
+        .bind(missing_county)
+        .bind(env.a.network_id)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let r = failed::replay(&env.pool, &ctx, &only, 10, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(r.created, 1);
+
+    // Every event ever queued, and every event stored beside its key.
+    let outbox: Vec<(String, Value)> =
+        sqlx::query_as("SELECT routing_key, body FROM outbox ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let stored: Vec<(String, Value)> =
+        sqlx::query_as("SELECT routing_key, event FROM intake_outcomes WHERE event IS NOT NULL")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let created_v = c.event_validator(&env.settings.amqp.created_routing_key);
+    let failed_v = c.event_validator(&env.settings.amqp.failed_routing_key);
+    for (routing_key, event) in outbox.iter().chain(&stored) {
+        assert_eq!(event["type"], routing_key.as_str());
+        let v = if *routing_key == env.settings.amqp.created_routing_key {
+            &created_v
+        } else {
+            &failed_v
+        };
+        assert_valid(v, event, &format!("a real {routing_key} event"));
+    }
+
+    // The events cover every placement and every error code.
+    let data = |rk: &str| -> Vec<&Value> {
+        outbox
+            .iter()
+            .filter(|(k, _)| k == rk)
+            .map(|(_, e)| &e["data"])
+            .collect()
+    };
+    let created_data = data(&env.settings.amqp.created_routing_key);
+    assert!(created_data.iter().any(|d| d["household_created"] == true));
+    assert!(
+        created_data
+            .iter()
+            .any(|d| d["household_created"] == false && d["head_of_household"] == false)
+    );
+    assert!(
+        created_data
+            .iter()
+            .any(|d| d["previous_head_case_id"] == head)
+    );
+    assert!(created_data.iter().any(|d| d["ss_number"] == "*****6789"));
+    assert!(
+        created_data
+            .iter()
+            .any(|d| !d["warnings"].as_array().unwrap().is_empty())
+    );
+    assert!(created_data.iter().any(|d| d["replay"]["replayed"] == true));
+    let codes: BTreeSet<&str> = data(&env.settings.amqp.failed_routing_key)
+        .iter()
+        .map(|d| d["error"]["code"].as_str().unwrap())
+        .collect();
+    let all: BTreeSet<&str> = ALL_CODES.iter().map(|c| c.as_str()).collect();
+    assert_eq!(codes, all, "a real event of every error code");
+    assert!(
+        data(&env.settings.amqp.failed_routing_key)
+            .iter()
+            .any(|d| d["replay"]["attempt"] == 2)
+    );
+
+    // The intake schema has exactly the case fields of a created event.
+    let case_fields: BTreeSet<&str> = object(created_data[0])
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !NOT_INTAKE_FIELDS.contains(k))
+        .collect();
+    let intake_fields: BTreeSet<&str> = object(&c.schema("IntakeBody")["properties"])
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(intake_fields, case_fields);
+
+    env.cleanup().await;
+}
+
+/// Fenced blocks of README.md whose info string is exactly "json <tag>".
+fn readme_blocks(readme: &str, tag: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        let trimmed = line.trim();
+        match &mut current {
+            None => {
+                let info = trimmed.strip_prefix("```").map(str::split_whitespace);
+                if let Some(mut words) = info
+                    && words.next() == Some("json")
+                    && words.next() == Some(tag)
+                {
+                    current = Some(String::new());
+                }
+            }
+            Some(text) if trimmed == "```" => {
+                blocks.push(std::mem::take(text));
+                current = None;
+            }
+            Some(text) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_readme_examples_match_the_contract() {
+    let Ok(readme) = std::fs::read_to_string(repo().join("README.md")) else {
+        eprintln!("README.md is absent: its examples are not checked");
+        return;
+    };
+    let c = Contract::load();
+    let s = Settings::load(None).unwrap();
+    let intake = c.named("IntakeBody");
+    let created = c.event_validator(&s.amqp.created_routing_key);
+    let failed = c.event_validator(&s.amqp.failed_routing_key);
+    let mut found = 0;
+    for tag in ["intake", "created", "failed"] {
+        for (i, block) in readme_blocks(&readme, tag).iter().enumerate() {
+            let what = format!("README.md ```json {tag} block {i}");
+            let value: Value =
+                serde_json::from_str(block).unwrap_or_else(|e| panic!("{what}: {e}"));
+            match tag {
+                "intake" => {
+                    assert_valid(&intake, &value, &what);
+                    assert!(
+                        validate(object(&value), today()).is_ok(),
+                        "{what}: validate refuses it"
+                    );
+                }
+                "created" => assert_valid(&created, &value, &what),
+                _ => assert_valid(&failed, &value, &what),
+            }
+            found += 1;
+        }
+    }
+    if found == 0 {
+        eprintln!("README.md has no ```json intake/created/failed blocks: nothing to check");
+    }
+}
+
+#[test]
+fn readme_blocks_are_found_by_their_tag() {
+    let text = "x\n```json intake\n{\"a\": 1}\n```\n```json\n{}\n```\n```json failed\n[]\n```\n";
+    assert_eq!(readme_blocks(text, "intake"), ["{\"a\": 1}\n"]);
+    assert_eq!(readme_blocks(text, "failed"), ["[]\n"]);
+    assert!(readme_blocks(text, "created").is_empty());
+}
