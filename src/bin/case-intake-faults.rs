@@ -1471,12 +1471,24 @@ async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
         .filter(|o| !ledger_keys.contains(o.key.as_str()))
         .map(|o| o.key.clone())
         .collect();
-    let multi = seen
+    // More than one event id seen for a key, or outcome rows for one key in two namespaces
+    // (e.g. an `unauthorized` outcome under network 0 beside the real one).
+    let mut rows_per_key: HashMap<&str, usize> = HashMap::new();
+    for o in &outcomes {
+        *rows_per_key.entry(o.key.as_str()).or_insert(0) += 1;
+    }
+    let mut multi: Vec<String> = seen
         .by_key
         .iter()
         .filter(|(_, ids)| ids.len() > 1)
         .map(|(k, ids)| format!("{k} ({} event ids)", ids.len()))
         .collect();
+    multi.extend(
+        rows_per_key
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(k, n)| format!("{k} ({n} outcome rows)")),
+    );
     let no_event = outcomes
         .iter()
         .filter(|o| o.event_id.is_none_or(|id| !seen.event_ids.contains(&id)))
@@ -1523,7 +1535,7 @@ async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
         },
         Figure {
             name: "outcomes (distinct keys with an outcome row)",
-            value: outcomes.len(),
+            value: by_key.len(),
             must_be_zero: false,
             examples: Vec::new(),
         },
@@ -1686,7 +1698,7 @@ fn print_tail(path: &Path, lines: usize) {
                 path.display()
             );
             for l in &all[all.len().saturating_sub(lines)..] {
-                println!("{l}");
+                println!("{}", strip_ansi(l));
             }
         }
         Err(e) => println!("---- {}: {e}", path.display()),
@@ -1883,6 +1895,8 @@ async fn suite(args: Args) -> Res<bool> {
             ),
             ("CASE_INTAKE__LOG__FILTER".into(), "warn".into()),
             ("CASE_INTAKE__LOG__FORMAT".into(), "text".into()),
+            // Two workers on one machine: their HTTP servers would fight over one port.
+            ("CASE_INTAKE__HTTP__ADDRESS".into(), String::new()),
         ],
         dir: setup.dir.clone(),
         slots: vec![None, None],
