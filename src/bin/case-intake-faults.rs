@@ -1853,9 +1853,40 @@ fn report(run: &Run, figures: &[Figure], drained: bool) -> bool {
     passed
 }
 
+/// Serialises suite runs on one machine: the database name is fixed and the faults hit the
+/// shared services, so a second run would drop the first one's database mid-run. The lock is
+/// released when the process exits, however it exits.
+async fn run_lock() -> Res<std::fs::File> {
+    let path = std::env::temp_dir().join("case-intake-faults.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    let deadline = Instant::now() + Duration::from_secs(30 * 60);
+    let mut told = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                if !told {
+                    say!("another fault run holds {}; waiting", path.display());
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!("{} still held after 30 min", path.display()).into());
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+    }
+}
+
 async fn suite(args: Args) -> Res<bool> {
     elapsed();
     let plan = Plan::from_args(&args);
+    let _lock = run_lock().await?;
     let exe = std::env::current_exe()?.with_file_name("case-intake");
     if !exe.exists() {
         return Err(format!(
