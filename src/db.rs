@@ -73,16 +73,27 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
 
 /// Creates the database if asked to, then applies pending migrations.
 pub async fn migrate(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
-    let pool = pool(settings)?;
-    migrate_pool(settings, &pool).await?;
-    Ok(pool)
+    run_migrations(settings).await?;
+    pool(settings)
 }
 
-/// [`migrate`] on an existing pool.
-pub async fn migrate_pool(settings: &DatabaseSettings, pool: &PgPool) -> Result<(), sqlx::Error> {
+/// Creates the database if asked to and applies migrations. They run on a one-connection pool of their own
+/// whose `lock_timeout` is 0, so workers starting together wait for each other's migration
+/// lock (an advisory lock) instead of failing on the configured lock timeout.
+pub async fn run_migrations(settings: &DatabaseSettings) -> Result<(), sqlx::Error> {
     if settings.create_database {
         ensure_database(settings).await?;
     }
-    MIGRATOR.run(pool).await?;
+    let options = PgConnectOptions::from_str(settings.url.expose_secret())?
+        .application_name("case-intake migrate")
+        .options([("lock_timeout", "0")]);
+    let migrations = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(settings.acquire_timeout())
+        .connect_with(options)
+        .await?;
+    let result = MIGRATOR.run(&migrations).await;
+    migrations.close().await;
+    result?;
     Ok(())
 }

@@ -63,14 +63,10 @@ pub fn window_context(settings: &Settings) -> WindowContext {
 
 /// Migrates (creating the database if asked), retrying while PostgreSQL is unreachable.
 /// Returns false when shutdown was asked first.
-pub async fn prepare_database(
-    settings: &Settings,
-    pool: &PgPool,
-    shutdown: &CancellationToken,
-) -> bool {
+pub async fn prepare_database(settings: &Settings, shutdown: &CancellationToken) -> bool {
     let mut delays = probe_backoff();
     loop {
-        match crate::db::migrate_pool(&settings.database, pool).await {
+        match crate::db::run_migrations(&settings.database).await {
             Ok(()) => return true,
             Err(e) => tracing::warn!(error = %e, "database not ready; retrying"),
         }
@@ -137,7 +133,7 @@ pub async fn run_with(
         metrics: metrics.clone(),
     };
     start_http(&settings, state, &shutdown).await;
-    if !prepare_database(&settings, &pool, &shutdown).await {
+    if !prepare_database(&settings, &shutdown).await {
         return Ok(());
     }
     let janitor = tokio::spawn(crate::retention::run(
