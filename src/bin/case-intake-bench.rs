@@ -34,7 +34,11 @@ type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 /// Benchmark of the case-intake worker on a private database, queue and exchange.
 #[derive(Parser, Debug)]
-#[command(name = "case-intake-bench", version, about)]
+#[command(
+    name = "case-intake-bench",
+    version,
+    about = "End-to-end benchmark of the case-intake worker on its own database, queue and exchange"
+)]
 struct Args {
     /// Intakes published in the measured phase (re-published duplicates included).
     #[arg(long, default_value_t = 100_000)]
@@ -90,6 +94,9 @@ struct Args {
     /// How many of those households receive the head replacements.
     #[arg(long, default_value_t = 8)]
     hot: usize,
+    /// Percentages of the measured messages by kind; new households are the rest.
+    #[arg(long, default_value = "join=20,replace=13,invalid=2,duplicate=5", value_parser = parse_mix)]
+    mix: Mix,
     /// Publisher confirms outstanding at most.
     #[arg(long, default_value_t = 1000)]
     outstanding: usize,
@@ -228,6 +235,51 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Shares of the message kinds, in percent (new households: the rest).
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Mix {
+    join: f64,
+    replace: f64,
+    invalid: f64,
+    duplicate: f64,
+}
+
+fn parse_mix(s: &str) -> Result<Mix, String> {
+    let mut mix = Mix {
+        join: 0.0,
+        replace: 0.0,
+        invalid: 0.0,
+        duplicate: 0.0,
+    };
+    for part in s.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part}: expected KIND=PERCENT"))?;
+        let v: f64 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{part}: not a number"))?;
+        if !(0.0..=100.0).contains(&v) {
+            return Err(format!("{part}: a percentage is 0 to 100"));
+        }
+        match k.trim() {
+            "join" => mix.join = v,
+            "replace" => mix.replace = v,
+            "invalid" => mix.invalid = v,
+            "duplicate" => mix.duplicate = v,
+            other => {
+                return Err(format!(
+                    "unknown kind {other}: use join, replace, invalid, duplicate"
+                ));
+            }
+        }
+    }
+    if mix.join + mix.replace + mix.invalid + mix.duplicate > 100.0 {
+        return Err("the percentages add up to more than 100".into());
+    }
+    Ok(mix)
 }
 
 fn check_args(args: &Args) -> Result<()> {
@@ -923,8 +975,8 @@ fn msg(key: String, body: &Value, kind: Kind) -> Msg {
     }
 }
 
-/// The measured messages: ~60% new households, ~20% joins, ~13% head replacements on the hot
-/// households, ~2% invalid, ~5% identical re-publications of an earlier key.
+/// The measured messages, by default ~60% new households, ~20% joins, ~13% head replacements
+/// on the hot households, ~2% invalid, ~5% identical re-publications of an earlier key.
 fn plan(ctx: &Ctx<'_>, rng: &mut StdRng, households: &[i64]) -> Vec<Msg> {
     let counties = &ctx.net.county_ids;
     let hot = &households[..ctx.args.hot.min(households.len())];
@@ -933,24 +985,25 @@ fn plan(ctx: &Ctx<'_>, rng: &mut StdRng, households: &[i64]) -> Vec<Msg> {
         let key = format!("bench-{}-{i}", ctx.id);
         let county = counties[rng.random_range(0..counties.len())];
         let mut body = base_body(&i.to_string(), county);
-        let roll: f64 = rng.random();
-        let m = if roll < 0.05 && i > 0 {
+        let roll: f64 = rng.random::<f64>() * 100.0;
+        let mix = ctx.args.mix;
+        let m = if roll < mix.duplicate && i > 0 {
             let original = msgs[rng.random_range(0..i)].clone();
             Msg {
                 kind: Kind::Duplicate,
                 ..original
             }
-        } else if roll < 0.07 {
+        } else if roll < mix.duplicate + mix.invalid {
             if i % 2 == 0 {
                 body.as_object_mut().map(|b| b.remove("last_name"));
             } else {
                 body["street_zip_code"] = "1234".into();
             }
             msg(key, &body, Kind::Invalid)
-        } else if roll < 0.20 {
+        } else if roll < mix.duplicate + mix.invalid + mix.replace {
             body["household"] = hot[rng.random_range(0..hot.len())].into();
             msg(key, &body, Kind::ReplaceHead)
-        } else if roll < 0.40 {
+        } else if roll < mix.duplicate + mix.invalid + mix.replace + mix.join {
             body["household"] = households[rng.random_range(0..households.len())].into();
             body["head_of_household"] = false.into();
             msg(key, &body, Kind::Join)
