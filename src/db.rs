@@ -65,10 +65,21 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> Result<(), sqlx::Er
 /// Opens the pool (connections are made on demand, so a database outage at start is retried
 /// by the caller rather than failing here).
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
+    let options = connect_options(settings)?;
+    // A Unix-socket connection has no Nagle delay; a TCP one gets TCP_NODELAY (see `nodelay`).
+    let tcp_port = options.get_socket().is_none().then(|| options.get_port());
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout())
-        .connect_lazy_with(connect_options(settings)?))
+        .after_connect(move |_conn, _meta| {
+            Box::pin(async move {
+                if let Some(port) = tcp_port {
+                    crate::nodelay::apply(port);
+                }
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options))
 }
 
 /// Creates the database if asked to, then applies pending migrations.
