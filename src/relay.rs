@@ -33,7 +33,9 @@ struct Pending {
     id: i64,
     event_id: Uuid,
     routing_key: String,
-    body: String,
+    /// `None` only if the outcome row the event lives in is gone, which forget-failed and
+    /// retention prevent; such a row is retried (and counted in the backlog), never dropped.
+    body: Option<String>,
     correlation_id: Option<String>,
 }
 
@@ -87,7 +89,12 @@ impl Relay {
                               ORDER BY id
                               LIMIT $1
                                 FOR UPDATE SKIP LOCKED)
-          RETURNING o.id, o.event_id, o.routing_key, o.body::text, o.correlation_id",
+          RETURNING o.id, o.event_id, o.routing_key,
+                    COALESCE(o.body, (SELECT i.event FROM intake_outcomes i
+                                       WHERE i.network_id = o.outcome_network_id
+                                         AND i.message_key = o.outcome_key
+                                         AND i.event_id = o.event_id))::text,
+                    o.correlation_id",
         )
         .bind(self.settings.batch_size)
         .bind(self.settings.lease_ms as f64)
@@ -117,7 +124,15 @@ impl Relay {
             return Ok(PassReport::default());
         }
         let mut confirms = Vec::with_capacity(pending.len());
+        let mut again = Vec::new();
+        let mut sent = Vec::with_capacity(pending.len());
         for p in &pending {
+            let Some(body) = &p.body else {
+                tracing::error!(event_id = %p.event_id, outbox_id = p.id,
+                    "event body not found (its outcome row is gone); will retry");
+                again.push(p.id);
+                continue;
+            };
             let mut props = BasicProperties::default()
                 .with_message_id(p.event_id.to_string().into())
                 .with_content_type(CONTENT_TYPE.into())
@@ -136,11 +151,12 @@ impl Relay {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    p.body.as_bytes(),
+                    body.as_bytes(),
                     props,
                 )
                 .await?;
             confirms.push(confirm);
+            sent.push(p);
         }
         let timeout = Duration::from_millis(self.settings.confirm_timeout_ms);
         let waited = tokio::time::timeout(timeout, futures_util::future::join_all(confirms)).await;
@@ -153,8 +169,7 @@ impl Relay {
             });
         };
         let mut done = Vec::with_capacity(pending.len());
-        let mut again = Vec::new();
-        for (p, result) in pending.iter().zip(results) {
+        for (p, result) in sent.into_iter().zip(results) {
             match result {
                 Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => done.push(p.id),
                 Ok(Confirmation::Ack(Some(_))) => {

@@ -49,6 +49,11 @@ pub async fn purge(
             "DELETE FROM intake_outcomes WHERE (network_id, message_key) IN (
                  SELECT network_id, message_key FROM intake_outcomes
                   WHERE created_at < now() - make_interval(days => $1) AND outcome IS NOT NULL
+                    -- kept while an unpublished outbox row still reads its event
+                    AND NOT EXISTS (SELECT 1 FROM outbox b
+                                     WHERE b.published_at IS NULL
+                                       AND b.outcome_network_id = intake_outcomes.network_id
+                                       AND b.outcome_key = intake_outcomes.message_key)
                   LIMIT $2)",
         )
         .bind(days)

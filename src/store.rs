@@ -112,10 +112,19 @@ pub async fn forget_failed_outcomes(
     }
     let networks: Vec<i64> = keys.iter().map(|k| k.0).collect();
     let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    // An unpublished outbox row may still refer to the event of a forgotten outcome (a replay
+    // right after the failure, the broker down): its event is copied into the row first.
     sqlx::query(
-        "DELETE FROM intake_outcomes o
-          USING unnest($1::bigint[], $2::text[]) AS u(n, k)
-          WHERE o.message_key = u.k AND o.network_id IN (u.n, 0) AND o.outcome = 'failed'",
+        "WITH gone AS (
+             DELETE FROM intake_outcomes o
+              USING unnest($1::bigint[], $2::text[]) AS u(n, k)
+              WHERE o.message_key = u.k AND o.network_id IN (u.n, 0) AND o.outcome = 'failed'
+          RETURNING o.network_id, o.message_key, o.event_id, o.event)
+         UPDATE outbox b
+            SET body = g.event, outcome_network_id = NULL, outcome_key = NULL
+           FROM gone g
+          WHERE b.published_at IS NULL AND b.outcome_network_id = g.network_id
+            AND b.outcome_key = g.message_key AND b.event_id = g.event_id",
     )
     .bind(&networks)
     .bind(&names)
@@ -645,8 +654,21 @@ pub async fn resolve_failed(
 pub struct OutboxRow {
     pub event_id: Uuid,
     pub routing_key: String,
-    pub body: String,
+    pub body: OutboxBody,
     pub correlation_id: Option<String>,
+}
+
+/// Where the relay finds an event's body.
+#[derive(Debug, Clone)]
+pub enum OutboxBody {
+    /// In the `intake_outcomes` row of this key (written in the same transaction, or earlier):
+    /// the event is stored once.
+    Outcome {
+        network_id: i64,
+        message_key: String,
+    },
+    /// In the outbox row itself: the event has no outcome row of its own.
+    Inline(String),
 }
 
 pub async fn insert_outbox(
@@ -659,17 +681,40 @@ pub async fn insert_outbox(
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let routing: Vec<&str> = rows.iter().map(|r| r.routing_key.as_str()).collect();
-    let bodies: Vec<&str> = rows.iter().map(|r| r.body.as_str()).collect();
+    let mut bodies: Vec<Option<&str>> = Vec::with_capacity(rows.len());
+    let mut networks: Vec<Option<i64>> = Vec::with_capacity(rows.len());
+    let mut keys: Vec<Option<&str>> = Vec::with_capacity(rows.len());
+    for r in rows {
+        match &r.body {
+            OutboxBody::Outcome {
+                network_id,
+                message_key,
+            } => {
+                bodies.push(None);
+                networks.push(Some(*network_id));
+                keys.push(Some(message_key));
+            }
+            OutboxBody::Inline(body) => {
+                bodies.push(Some(body));
+                networks.push(None);
+                keys.push(None);
+            }
+        }
+    }
     let corr: Vec<Option<&str>> = rows.iter().map(|r| r.correlation_id.as_deref()).collect();
     sqlx::query(
-        "INSERT INTO outbox (event_id, routing_key, body, correlation_id, created_at)
-         SELECT eid, rk, b::jsonb, c, $5
-           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS u(eid, rk, b, c, o)
+        "INSERT INTO outbox (event_id, routing_key, body, outcome_network_id, outcome_key,
+                             correlation_id, created_at)
+         SELECT eid, rk, b::jsonb, n, k, c, $7
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
+                WITH ORDINALITY AS u(eid, rk, b, n, k, c, o)
           ORDER BY o",
     )
     .bind(&ids)
     .bind(&routing)
     .bind(&bodies)
+    .bind(&networks)
+    .bind(&keys)
     .bind(&corr)
     .bind(now)
     .execute(&mut *tx)

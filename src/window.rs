@@ -20,7 +20,9 @@ use crate::envelope::Envelope;
 use crate::error::{ErrorCode, FieldErrors, IntakeError};
 use crate::event::{self, Event, ReplayInfo};
 use crate::household::{Placement, place};
-use crate::store::{self, CaseRow, ClaimedKey, FailedRow, NewHousehold, OutboxRow, OutcomeRow};
+use crate::store::{
+    self, CaseRow, ClaimedKey, FailedRow, NewHousehold, OutboxBody, OutboxRow, OutcomeRow,
+};
 use crate::validate::{Validated, validate};
 
 /// The unauthenticated namespace of message keys (no network can be id 0).
@@ -455,6 +457,9 @@ struct Plan {
     /// Events with the index of their intake: written in delivery order.
     outbox: Vec<(usize, OutboxRow)>,
     events: HashMap<Uuid, Event>,
+    /// Events recorded as the outcome of a key in this window: event id → (namespace, key).
+    /// Their outbox rows refer to the outcome row instead of repeating the body.
+    recorded: HashMap<Uuid, (i64, String)>,
 }
 
 impl Plan {
@@ -491,6 +496,7 @@ impl Plan {
             routing_key: ev.routing_key.clone(),
         });
         self.events.insert(ev.id, ev.clone());
+        self.recorded.insert(ev.id, (network_id, key.to_owned()));
     }
 
     fn fail(&mut self, p: &Prepared, caller: Option<Caller>, error: &IntakeError, ev: &Event) {
@@ -514,7 +520,13 @@ impl Plan {
             OutboxRow {
                 event_id: ev.id,
                 routing_key: ev.routing_key.clone(),
-                body: ev.body.to_string(),
+                body: match self.recorded.get(&ev.id) {
+                    Some((network_id, key)) => OutboxBody::Outcome {
+                        network_id: *network_id,
+                        message_key: key.clone(),
+                    },
+                    None => OutboxBody::Inline(ev.body.to_string()),
+                },
                 correlation_id: env.correlation_id.clone(),
             },
         ));

@@ -573,7 +573,7 @@ async fn real_events_match_the_event_schemas() {
 
     // Every event ever queued, and every event stored beside its key.
     let outbox: Vec<(String, Value)> =
-        sqlx::query_as("SELECT routing_key, body FROM outbox ORDER BY id")
+        sqlx::query_as("SELECT routing_key, body FROM outbox_events ORDER BY id")
             .fetch_all(&env.pool)
             .await
             .unwrap();

@@ -45,6 +45,14 @@ async fn replay_succeeds_once_the_missing_county_exists() {
         .await
         .unwrap();
     assert_eq!(shown[0].payload["ss_number"], "*****3333");
+    // The failed event is stored once, beside its key; the outbox row refers to it.
+    assert_eq!(
+        env.scalar_i64(
+            "SELECT count(*) FROM outbox WHERE body IS NULL AND outcome_key = 'needs-county'"
+        )
+        .await,
+        1
+    );
 
     // Replaying before the fix fails again, as attempt 2.
     let ctx = case_intake::worker::window_context(&env.settings);
@@ -87,6 +95,23 @@ async fn replay_succeeds_once_the_missing_county_exists() {
         .unwrap();
     assert_eq!(history.len(), 2);
     assert!(history.iter().all(|h| h.intake.resolved_at.is_some()));
+    // No relay ran: each replay forgot a failed outcome whose event was still unpublished,
+    // and that event was copied into its outbox row first. All three events stay publishable.
+    let queued: Vec<(String, Option<i32>)> = sqlx::query_as(
+        "SELECT body->>'type', (body->'data'->'replay'->>'attempt')::int
+           FROM outbox_events WHERE published_at IS NULL ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        queued,
+        vec![
+            ("case.failed".to_owned(), None),
+            ("case.failed".to_owned(), Some(2)),
+            ("case.created".to_owned(), Some(3)),
+        ]
+    );
     // A re-published duplicate now gets the created outcome.
     let out = env
         .process(&[env.envelope("needs-county", Some(&token), &body)])
@@ -318,11 +343,18 @@ async fn retention_purges_old_keys_published_events_and_resolved_failures() {
         env.envelope("old", Some(&env.a.token), &seed_body(env.a.county_ids[0])),
         env.envelope("new", Some(&env.a.token), &seed_body(env.a.county_ids[0])),
         env.envelope("bad", None, &seed_body(env.a.county_ids[0])),
+        env.envelope(
+            "unsent",
+            Some(&env.a.token),
+            &seed_body(env.a.county_ids[0]),
+        ),
     ])
     .await;
+    // 'unsent' is past retention too, but its event has not left yet (broker down for a
+    // month): its outbox row still reads the event from the outcome row, which must stay.
     sqlx::raw_sql(
-        "UPDATE intake_outcomes SET created_at = now() - interval '31 days' WHERE message_key IN ('old', 'bad');
-         UPDATE outbox SET published_at = now() - interval '25 hours';
+        "UPDATE intake_outcomes SET created_at = now() - interval '31 days' WHERE message_key IN ('old', 'bad', 'unsent');
+         UPDATE outbox SET published_at = now() - interval '25 hours' WHERE outcome_key IS DISTINCT FROM 'unsent';
          UPDATE failed_intakes SET resolved_at = now() - interval '31 days'",
     )
     .execute(&env.pool)
@@ -334,11 +366,18 @@ async fn retention_purges_old_keys_published_events_and_resolved_failures() {
     assert_eq!(purged.outcomes, 2);
     assert_eq!(purged.outbox, 3);
     assert_eq!(purged.failed, 1);
-    let left: Vec<String> = sqlx::query_scalar("SELECT message_key FROM intake_outcomes")
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(left, vec!["new".to_owned()]);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT message_key FROM intake_outcomes ORDER BY message_key")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, vec!["new".to_owned(), "unsent".to_owned()]);
+    let unsent: Option<String> =
+        sqlx::query_scalar("SELECT body->>'type' FROM outbox_events WHERE published_at IS NULL")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(unsent.as_deref(), Some("case.created"));
     // After the window a re-published key is a new intake (documented in the README).
     let out = env
         .process(&[env.envelope("old", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])

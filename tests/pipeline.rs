@@ -338,7 +338,7 @@ async fn bad_messages_fail_alone_with_stable_codes() {
     assert_eq!(ev["type"], "case.failed");
     assert_eq!(ev["subject"], "m4");
     // No event or stored error repeats the SSN.
-    let all: String = sqlx::query_scalar("SELECT string_agg(body::text, '') FROM outbox")
+    let all: String = sqlx::query_scalar("SELECT string_agg(body::text, '') FROM outbox_events")
         .fetch_one(&env.pool)
         .await
         .unwrap();
