@@ -362,6 +362,15 @@ pub async fn unflag_heads(
     Ok(())
 }
 
+/// Runs the checks of deferred constraints (the household ↔ head-case references) for what
+/// the transaction wrote so far, then defers them again for what follows.
+pub async fn check_deferred_constraints(tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("SET CONSTRAINTS ALL IMMEDIATE; SET CONSTRAINTS ALL DEFERRED")
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
 pub async fn insert_households(
     tx: &mut PgConnection,
     rows: &[NewHousehold],

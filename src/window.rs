@@ -185,154 +185,174 @@ pub async fn process(
         }
     }
     let counties = store::existing_counties(&mut tx, &unique(county_refs)).await?;
-    let mut heads = store::lock_households(&mut tx, &unique(household_refs)).await?;
 
-    // Decide each fresh intake: a failure, or a case to create.
-    let mut decisions: Vec<Option<Result<(Caller, &Validated), IntakeError>>> =
-        Vec::with_capacity(prepared.len());
-    for (i, p) in prepared.iter().enumerate() {
-        let decision = match (&slots[i], caller_of(p)) {
-            (Slot::NoKey, _) => Some(Err(IntakeError::new(
-                ErrorCode::MissingMessageKey,
-                "the message_id property must hold a message key of 1 to 255 characters",
-            ))),
-            (Slot::Fresh, _) if p.env.forced_failure.is_some() => {
-                p.env.forced_failure.clone().map(Err)
-            }
-            (Slot::Fresh, None) => Some(Err(IntakeError::new(
-                ErrorCode::Unauthorized,
-                "a valid API token is required in the authorization header as `Token <api_token>`",
-            ))),
-            (Slot::Fresh, Some(caller)) => {
-                let mut refs = check_references(p, caller, &counties, &heads);
-                Some(match &p.body {
-                    Err(e) if e.code == ErrorCode::ValidationFailed => {
-                        for (field, messages) in &e.fields {
-                            refs.insert(field.clone(), messages.clone());
-                        }
-                        Err(IntakeError::validation(refs))
-                    }
-                    Err(e) => Err(e.clone()),
-                    Ok(v) if refs.is_empty() => Ok((caller, v)),
-                    Ok(_) => Err(IntakeError::validation(refs)),
-                })
-            }
-            _ => None,
-        };
-        decisions.push(decision);
-    }
-
-    let creates = decisions
-        .iter()
-        .filter(|d| matches!(d, Some(Ok(_))))
-        .count();
-    let new_households = decisions
-        .iter()
-        .filter(|d| matches!(d, Some(Ok((_, v))) if v.case.household.is_none()))
-        .count();
-    let (mut case_ids, mut household_ids) =
-        store::allocate_ids(&mut tx, creates, new_households).await?;
-    case_ids.reverse();
-    household_ids.reverse();
-
+    // Two phases. Intakes that create a household touch no existing household: they are
+    // decided and their households and cases written first, and the deferred household
+    // constraints checked for them, before any household lock is taken. Only then are the
+    // households that other intakes name locked (FOR UPDATE, in id order) and those intakes
+    // decided. Concurrent windows serialise on shared (hot) households for the second phase
+    // only, which is what limits throughput (docs/benchmarks.md).
+    let names_household = |p: &Prepared| {
+        p.household.is_some() || matches!(&p.body, Ok(v) if v.case.household.is_some())
+    };
+    let (locked, unlocked): (Vec<usize>, Vec<usize>) =
+        (0..prepared.len()).partition(|&i| names_household(&prepared[i]));
+    let mut heads: HashMap<i64, store::HouseholdState> = HashMap::new();
     let mut plan = Plan::default();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; prepared.len()];
-    for (i, p) in prepared.iter().enumerate() {
-        let key = p.env.message_key.as_deref();
-        let replay = p.env.replay;
-        let outcome = match decisions[i].take() {
-            Some(Ok((caller, v))) => {
-                let case_id = case_ids.pop().expect("one id allocated per create");
-                let current = v
-                    .case
-                    .household
-                    .and_then(|h| heads.get(&h))
-                    .and_then(|s| s.head);
-                let placement = place(v.case.household, v.case.head_of_household, current);
-                let household_id = match placement {
-                    Placement::NewHousehold => {
-                        let id = household_ids
-                            .pop()
-                            .expect("one id allocated per new household");
-                        plan.households.push(NewHousehold {
-                            id,
+    for (phase, indices) in [unlocked, locked].iter().enumerate() {
+        if phase == 1 {
+            plan.write_new_households(&mut tx, now, &ctx.vault).await?;
+            heads = store::lock_households(&mut tx, &unique(household_refs.clone())).await?;
+        }
+
+        // Decide each fresh intake: a failure, or a case to create.
+        let mut decisions: Vec<Option<Result<(Caller, &Validated), IntakeError>>> =
+            (0..prepared.len()).map(|_| None).collect();
+        for &i in indices {
+            let p = &prepared[i];
+            let decision = match (&slots[i], caller_of(p)) {
+                (Slot::NoKey, _) => Some(Err(IntakeError::new(
+                    ErrorCode::MissingMessageKey,
+                    "the message_id property must hold a message key of 1 to 255 characters",
+                ))),
+                (Slot::Fresh, _) if p.env.forced_failure.is_some() => {
+                    p.env.forced_failure.clone().map(Err)
+                }
+                (Slot::Fresh, None) => Some(Err(IntakeError::new(
+                    ErrorCode::Unauthorized,
+                    "a valid API token is required in the authorization header as `Token <api_token>`",
+                ))),
+                (Slot::Fresh, Some(caller)) => {
+                    let mut refs = check_references(p, caller, &counties, &heads);
+                    Some(match &p.body {
+                        Err(e) if e.code == ErrorCode::ValidationFailed => {
+                            for (field, messages) in &e.fields {
+                                refs.insert(field.clone(), messages.clone());
+                            }
+                            Err(IntakeError::validation(refs))
+                        }
+                        Err(e) => Err(e.clone()),
+                        Ok(v) if refs.is_empty() => Ok((caller, v)),
+                        Ok(_) => Err(IntakeError::validation(refs)),
+                    })
+                }
+                _ => None,
+            };
+            decisions[i] = decision;
+        }
+
+        let creates = decisions
+            .iter()
+            .filter(|d| matches!(d, Some(Ok(_))))
+            .count();
+        let new_households = decisions
+            .iter()
+            .filter(|d| matches!(d, Some(Ok((_, v))) if v.case.household.is_none()))
+            .count();
+        let (mut case_ids, mut household_ids) =
+            store::allocate_ids(&mut tx, creates, new_households).await?;
+        case_ids.reverse();
+        household_ids.reverse();
+
+        for &i in indices {
+            let p = &prepared[i];
+            let key = p.env.message_key.as_deref();
+            let replay = p.env.replay;
+            let outcome = match decisions[i].take() {
+                Some(Ok((caller, v))) => {
+                    let case_id = case_ids.pop().expect("one id allocated per create");
+                    let current = v
+                        .case
+                        .household
+                        .and_then(|h| heads.get(&h))
+                        .and_then(|s| s.head);
+                    let placement = place(v.case.household, v.case.head_of_household, current);
+                    let household_id = match placement {
+                        Placement::NewHousehold => {
+                            let id = household_ids
+                                .pop()
+                                .expect("one id allocated per new household");
+                            plan.households.push(NewHousehold {
+                                id,
+                                network_id: caller.network_id,
+                                head_case_id: case_id,
+                            });
+                            id
+                        }
+                        Placement::Join { household }
+                        | Placement::JoinAsOnlyCase { household }
+                        | Placement::ReplaceHead { household, .. } => household,
+                    };
+                    if placement.is_head() {
+                        let state = heads.entry(household_id).or_insert(store::HouseholdState {
                             network_id: caller.network_id,
-                            head_case_id: case_id,
+                            head: None,
                         });
-                        id
+                        plan.set_head(household_id, case_id, state.head);
+                        state.head = Some(case_id);
                     }
-                    Placement::Join { household }
-                    | Placement::JoinAsOnlyCase { household }
-                    | Placement::ReplaceHead { household, .. } => household,
-                };
-                if placement.is_head() {
-                    let state = heads.entry(household_id).or_insert(store::HouseholdState {
-                        network_id: caller.network_id,
-                        head: None,
-                    });
-                    plan.set_head(household_id, case_id, state.head);
-                    state.head = Some(case_id);
+                    let row = CaseRow::new(
+                        case_id,
+                        household_id,
+                        placement.is_head(),
+                        &caller,
+                        &v.case,
+                        now,
+                    );
+                    let mut data = store::case_json(&row, &v.case);
+                    let data_obj = data.as_object_mut().expect("case_json returns an object");
+                    data_obj.insert("household_id".into(), household_id.into());
+                    data_obj.insert(
+                        "household_created".into(),
+                        matches!(placement, Placement::NewHousehold).into(),
+                    );
+                    data_obj.insert("head_of_household".into(), placement.is_head().into());
+                    data_obj.insert(
+                        "previous_head_case_id".into(),
+                        placement.previous_head().into(),
+                    );
+                    data_obj.insert("message_key".into(), key.into());
+                    data_obj.insert(
+                        "warnings".into(),
+                        serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
+                    );
+                    event::add_replay(&mut data, replay);
+                    let ev = event::envelope(
+                        &ctx.source,
+                        event::CASE_CREATED,
+                        &ctx.created_routing_key,
+                        key,
+                        now,
+                        data,
+                    );
+                    plan.cases.push(row);
+                    let outcome = Outcome::Created {
+                        case_id,
+                        household_id,
+                        event_id: ev.id,
+                    };
+                    plan.record(caller.network_id, key, Some(case_id), None, &ev);
+                    plan.publish(i, &ev, p.env);
+                    outcome
                 }
-                let row = CaseRow::new(
-                    case_id,
-                    household_id,
-                    placement.is_head(),
-                    &caller,
-                    &v.case,
-                    now,
-                );
-                let mut data = store::case_json(&row, &v.case);
-                let data_obj = data.as_object_mut().expect("case_json returns an object");
-                data_obj.insert("household_id".into(), household_id.into());
-                data_obj.insert(
-                    "household_created".into(),
-                    matches!(placement, Placement::NewHousehold).into(),
-                );
-                data_obj.insert("head_of_household".into(), placement.is_head().into());
-                data_obj.insert(
-                    "previous_head_case_id".into(),
-                    placement.previous_head().into(),
-                );
-                data_obj.insert("message_key".into(), key.into());
-                data_obj.insert(
-                    "warnings".into(),
-                    serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
-                );
-                event::add_replay(&mut data, replay);
-                let ev = event::envelope(
-                    &ctx.source,
-                    event::CASE_CREATED,
-                    &ctx.created_routing_key,
-                    key,
-                    now,
-                    data,
-                );
-                plan.cases.push(row);
-                let outcome = Outcome::Created {
-                    case_id,
-                    household_id,
-                    event_id: ev.id,
-                };
-                plan.record(caller.network_id, key, Some(case_id), None, &ev);
-                plan.publish(i, &ev, p.env);
-                outcome
-            }
-            Some(Err(error)) => {
-                let caller = caller_of(p);
-                let ev = failed_event(ctx, key, &error, replay, now);
-                if key.is_some() {
-                    plan.record(namespace(p), key, None, Some(error.code), &ev);
+                Some(Err(error)) => {
+                    let caller = caller_of(p);
+                    let ev = failed_event(ctx, key, &error, replay, now);
+                    if key.is_some() {
+                        plan.record(namespace(p), key, None, Some(error.code), &ev);
+                    }
+                    plan.fail(p, caller, &error, &ev);
+                    plan.publish(i, &ev, p.env);
+                    Outcome::Failed {
+                        code: error.code,
+                        event_id: ev.id,
+                    }
                 }
-                plan.fail(p, caller, &error, &ev);
-                plan.publish(i, &ev, p.env);
-                Outcome::Failed {
-                    code: error.code,
-                    event_id: ev.id,
-                }
-            }
-            None => continue,
-        };
-        outcomes[i] = Some(outcome);
+                None => continue,
+            };
+            outcomes[i] = Some(outcome);
+        }
     }
 
     // Keys seen before (in an earlier transaction or earlier in this window).
@@ -534,6 +554,25 @@ impl Plan {
 
     fn event(&self, id: Uuid) -> Option<Event> {
         self.events.get(&id).cloned()
+    }
+
+    /// Writes the households and cases planned so far (phase one: new households only) and
+    /// checks their deferred constraints now, so that neither happens under household locks.
+    async fn write_new_households(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
+        now: chrono::DateTime<Utc>,
+        vault: &crate::crypto::Vault,
+    ) -> Result<(), sqlx::Error> {
+        if self.households.is_empty() && self.cases.is_empty() {
+            return Ok(());
+        }
+        store::insert_households(tx, &self.households, now).await?;
+        store::insert_cases(tx, &self.cases, vault).await?;
+        store::check_deferred_constraints(tx).await?;
+        self.households.clear();
+        self.cases.clear();
+        Ok(())
     }
 
     async fn write(

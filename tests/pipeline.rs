@@ -504,3 +504,84 @@ async fn concurrent_windows_on_hot_households_keep_exactly_one_head() {
     let env = std::sync::Arc::into_inner(env).expect("sole owner");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn new_households_are_written_before_the_window_waits_for_a_household_lock() {
+    let env = TestEnv::new().await;
+    let county = env.a.county_ids[0];
+    let token = env.a.token.clone();
+    let out = env
+        .process(&[env.envelope("existing", Some(&token), &seed_body(county))])
+        .await;
+    let (_, household) = created(&out[0]);
+
+    // Another transaction holds the household's row lock.
+    let mut blocker = env.pool.acquire().await.unwrap();
+    sqlx::query("BEGIN").execute(&mut *blocker).await.unwrap();
+    sqlx::query("SELECT 1 FROM households WHERE id = $1 FOR UPDATE")
+        .bind(household)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    // A window with a new household and a join of the locked one.
+    let mut join = seed_body(county);
+    join["household"] = json!(household);
+    let envelopes = vec![
+        env.envelope("new", Some(&token), &seed_body(county)),
+        env.envelope("join", Some(&token), &join),
+    ];
+    let (pool, ctx) = (
+        env.pool.clone(),
+        case_intake::worker::window_context(&env.settings),
+    );
+    let window =
+        tokio::spawn(async move { case_intake::window::process(&pool, &ctx, &envelopes).await });
+
+    // Wait (no time limit of our own: the statement and lock timeouts bound it) until the
+    // window's session is blocked on the household lock.
+    let waiting: i32 = loop {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT a.pid FROM pg_stat_activity a
+              WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'
+                AND a.query LIKE '%FROM households h%FOR UPDATE%'",
+        )
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            break pid;
+        }
+        assert!(
+            !window.is_finished(),
+            "the window did not wait for the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // By then it has already inserted the new household's case: it holds the row-exclusive
+    // table lock that only writing to `cases` takes.
+    let wrote_cases: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                         WHERE l.pid = $1 AND c.relname = 'cases'
+                           AND l.mode = 'RowExclusiveLock' AND l.granted)",
+    )
+    .bind(waiting)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        wrote_cases,
+        "the new household's case was not written before the lock wait"
+    );
+
+    sqlx::query("COMMIT").execute(&mut *blocker).await.unwrap();
+    drop(blocker);
+    let out = window.await.unwrap().unwrap();
+    let (_, new_household) = created(&out[0]);
+    let (_, joined) = created(&out[1]);
+    assert_ne!(new_household, household);
+    assert_eq!(joined, household);
+    assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 3);
+    env.assert_household_invariant().await;
+    env.cleanup().await;
+}
