@@ -13,6 +13,7 @@ pub mod decode;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod example;
 pub mod failed;
 pub mod household;
 pub mod http;

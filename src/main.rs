@@ -299,7 +299,7 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = CancellationToken::new();
     let timeout = Duration::from_millis(settings.shutdown.timeout_ms);
     let worker = tokio::spawn(worker::run(settings, shutdown.clone()));
-    wait_for_signal().await?;
+    worker::wait_for_signal().await?;
     tracing::info!("shutdown requested: finishing in-flight intakes");
     shutdown.cancel();
     tokio::select! {
@@ -307,21 +307,10 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         _ = tokio::time::sleep(timeout) => {
             tracing::warn!("shutdown timeout reached; exiting with work handed back to the broker");
         }
-        _ = wait_for_signal() => {
+        _ = worker::wait_for_signal() => {
             tracing::warn!("second signal: exiting now; unacked intakes will be redelivered");
             std::process::exit(130);
         }
-    }
-    Ok(())
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
     Ok(())
 }

@@ -203,7 +203,8 @@ pub async fn process(
     for (phase, indices) in [unlocked, locked].iter().enumerate() {
         if phase == 1 {
             plan.write_new_households(&mut tx, now, &ctx.vault).await?;
-            heads = store::lock_households(&mut tx, &unique(household_refs.clone())).await?;
+            heads = store::lock_households(&mut tx, &unique(std::mem::take(&mut household_refs)))
+                .await?;
         }
 
         // Decide each fresh intake: a failure, or a case to create.

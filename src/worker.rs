@@ -316,3 +316,16 @@ async fn session(
         _ => Ok(SessionEnd::Shutdown),
     }
 }
+
+/// Resolves at the next SIGTERM or SIGINT: the worker binary's graceful stop, and the
+/// benchmark's cleanup.
+pub async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -391,7 +391,7 @@ async fn run(args: Args) -> Result<bool> {
     {
         let stop = stop.clone();
         tokio::spawn(async move {
-            if wait_for_signal().await.is_ok() {
+            if worker::wait_for_signal().await.is_ok() {
                 eprintln!("signal: stopping the workers and cleaning up");
                 stop.cancel();
             }
@@ -534,17 +534,6 @@ fn names_of(id: &str) -> Names {
         events: format!("bench.{id}.events"),
         tap: format!("bench.{id}.events.tap"),
     }
-}
-
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }
 
 /// What the phases share.
@@ -938,32 +927,10 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 
 /// A valid body (the seed's example) for message `n`.
 fn base_body(n: &str, county: i64) -> Value {
-    json!({
-        "first_name": format!("Person{n}"),
-        "middle_name": "Tom",
-        "last_name": "Smith",
-        "suffix": "Sr",
-        "nickname": "Tommy",
-        "date_of_birth": "1950-12-03",
-        "email": "john.smith@example.org",
-        "head_of_household": true,
-        "mailing_address": "123 Adams Street",
-        "mailing_apt_number": "Apt 45",
-        "mailing_city": "Exampleville",
-        "mailing_state": "NY",
-        "mailing_zip_code": "12345",
-        "ss_number": "111223333",
-        "street_address": "123 Adams Street",
-        "street_apt_number": "Apt 45",
-        "street_city": "Exampleville",
-        "street_state": "NY",
-        "street_zip_code": "12345",
-        "street_county": county,
-        "yearly_expenses": 11580,
-        "yearly_income": 15350,
-        "deceased": false,
-        "private": false
-    })
+    let mut body = case_intake::example::seed_body(county);
+    body["first_name"] = json!(format!("Person{n}"));
+    body["head_of_household"] = json!(true);
+    body
 }
 
 fn msg(key: String, body: &Value, kind: Kind) -> Msg {

@@ -928,28 +928,10 @@ async fn open_publisher() -> Res<(Connection, Channel)> {
 
 /// An intake body: the seed's example with a distinct first name.
 fn intake_body(kind: Kind, seq: usize, county: i64, household: Option<i64>) -> Vec<u8> {
-    let mut body = json!({
-        "first_name": format!("Fault{seq}"),
-        "middle_name": "Tom",
-        "last_name": "Smith",
-        "date_of_birth": "1950-12-03",
-        "email": format!("fault{seq}@example.org"),
-        "head_of_household": kind == Kind::HeadReplacement,
-        "mailing_address": "123 Adams Street",
-        "mailing_city": "Exampleville",
-        "mailing_state": "NY",
-        "mailing_zip_code": "12345",
-        "ss_number": "111223333",
-        "street_address": "123 Adams Street",
-        "street_city": "Exampleville",
-        "street_state": "NY",
-        "street_zip_code": "12345",
-        "street_county": county,
-        "yearly_expenses": 11580,
-        "yearly_income": 15350,
-        "deceased": false,
-        "private": false
-    });
+    let mut body = case_intake::example::seed_body(county);
+    body["first_name"] = json!(format!("Fault{seq}"));
+    body["email"] = json!(format!("fault{seq}@example.org"));
+    body["head_of_household"] = json!(kind == Kind::HeadReplacement);
     if let Some(h) = household {
         body["household"] = json!(h);
     }

@@ -204,35 +204,10 @@ mod tests {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()
     }
 
-    /// The body from the CharityTracker "create a case" page, with a real e-mail address.
+    /// The seed's example body, naming household 1001 and county 1.
     fn seed() -> Map<String, Value> {
-        let v = json!({
-            "first_name": "John",
-            "middle_name": "Tom",
-            "last_name": "Smith",
-            "suffix": "Sr",
-            "nickname": "Tommy",
-            "date_of_birth": "1950-12-03",
-            "email": "john.smith@example.org",
-            "head_of_household": false,
-            "mailing_address": "123 Adams Street",
-            "mailing_apt_number": "Apt 45",
-            "mailing_city": "Exampleville",
-            "mailing_state": "NY",
-            "mailing_zip_code": "12345",
-            "ss_number": "111223333",
-            "street_address": "123 Adams Street",
-            "street_apt_number": "Apt 45",
-            "street_city": "Exampleville",
-            "street_state": "NY",
-            "street_zip_code": "12345",
-            "street_county": 1,
-            "yearly_expenses": 11580,
-            "yearly_income": 15350,
-            "deceased": false,
-            "private": false,
-            "household": 1001
-        });
+        let mut v = crate::example::seed_body(1);
+        v["household"] = json!(1001);
         match v {
             Value::Object(m) => m,
             _ => unreachable!(),

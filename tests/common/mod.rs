@@ -15,40 +15,14 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// A valid intake body (the seed's example, with a real email address).
-pub fn seed_body(county: i64) -> Value {
-    json!({
-        "first_name": "John",
-        "middle_name": "Tom",
-        "last_name": "Smith",
-        "suffix": "Sr",
-        "nickname": "Tommy",
-        "date_of_birth": "1950-12-03",
-        "email": "john.smith@example.org",
-        "head_of_household": false,
-        "mailing_address": "123 Adams Street",
-        "mailing_apt_number": "Apt 45",
-        "mailing_city": "Exampleville",
-        "mailing_state": "NY",
-        "mailing_zip_code": "12345",
-        "ss_number": "111223333",
-        "street_address": "123 Adams Street",
-        "street_apt_number": "Apt 45",
-        "street_city": "Exampleville",
-        "street_state": "NY",
-        "street_zip_code": "12345",
-        "street_county": county,
-        "yearly_expenses": 11580,
-        "yearly_income": 15350,
-        "deceased": false,
-        "private": false
-    })
-}
+/// A valid intake body: the seed's example.
+#[allow(unused_imports)]
+pub use case_intake::example::seed_body;
 
 pub struct TestEnv {
     pub settings: Settings,
