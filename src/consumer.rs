@@ -22,7 +22,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Consumer};
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{TOKEN_HEADERS, hash_token, parse_token_header};
@@ -212,7 +211,6 @@ impl IntakeConsumer {
     /// deliveries return to the queue when the channel closes) or a fault.
     pub async fn run(
         mut self,
-        relay_wake: &Notify,
         shutdown: &CancellationToken,
         outage: &CancellationToken,
     ) -> Result<(), ConsumerError> {
@@ -239,7 +237,6 @@ impl IntakeConsumer {
                 Ok(dispositions) => {
                     self.settle(&window, &envelopes, dispositions, shutdown)
                         .await?;
-                    relay_wake.notify_one();
                 }
                 Err(()) => {
                     // PostgreSQL stayed away longer than the hold time: hand the deliveries

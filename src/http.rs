@@ -81,7 +81,7 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 async fn metrics(State(s): State<HttpState>) -> Response {
     let query = sqlx::query(
         "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::bigint
-           FROM outbox WHERE published_at IS NULL",
+           FROM outbox",
     )
     .fetch_one(&s.pool);
     if let Ok(Ok(row)) = tokio::time::timeout(PROBE_TIMEOUT, query).await {

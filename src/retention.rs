@@ -1,6 +1,6 @@
-//! Retention: published outbox rows are deleted after `outbox.retention_hours`; message keys
-//! and resolved failed intakes after `intake.dedup_retention_days`. Unresolved failed intakes
-//! are kept until replayed: they are work for a human.
+//! Retention: message keys and resolved failed intakes are deleted after
+//! `intake.dedup_retention_days`; unresolved failed intakes are kept until replayed: they are
+//! work for a human. (Published outbox rows are deleted by the relay as it publishes them.)
 
 use std::time::Duration;
 
@@ -13,37 +13,14 @@ const PURGE_BATCH: i64 = 10_000;
 /// What one purge deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Purged {
-    pub outbox: u64,
     pub outcomes: u64,
     pub failed: u64,
 }
 
 /// Deletes everything past its retention, in batches.
-pub async fn purge(
-    pool: &PgPool,
-    outbox_hours: u64,
-    dedup_days: u32,
-) -> Result<Purged, sqlx::Error> {
-    let hours = outbox_hours.min(i32::MAX as u64) as i32;
+pub async fn purge(pool: &PgPool, dedup_days: u32) -> Result<Purged, sqlx::Error> {
     let days = dedup_days.min(i32::MAX as u32) as i32;
     let mut purged = Purged::default();
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox
-                  WHERE published_at < now() - make_interval(hours => $1)
-                  LIMIT $2)",
-        )
-        .bind(hours)
-        .bind(PURGE_BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        purged.outbox += n;
-        if n < PURGE_BATCH as u64 {
-            break;
-        }
-    }
     loop {
         let n = sqlx::query(
             "DELETE FROM intake_outcomes WHERE (network_id, message_key) IN (
@@ -51,8 +28,7 @@ pub async fn purge(
                   WHERE created_at < now() - make_interval(days => $1) AND outcome IS NOT NULL
                     -- kept while an unpublished outbox row still reads its event
                     AND NOT EXISTS (SELECT 1 FROM outbox b
-                                     WHERE b.published_at IS NULL
-                                       AND b.outcome_network_id = intake_outcomes.network_id
+                                     WHERE b.outcome_network_id = intake_outcomes.network_id
                                        AND b.outcome_key = intake_outcomes.message_key)
                   LIMIT $2)",
         )
@@ -78,22 +54,11 @@ pub async fn purge(
 }
 
 /// Purges every `every` until shutdown; errors are logged and retried next time.
-pub async fn run(
-    pool: PgPool,
-    outbox_hours: u64,
-    dedup_days: u32,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
+pub async fn run(pool: PgPool, dedup_days: u32, every: Duration, shutdown: CancellationToken) {
     loop {
-        match purge(&pool, outbox_hours, dedup_days).await {
+        match purge(&pool, dedup_days).await {
             Ok(p) if p != Purged::default() => {
-                tracing::info!(
-                    outbox = p.outbox,
-                    outcomes = p.outcomes,
-                    failed = p.failed,
-                    "retention purge"
-                )
+                tracing::info!(outcomes = p.outcomes, failed = p.failed, "retention purge")
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "retention purge failed; will retry"),

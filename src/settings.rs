@@ -166,11 +166,11 @@ pub struct IntakeSettings {
 #[serde(deny_unknown_fields)]
 pub struct OutboxSettings {
     pub batch_size: i64,
+    /// How often the relay sweeps for rows no window of this process handed it.
     pub poll_interval_ms: u64,
-    pub lease_ms: u64,
+    /// How long the relay waits for the broker's confirms of a batch (its transaction stays
+    /// open meanwhile); unconfirmed events are published again.
     pub confirm_timeout_ms: u64,
-    /// Published rows are kept this long (for inspection), then purged.
-    pub retention_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,7 +274,6 @@ impl Settings {
             ("intake.max_depth", self.intake.max_depth as u64),
             ("outbox.batch_size", self.outbox.batch_size.max(0) as u64),
             ("outbox.confirm_timeout_ms", self.outbox.confirm_timeout_ms),
-            ("outbox.lease_ms", self.outbox.lease_ms),
             ("intake.max_attempts", self.intake.max_attempts as u64),
             ("amqp.retry_delay_ms", self.amqp.retry_delay_ms),
             (
@@ -293,9 +292,6 @@ impl Settings {
         // Each consumer holds one connection during its window; the relay needs one more.
         if self.intake.consumers as u32 + 1 > self.database.max_connections {
             problems.push("database.max_connections must exceed intake.consumers".into());
-        }
-        if self.outbox.lease_ms <= self.outbox.confirm_timeout_ms {
-            problems.push("outbox.lease_ms must exceed outbox.confirm_timeout_ms".into());
         }
         if self.intake.outage_hold_ms >= 25 * 60 * 1000 {
             problems.push(

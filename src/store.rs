@@ -123,7 +123,7 @@ pub async fn forget_failed_outcomes(
          UPDATE outbox b
             SET body = g.event, outcome_network_id = NULL, outcome_key = NULL
            FROM gone g
-          WHERE b.published_at IS NULL AND b.outcome_network_id = g.network_id
+          WHERE b.outcome_network_id = g.network_id
             AND b.outcome_key = g.message_key AND b.event_id = g.event_id",
     )
     .bind(&networks)
@@ -680,13 +680,14 @@ pub enum OutboxBody {
     Inline(String),
 }
 
+/// Queues events for the relay; returns the ids of their outbox rows.
 pub async fn insert_outbox(
     tx: &mut PgConnection,
     rows: &[OutboxRow],
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<i64>, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let routing: Vec<&str> = rows.iter().map(|r| r.routing_key.as_str()).collect();
@@ -717,7 +718,8 @@ pub async fn insert_outbox(
          SELECT eid, rk, b::jsonb, n, k, c, $7
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[])
                 WITH ORDINALITY AS u(eid, rk, b, n, k, c, o)
-          ORDER BY o",
+          ORDER BY o
+         RETURNING id",
     )
     .bind(&ids)
     .bind(&routing)
@@ -726,7 +728,9 @@ pub async fn insert_outbox(
     .bind(&keys)
     .bind(&corr)
     .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect()
 }

@@ -37,6 +37,9 @@ pub struct WindowContext {
     pub limits: BodyLimits,
     /// Seals SSNs and failed payloads before they are written.
     pub vault: std::sync::Arc<crate::crypto::Vault>,
+    /// Where a committed window hands its outbox rows to this process's relay (`None` where
+    /// no relay runs, as in a command-line replay: a worker's sweep publishes those rows).
+    pub handoff: Option<std::sync::Arc<crate::relay::Handoff>>,
 }
 
 /// What became of one intake; the consumer logs it, tests assert on it.
@@ -398,8 +401,11 @@ pub async fn process(
         .filter_map(|e| e.replay.map(|r| r.failed_intake_id))
         .collect();
     store::resolve_failed(&mut tx, &resolved, now).await?;
-    plan.write(&mut tx, now, &ctx.vault).await?;
+    let outbox_ids = plan.write(&mut tx, now, &ctx.vault).await?;
     tx.commit().await?;
+    if let Some(handoff) = &ctx.handoff {
+        handoff.push(&outbox_ids);
+    }
     Ok(outcomes
         .into_iter()
         .map(|o| o.expect("every envelope is decided"))
@@ -576,12 +582,13 @@ impl Plan {
         Ok(())
     }
 
+    /// Writes everything left; returns the ids of the outbox rows.
     async fn write(
         self,
         tx: &mut sqlx::PgConnection,
         now: chrono::DateTime<Utc>,
         vault: &crate::crypto::Vault,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<Vec<i64>, sqlx::Error> {
         // Demote old heads before inserting new ones: the one-head index is not deferrable.
         store::unflag_heads(tx, &self.unflag, now).await?;
         store::insert_households(tx, &self.households, now).await?;
@@ -593,7 +600,6 @@ impl Plan {
         let mut outbox = self.outbox;
         outbox.sort_by_key(|(i, _)| *i);
         let rows: Vec<OutboxRow> = outbox.into_iter().map(|(_, r)| r).collect();
-        store::insert_outbox(tx, &rows, now).await?;
-        Ok(())
+        store::insert_outbox(tx, &rows, now).await
     }
 }

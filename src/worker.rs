@@ -8,14 +8,13 @@ use lapin::options::BasicQosOptions;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{ConsumerError, ConsumerSpec, IntakeConsumer, Mode, probe_backoff};
 use crate::decode::BodyLimits;
 use crate::http::HttpState;
 use crate::metrics::{ConsumerState, Metrics};
-use crate::relay::{Relay, RelayError};
+use crate::relay::{Handoff, Relay, RelayError};
 use crate::settings::Settings;
 use crate::topology;
 use crate::window::WindowContext;
@@ -58,6 +57,7 @@ pub fn window_context(settings: &Settings) -> WindowContext {
             crate::crypto::Vault::from_settings(&settings.crypto)
                 .expect("crypto settings are validated when settings load"),
         ),
+        handoff: None,
     }
 }
 
@@ -138,7 +138,6 @@ pub async fn run_with(
     }
     let janitor = tokio::spawn(crate::retention::run(
         pool.clone(),
-        settings.outbox.retention_hours,
         settings.intake.dedup_retention_days,
         Duration::from_secs(600),
         shutdown.clone(),
@@ -209,7 +208,7 @@ async fn session(
     }
     let stop = shutdown.child_token();
     let outage = CancellationToken::new();
-    let wake = Arc::new(Notify::new());
+    let handoff = Arc::new(Handoff::default());
 
     let relay = Relay::new(
         pool.clone(),
@@ -217,13 +216,14 @@ async fn session(
         settings.amqp.events_exchange.clone(),
         settings.outbox.clone(),
         metrics.clone(),
+        handoff.clone(),
     )
     .await?;
     let relay_stop = CancellationToken::new();
     let relay_task = {
-        let (wake, relay_stop, stop) = (wake.clone(), relay_stop.clone(), stop.clone());
+        let (relay_stop, stop) = (relay_stop.clone(), stop.clone());
         tokio::spawn(async move {
-            let r = relay.run(&wake, &relay_stop).await;
+            let r = relay.run(&relay_stop).await;
             if r.is_err() {
                 stop.cancel();
             }
@@ -231,7 +231,10 @@ async fn session(
         })
     };
 
-    let ctx = window_context(settings);
+    let ctx = WindowContext {
+        handoff: Some(handoff),
+        ..window_context(settings)
+    };
     let intake = settings.amqp.intake_queue.as_str();
     let dead = topology::dead_letter_queue(intake);
     let retry = topology::retry_queue(intake);
@@ -262,9 +265,9 @@ async fn session(
             metrics.clone(),
         )
         .await?;
-        let (wake, stop, outage) = (wake.clone(), stop.clone(), outage.clone());
+        let (stop, outage) = (stop.clone(), outage.clone());
         consumers.push(tokio::spawn(async move {
-            let r = consumer.run(&wake, &stop, &outage).await;
+            let r = consumer.run(&stop, &outage).await;
             // Any consumer leaving ends the session for all: outage, fault or shutdown.
             stop.cancel();
             r

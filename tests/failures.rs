@@ -99,7 +99,7 @@ async fn replay_succeeds_once_the_missing_county_exists() {
     // and that event was copied into its outbox row first. All three events stay publishable.
     let queued: Vec<(String, Option<i32>)> = sqlx::query_as(
         "SELECT body->>'type', (body->'data'->'replay'->>'attempt')::int
-           FROM outbox_events WHERE published_at IS NULL ORDER BY id",
+           FROM outbox_events ORDER BY id",
     )
     .fetch_all(&env.pool)
     .await
@@ -337,7 +337,7 @@ async fn dead_lettered_intakes_become_failed_intakes_unless_already_done() {
 }
 
 #[tokio::test]
-async fn retention_purges_old_keys_published_events_and_resolved_failures() {
+async fn retention_purges_old_keys_and_resolved_failures_but_not_what_the_outbox_needs() {
     let env = TestEnv::new().await;
     env.process(&[
         env.envelope("old", Some(&env.a.token), &seed_body(env.a.county_ids[0])),
@@ -354,17 +354,14 @@ async fn retention_purges_old_keys_published_events_and_resolved_failures() {
     // month): its outbox row still reads the event from the outcome row, which must stay.
     sqlx::raw_sql(
         "UPDATE intake_outcomes SET created_at = now() - interval '31 days' WHERE message_key IN ('old', 'bad', 'unsent');
-         UPDATE outbox SET published_at = now() - interval '25 hours' WHERE outcome_key IS DISTINCT FROM 'unsent';
+         DELETE FROM outbox WHERE outcome_key IS DISTINCT FROM 'unsent';
          UPDATE failed_intakes SET resolved_at = now() - interval '31 days'",
     )
     .execute(&env.pool)
     .await
     .unwrap();
-    let purged = case_intake::retention::purge(&env.pool, 24, 30)
-        .await
-        .unwrap();
+    let purged = case_intake::retention::purge(&env.pool, 30).await.unwrap();
     assert_eq!(purged.outcomes, 2);
-    assert_eq!(purged.outbox, 3);
     assert_eq!(purged.failed, 1);
     let left: Vec<String> =
         sqlx::query_scalar("SELECT message_key FROM intake_outcomes ORDER BY message_key")
@@ -372,11 +369,10 @@ async fn retention_purges_old_keys_published_events_and_resolved_failures() {
             .await
             .unwrap();
     assert_eq!(left, vec!["new".to_owned(), "unsent".to_owned()]);
-    let unsent: Option<String> =
-        sqlx::query_scalar("SELECT body->>'type' FROM outbox_events WHERE published_at IS NULL")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    let unsent: Option<String> = sqlx::query_scalar("SELECT body->>'type' FROM outbox_events")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(unsent.as_deref(), Some("case.created"));
     // After the window a re-published key is a new intake (documented in the README).
     let out = env

@@ -1321,12 +1321,10 @@ impl Run {
                 .ok()
                 .map(|n| n + retrying);
             let missing = self.keys_without_event();
-            let unpublished = sqlx::query_scalar::<_, i64>(
-                "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-            )
-            .fetch_one(&self.setup.pool)
-            .await
-            .ok();
+            let unpublished = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+                .fetch_one(&self.setup.pool)
+                .await
+                .ok();
             if ready == Some(0) && missing == 0 && unpublished == Some(0) {
                 say!("drained");
                 return (unconfirmed, true);
@@ -1430,10 +1428,9 @@ async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
     )
     .fetch_all(pool)
     .await?;
-    let unpublished: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id")
-            .fetch_all(pool)
-            .await?;
+    let unpublished: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
+        .fetch_all(pool)
+        .await?;
 
     let ledger = lock(&run.ledger);
     let seen = lock(&run.seen);
