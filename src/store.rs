@@ -534,6 +534,7 @@ pub async fn update_heads(
 pub struct OutcomeRow {
     pub network_id: i64,
     pub message_key: String,
+    pub payload_hash: Vec<u8>,
     pub case_id: Option<i64>,
     pub error_code: Option<String>,
     pub event_id: Uuid,
@@ -575,6 +576,53 @@ pub async fn record_outcomes(
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// Inserts complete outcome rows for keys looked up (not claimed) at the start of the
+/// transaction; returns how many were inserted. A row is skipped when its key was written by
+/// a transaction that committed meanwhile (after waiting for it, if it was still running):
+/// fewer rows than given means the window lost a race for a key.
+pub async fn insert_outcomes(
+    tx: &mut PgConnection,
+    rows: &[OutcomeRow],
+) -> Result<usize, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut sorted: Vec<&OutcomeRow> = rows.iter().collect();
+    // Key order, as `claim_keys`: two windows waiting on each other's keys cannot deadlock.
+    sorted.sort_by(|a, b| (a.network_id, &a.message_key).cmp(&(b.network_id, &b.message_key)));
+    let networks: Vec<i64> = sorted.iter().map(|r| r.network_id).collect();
+    let keys: Vec<&str> = sorted.iter().map(|r| r.message_key.as_str()).collect();
+    let hashes: Vec<&[u8]> = sorted.iter().map(|r| r.payload_hash.as_slice()).collect();
+    let cases: Vec<Option<i64>> = sorted.iter().map(|r| r.case_id).collect();
+    let codes: Vec<Option<&str>> = sorted.iter().map(|r| r.error_code.as_deref()).collect();
+    let ids: Vec<Uuid> = sorted.iter().map(|r| r.event_id).collect();
+    let events: Vec<&str> = sorted.iter().map(|r| r.event.as_str()).collect();
+    let routing: Vec<&str> = sorted.iter().map(|r| r.routing_key.as_str()).collect();
+    let inserted = sqlx::query(
+        "INSERT INTO intake_outcomes (network_id, message_key, payload_hash, outcome, case_id,
+                                      error_code, event_id, event, routing_key)
+         SELECT n, k, h, CASE WHEN c IS NULL THEN 'failed' ELSE 'created' END, c, code, eid,
+                ev::jsonb, rk
+           FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
+                       $6::uuid[], $7::text[], $8::text[])
+                WITH ORDINALITY AS u(n, k, h, c, code, eid, ev, rk, o)
+          ORDER BY o
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&networks)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&cases)
+    .bind(&codes)
+    .bind(&ids)
+    .bind(&events)
+    .bind(&routing)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(inserted as usize)
 }
 
 /// A failed intake kept for inspection and replay.

@@ -1,9 +1,10 @@
 //! The spine of the service: a window of intakes processed in one transaction.
 //!
 //! decode → validate (pure, before the transaction) → in one transaction: authenticate,
-//! claim the message keys, check references, lock households, place each case (pure rules),
-//! write cases, outcomes, failed intakes and outbox events with one statement per table →
-//! commit. A bad message never rolls back its neighbours: every per-message problem is decided
+//! look up the message keys, check references, lock households, place each case (pure rules),
+//! write cases, outcomes (which claims the keys), failed intakes and outbox events with one
+//! statement per table → commit (a key taken meanwhile by a concurrent window: roll back and
+//! run again, claiming the keys first). A bad message never rolls back its neighbours: every per-message problem is decided
 //! in memory and becomes that message's failed outcome. Only a database error aborts the
 //! window, and the caller decides from its class what to do (retry, split, hand back).
 
@@ -113,6 +114,21 @@ enum Slot {
     Existing(store::StoredOutcome),
 }
 
+/// When a window takes its message keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Look the keys up at the start and insert their outcome rows, complete, at the end (one
+    /// write per key). A key that a concurrent window wrote first makes the insert wait for
+    /// that window and then skip the row: this transaction is rolled back and the window runs
+    /// again with [`Claim::First`].
+    AtEnd,
+    /// Insert placeholder rows first (`ON CONFLICT DO NOTHING`, waiting for any concurrent
+    /// holder of a key) and fill them in at the end: no window can take a key meanwhile.
+    /// The named households are locked before that, so that such a window takes its locks in
+    /// the order an `AtEnd` window does (households, then keys) and the two cannot deadlock.
+    First,
+}
+
 /// Processes `envelopes` in one transaction; returns one outcome per envelope, in order.
 pub async fn process(
     pool: &PgPool,
@@ -122,11 +138,35 @@ pub async fn process(
     let now = Utc::now();
     let today = now.date_naive();
     let prepared: Vec<Prepared> = envelopes.iter().map(|e| prepare(e, ctx, today)).collect();
+    // Almost every window has keys no other transaction holds: claiming them at the end
+    // saves a write per key. A lost race for a key (an intake re-published while its first
+    // copy is in another window) re-runs the window claiming its keys first, which cannot
+    // lose one.
+    if let Some(outcomes) = attempt(pool, ctx, &prepared, now, Claim::AtEnd).await? {
+        return Ok(outcomes);
+    }
+    tracing::debug!(
+        window = envelopes.len(),
+        "a message key was taken by a concurrent window; re-running the window"
+    );
+    attempt(pool, ctx, &prepared, now, Claim::First)
+        .await?
+        .ok_or_else(|| sqlx::Error::Protocol("a claimed message key was taken".into()))
+}
 
+/// One transaction over the window; `None` if a key was taken by a concurrent window
+/// (only with [`Claim::AtEnd`]; the transaction is rolled back).
+async fn attempt(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    prepared: &[Prepared<'_>],
+    now: chrono::DateTime<Utc>,
+    claim: Claim,
+) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
 
     // Authenticate every distinct token in one query.
-    let tokens: Vec<[u8; 32]> = unique(envelopes.iter().filter_map(|e| e.token));
+    let tokens: Vec<[u8; 32]> = unique(prepared.iter().filter_map(|p| p.env.token));
     let callers = store::callers(&mut tx, &tokens).await?;
     let caller_of = |p: &Prepared| p.env.token.and_then(|t| callers.get(&t).copied());
     let namespace = |p: &Prepared| caller_of(p).map_or(NO_NETWORK, |c| c.network_id);
@@ -161,8 +201,26 @@ pub async fn process(
         .filter(|p| p.env.replay.is_some())
         .filter_map(|p| Some((namespace(p), p.env.message_key.clone()?)))
         .collect();
+    // A window that claims first locks every household its intakes name before it claims.
+    let mut early_heads = match claim {
+        Claim::AtEnd => None,
+        Claim::First => {
+            let refs = prepared.iter().filter_map(|p| {
+                let caller = caller_of(p)?;
+                p.env.forced_failure.is_none().then_some(())?;
+                Some((p.household?, caller.network_id))
+            });
+            Some(store::lock_households(&mut tx, &unique(refs)).await?)
+        }
+    };
     store::forget_failed_outcomes(&mut tx, &replayed).await?;
-    let lost = store::claim_keys(&mut tx, &claims).await?;
+    let lost = match claim {
+        Claim::First => store::claim_keys(&mut tx, &claims).await?,
+        Claim::AtEnd => claims
+            .iter()
+            .map(|c| (c.network_id, c.message_key.clone()))
+            .collect(),
+    };
     if !lost.is_empty() {
         let stored = store::stored_outcomes(&mut tx, &lost).await?;
         for (i, p) in prepared.iter().enumerate() {
@@ -206,8 +264,13 @@ pub async fn process(
     for (phase, indices) in [unlocked, locked].iter().enumerate() {
         if phase == 1 {
             plan.write_new_households(&mut tx, now, &ctx.vault).await?;
-            heads = store::lock_households(&mut tx, &unique(std::mem::take(&mut household_refs)))
-                .await?;
+            heads = match early_heads.take() {
+                Some(locked) => locked,
+                None => {
+                    let refs = unique(std::mem::take(&mut household_refs));
+                    store::lock_households(&mut tx, &refs).await?
+                }
+            };
         }
 
         // Decide each fresh intake: a failure, or a case to create.
@@ -336,7 +399,7 @@ pub async fn process(
                         household_id,
                         event_id: ev.id,
                     };
-                    plan.record(caller.network_id, key, Some(case_id), None, &ev);
+                    plan.record(caller.network_id, key, &p.hash, Some(case_id), None, &ev);
                     plan.publish(i, &ev, p.env);
                     outcome
                 }
@@ -344,7 +407,7 @@ pub async fn process(
                     let caller = caller_of(p);
                     let ev = failed_event(ctx, key, &error, replay, now);
                     if key.is_some() {
-                        plan.record(namespace(p), key, None, Some(error.code), &ev);
+                        plan.record(namespace(p), key, &p.hash, None, Some(error.code), &ev);
                     }
                     plan.fail(p, caller, &error, &ev);
                     plan.publish(i, &ev, p.env);
@@ -396,20 +459,25 @@ pub async fn process(
         });
     }
 
-    let resolved: Vec<i64> = envelopes
+    let resolved: Vec<i64> = prepared
         .iter()
-        .filter_map(|e| e.replay.map(|r| r.failed_intake_id))
+        .filter_map(|p| p.env.replay.map(|r| r.failed_intake_id))
         .collect();
     store::resolve_failed(&mut tx, &resolved, now).await?;
-    let outbox_ids = plan.write(&mut tx, now, &ctx.vault).await?;
+    let Some(outbox_ids) = plan.write(&mut tx, now, &ctx.vault, claim).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
     tx.commit().await?;
     if let Some(handoff) = &ctx.handoff {
         handoff.push(&outbox_ids);
     }
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.expect("every envelope is decided"))
-        .collect())
+    Ok(Some(
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every envelope is decided"))
+            .collect(),
+    ))
 }
 
 fn failed_event(
@@ -508,6 +576,7 @@ impl Plan {
         &mut self,
         network_id: i64,
         key: Option<&str>,
+        payload_hash: &[u8; 32],
         case_id: Option<i64>,
         code: Option<ErrorCode>,
         ev: &Event,
@@ -516,6 +585,7 @@ impl Plan {
         self.outcomes.push(OutcomeRow {
             network_id,
             message_key: key.to_owned(),
+            payload_hash: payload_hash.to_vec(),
             case_id,
             error_code: code.map(|c| c.as_str().to_owned()),
             event_id: ev.id,
@@ -582,24 +652,33 @@ impl Plan {
         Ok(())
     }
 
-    /// Writes everything left; returns the ids of the outbox rows.
+    /// Writes everything left; returns the ids of the outbox rows, or `None` if a key's
+    /// outcome row could not be inserted because a concurrent window wrote it first.
     async fn write(
         self,
         tx: &mut sqlx::PgConnection,
         now: chrono::DateTime<Utc>,
         vault: &crate::crypto::Vault,
-    ) -> Result<Vec<i64>, sqlx::Error> {
+        claim: Claim,
+    ) -> Result<Option<Vec<i64>>, sqlx::Error> {
         // Demote old heads before inserting new ones: the one-head index is not deferrable.
         store::unflag_heads(tx, &self.unflag, now).await?;
         store::insert_households(tx, &self.households, now).await?;
         store::insert_cases(tx, &self.cases, vault).await?;
         let updates: Vec<(i64, i64)> = self.head_updates.iter().map(|(h, c)| (*h, *c)).collect();
         store::update_heads(tx, &updates, now).await?;
-        store::record_outcomes(tx, &self.outcomes).await?;
+        match claim {
+            Claim::First => store::record_outcomes(tx, &self.outcomes).await?,
+            Claim::AtEnd => {
+                if store::insert_outcomes(tx, &self.outcomes).await? < self.outcomes.len() {
+                    return Ok(None);
+                }
+            }
+        }
         store::insert_failed(tx, &self.failed, now, vault).await?;
         let mut outbox = self.outbox;
         outbox.sort_by_key(|(i, _)| *i);
         let rows: Vec<OutboxRow> = outbox.into_iter().map(|(_, r)| r).collect();
-        store::insert_outbox(tx, &rows, now).await
+        store::insert_outbox(tx, &rows, now).await.map(Some)
     }
 }

@@ -585,3 +585,74 @@ async fn new_households_are_written_before_the_window_waits_for_a_household_lock
     env.assert_household_invariant().await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_key_written_by_a_concurrent_window_meanwhile_reruns_the_window_and_creates_nothing_twice()
+ {
+    let env = TestEnv::new().await;
+    let county = env.a.county_ids[0];
+    let token = env.a.token.clone();
+
+    // Another transaction (as a concurrent window would) writes the outcome of key "raced"
+    // and has not committed yet: the window below cannot see it when it looks its keys up.
+    let mut other = env.pool.acquire().await.unwrap();
+    sqlx::query("BEGIN").execute(&mut *other).await.unwrap();
+    sqlx::query(
+        "INSERT INTO intake_outcomes (network_id, message_key, payload_hash, outcome, error_code,
+                                      event_id, event, routing_key)
+         VALUES ($1, 'raced', '\\x00', 'failed', 'validation_failed', gen_random_uuid(),
+                 '{\"type\": \"case.failed\"}', 'case.failed')",
+    )
+    .bind(env.a.network_id)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+
+    let envelopes = vec![
+        env.envelope("raced", Some(&token), &seed_body(county)),
+        env.envelope("alone", Some(&token), &seed_body(county)),
+    ];
+    let (pool, ctx) = (
+        env.pool.clone(),
+        case_intake::worker::window_context(&env.settings),
+    );
+    let window =
+        tokio::spawn(async move { case_intake::window::process(&pool, &ctx, &envelopes).await });
+
+    // Wait until the window, at its end, waits for the other transaction's key.
+    loop {
+        let waiting: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity a
+                             WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'
+                               AND a.query LIKE 'INSERT INTO intake_outcomes%')",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if waiting {
+            break;
+        }
+        assert!(!window.is_finished(), "the window did not wait for the key");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sqlx::query("COMMIT").execute(&mut *other).await.unwrap();
+    drop(other);
+
+    // The window lost the race for "raced": it ran again, found the committed outcome (with
+    // another body: the key was reused) and created a case only for "alone".
+    let out = window.await.unwrap().unwrap();
+    assert_eq!(failed(&out[0]), ErrorCode::IdempotencyKeyReused);
+    let (case_id, _) = created(&out[1]);
+    let cases: Vec<i64> = sqlx::query_scalar("SELECT id FROM cases")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(cases, vec![case_id]);
+    assert_eq!(
+        env.scalar_i64("SELECT count(*) FROM intake_outcomes WHERE outcome IS NOT NULL")
+            .await,
+        2
+    );
+    env.assert_household_invariant().await;
+    env.cleanup().await;
+}
