@@ -550,13 +550,7 @@ pub async fn record_outcomes(
     if rows.is_empty() {
         return Ok(());
     }
-    let networks: Vec<i64> = rows.iter().map(|r| r.network_id).collect();
-    let keys: Vec<&str> = rows.iter().map(|r| r.message_key.as_str()).collect();
-    let cases: Vec<Option<i64>> = rows.iter().map(|r| r.case_id).collect();
-    let codes: Vec<Option<&str>> = rows.iter().map(|r| r.error_code.as_deref()).collect();
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
-    let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
-    let routing: Vec<&str> = rows.iter().map(|r| r.routing_key.as_str()).collect();
+    let c = OutcomeColumns::of(rows.iter());
     sqlx::query(
         "UPDATE intake_outcomes o
             SET outcome = CASE WHEN u.case_id IS NULL THEN 'failed' ELSE 'created' END,
@@ -566,16 +560,43 @@ pub async fn record_outcomes(
                        $6::text[], $7::text[]) AS u(n, k, case_id, code, eid, ev, rk)
           WHERE o.network_id = u.n AND o.message_key = u.k",
     )
-    .bind(&networks)
-    .bind(&keys)
-    .bind(&cases)
-    .bind(&codes)
-    .bind(&ids)
-    .bind(&events)
-    .bind(&routing)
+    .bind(&c.networks)
+    .bind(&c.keys)
+    .bind(&c.cases)
+    .bind(&c.codes)
+    .bind(&c.event_ids)
+    .bind(&c.events)
+    .bind(&c.routing)
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// Outcome rows column by column, for `unnest`.
+struct OutcomeColumns<'a> {
+    networks: Vec<i64>,
+    keys: Vec<&'a str>,
+    hashes: Vec<&'a [u8]>,
+    cases: Vec<Option<i64>>,
+    codes: Vec<Option<&'a str>>,
+    event_ids: Vec<Uuid>,
+    events: Vec<&'a str>,
+    routing: Vec<&'a str>,
+}
+
+impl<'a> OutcomeColumns<'a> {
+    fn of(rows: impl Iterator<Item = &'a OutcomeRow> + Clone) -> Self {
+        Self {
+            networks: rows.clone().map(|r| r.network_id).collect(),
+            keys: rows.clone().map(|r| r.message_key.as_str()).collect(),
+            hashes: rows.clone().map(|r| r.payload_hash.as_slice()).collect(),
+            cases: rows.clone().map(|r| r.case_id).collect(),
+            codes: rows.clone().map(|r| r.error_code.as_deref()).collect(),
+            event_ids: rows.clone().map(|r| r.event_id).collect(),
+            events: rows.clone().map(|r| r.event.as_str()).collect(),
+            routing: rows.map(|r| r.routing_key.as_str()).collect(),
+        }
+    }
 }
 
 /// Inserts complete outcome rows for keys looked up (not claimed) at the start of the
@@ -592,14 +613,7 @@ pub async fn insert_outcomes(
     let mut sorted: Vec<&OutcomeRow> = rows.iter().collect();
     // Key order, as `claim_keys`: two windows waiting on each other's keys cannot deadlock.
     sorted.sort_by(|a, b| (a.network_id, &a.message_key).cmp(&(b.network_id, &b.message_key)));
-    let networks: Vec<i64> = sorted.iter().map(|r| r.network_id).collect();
-    let keys: Vec<&str> = sorted.iter().map(|r| r.message_key.as_str()).collect();
-    let hashes: Vec<&[u8]> = sorted.iter().map(|r| r.payload_hash.as_slice()).collect();
-    let cases: Vec<Option<i64>> = sorted.iter().map(|r| r.case_id).collect();
-    let codes: Vec<Option<&str>> = sorted.iter().map(|r| r.error_code.as_deref()).collect();
-    let ids: Vec<Uuid> = sorted.iter().map(|r| r.event_id).collect();
-    let events: Vec<&str> = sorted.iter().map(|r| r.event.as_str()).collect();
-    let routing: Vec<&str> = sorted.iter().map(|r| r.routing_key.as_str()).collect();
+    let c = OutcomeColumns::of(sorted.iter().copied());
     let inserted = sqlx::query(
         "INSERT INTO intake_outcomes (network_id, message_key, payload_hash, outcome, case_id,
                                       error_code, event_id, event, routing_key)
@@ -611,14 +625,14 @@ pub async fn insert_outcomes(
           ORDER BY o
          ON CONFLICT DO NOTHING",
     )
-    .bind(&networks)
-    .bind(&keys)
-    .bind(&hashes)
-    .bind(&cases)
-    .bind(&codes)
-    .bind(&ids)
-    .bind(&events)
-    .bind(&routing)
+    .bind(&c.networks)
+    .bind(&c.keys)
+    .bind(&c.hashes)
+    .bind(&c.cases)
+    .bind(&c.codes)
+    .bind(&c.event_ids)
+    .bind(&c.events)
+    .bind(&c.routing)
     .execute(&mut *tx)
     .await?
     .rows_affected();

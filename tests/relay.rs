@@ -12,8 +12,7 @@ use case_intake::relay::{Handoff, Relay};
 use case_intake::window::{self, Outcome};
 use case_intake::worker;
 use common::{Broker, TestEnv, amqp_connect, seed_body};
-use lapin::ExchangeKind;
-use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -64,18 +63,7 @@ impl RunningRelay {
 
 async fn declare_events_exchange(env: &TestEnv) {
     let conn = amqp_connect().await.unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        env.settings.amqp.events_exchange.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    common::declare_events_exchange(&conn.create_channel().await.unwrap(), env).await;
     let _ = conn.close(200, "OK".into()).await;
 }
 
@@ -182,15 +170,7 @@ async fn two_relays_on_one_outbox_publish_each_row_exactly_once() {
     )
     .await
     .unwrap();
-    ch.queue_bind(
-        tap.as_str().into(),
-        env.settings.amqp.events_exchange.as_str().into(),
-        "#".into(),
-        Default::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    common::bind_to_events(&ch, &tap, &env).await;
     // 1,200 events committed while no relay runs: more than two batches for each relay.
     for chunk in 0..12 {
         let window: Vec<_> = (0..100)

@@ -198,17 +198,7 @@ impl Broker {
     pub async fn connect(env: &TestEnv) -> Self {
         let conn = amqp_connect().await.expect("broker reachable");
         let ch = conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            env.settings.amqp.events_exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare_events_exchange(&ch, env).await;
         let q = ch
             .queue_declare(
                 "".into(),
@@ -221,15 +211,7 @@ impl Broker {
             )
             .await
             .unwrap();
-        ch.queue_bind(
-            q.name().clone(),
-            env.settings.amqp.events_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        bind_to_events(&ch, q.name().as_str(), env).await;
         let events = ch
             .basic_consume(
                 q.name().clone(),
@@ -339,6 +321,34 @@ impl Broker {
         }
         out
     }
+}
+
+/// Declares the test's events exchange as the worker does (idempotent).
+pub async fn declare_events_exchange(ch: &Channel, env: &TestEnv) {
+    ch.exchange_declare(
+        env.settings.amqp.events_exchange.as_str().into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Binds `queue` to every event of the test's exchange.
+pub async fn bind_to_events(ch: &Channel, queue: &str, env: &TestEnv) {
+    ch.queue_bind(
+        queue.into(),
+        env.settings.amqp.events_exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
 }
 
 /// `Token <token>` header pair.
