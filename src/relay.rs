@@ -92,8 +92,7 @@ struct Taken {
     id: i64,
     event_id: Uuid,
     routing_key: String,
-    /// The row's own body column (`None` when it refers to the outcome row).
-    inline_body: Option<String>,
+    /// Set when the body lives in the outcome row (the row's own body column is then null).
     outcome_network_id: Option<i64>,
     outcome_key: Option<String>,
     correlation_id: Option<String>,
@@ -159,7 +158,7 @@ impl Relay {
                     "DELETE FROM outbox o WHERE o.id IN (",
                     $which,
                     " FOR UPDATE SKIP LOCKED)
-                     RETURNING o.id, o.event_id, o.routing_key, o.body::text,
+                     RETURNING o.id, o.event_id, o.routing_key,
                                o.outcome_network_id, o.outcome_key, o.correlation_id,
                                o.created_at, o.attempts,
                                COALESCE(o.body, (SELECT i.event FROM intake_outcomes i
@@ -199,13 +198,12 @@ impl Relay {
                     id: r.try_get(0)?,
                     event_id: r.try_get(1)?,
                     routing_key: r.try_get(2)?,
-                    inline_body: r.try_get(3)?,
-                    outcome_network_id: r.try_get(4)?,
-                    outcome_key: r.try_get(5)?,
-                    correlation_id: r.try_get(6)?,
-                    created_at: r.try_get(7)?,
-                    attempts: r.try_get(8)?,
-                    body: r.try_get(9)?,
+                    outcome_network_id: r.try_get(3)?,
+                    outcome_key: r.try_get(4)?,
+                    correlation_id: r.try_get(5)?,
+                    created_at: r.try_get(6)?,
+                    attempts: r.try_get(7)?,
+                    body: r.try_get(8)?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -384,7 +382,17 @@ async fn put_back(tx: &mut PgConnection, rows: &[&Taken]) -> Result<(), sqlx::Er
     let ids: Vec<i64> = rows.iter().map(|t| t.id).collect();
     let event_ids: Vec<Uuid> = rows.iter().map(|t| t.event_id).collect();
     let routing: Vec<&str> = rows.iter().map(|t| t.routing_key.as_str()).collect();
-    let bodies: Vec<Option<&str>> = rows.iter().map(|t| t.inline_body.as_deref()).collect();
+    // A row keeps its body inline exactly when it does not refer to an outcome row (the
+    // outbox's CHECK), so the body taken is the one to put back.
+    let bodies: Vec<Option<&str>> = rows
+        .iter()
+        .map(|t| {
+            t.outcome_key
+                .is_none()
+                .then_some(t.body.as_deref())
+                .flatten()
+        })
+        .collect();
     let networks: Vec<Option<i64>> = rows.iter().map(|t| t.outcome_network_id).collect();
     let keys: Vec<Option<&str>> = rows.iter().map(|t| t.outcome_key.as_deref()).collect();
     let corr: Vec<Option<&str>> = rows.iter().map(|t| t.correlation_id.as_deref()).collect();

@@ -274,6 +274,8 @@ impl Settings {
             ("intake.max_depth", self.intake.max_depth as u64),
             ("outbox.batch_size", self.outbox.batch_size.max(0) as u64),
             ("outbox.confirm_timeout_ms", self.outbox.confirm_timeout_ms),
+            // The sweep is the relay's only way to rows no window handed it: 0 would spin.
+            ("outbox.poll_interval_ms", self.outbox.poll_interval_ms),
             ("intake.max_attempts", self.intake.max_attempts as u64),
             ("amqp.retry_delay_ms", self.amqp.retry_delay_ms),
             (

@@ -4,9 +4,10 @@
 //! look up the message keys, check references, lock households, place each case (pure rules),
 //! write cases, outcomes (which claims the keys), failed intakes and outbox events with one
 //! statement per table → commit (a key taken meanwhile by a concurrent window: roll back and
-//! run again, claiming the keys first). A bad message never rolls back its neighbours: every per-message problem is decided
-//! in memory and becomes that message's failed outcome. Only a database error aborts the
-//! window, and the caller decides from its class what to do (retry, split, hand back).
+//! run again, claiming the keys first). A bad message never rolls back its neighbours: every
+//! per-message problem is decided in memory and becomes that message's failed outcome. Only a
+//! database error aborts the window, and the caller decides from its class what to do (retry,
+//! split, hand back).
 
 use std::collections::{HashMap, HashSet, hash_map::Entry};
 
@@ -149,9 +150,12 @@ pub async fn process(
         window = envelopes.len(),
         "a message key was taken by a concurrent window; re-running the window"
     );
+    // A window that claims first cannot lose a key; were it to happen (a bug), the error is
+    // of no transient or outage class, so the deliveries go back and the broker's delivery
+    // limit dead-letters them rather than the window spinning or holding as an outage.
     attempt(pool, ctx, &prepared, now, Claim::First)
         .await?
-        .ok_or_else(|| sqlx::Error::Protocol("a claimed message key was taken".into()))
+        .ok_or_else(|| sqlx::Error::InvalidArgument("a message key claimed first was taken".into()))
 }
 
 /// One transaction over the window; `None` if a key was taken by a concurrent window
@@ -205,11 +209,10 @@ async fn attempt(
     let mut early_heads = match claim {
         Claim::AtEnd => None,
         Claim::First => {
-            let refs = prepared.iter().filter_map(|p| {
-                let caller = caller_of(p)?;
-                p.env.forced_failure.is_none().then_some(())?;
-                Some((p.household?, caller.network_id))
-            });
+            let refs = prepared
+                .iter()
+                .filter(|p| p.env.forced_failure.is_none())
+                .filter_map(|p| Some((p.household?, caller_of(p)?.network_id)));
             Some(store::lock_households(&mut tx, &unique(refs)).await?)
         }
     };

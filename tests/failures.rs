@@ -405,5 +405,20 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("windw_size"), "{err}");
+    // Keys of earlier versions are refused, not silently ignored (README, configuration).
+    std::fs::write(&file, "[outbox]\nlease_ms = 30000\n").unwrap();
+    let err = case_intake::settings::Settings::load(Some(&file))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lease_ms"), "{err}");
+    // Without its sweep the relay would never find rows no window handed it.
+    std::fs::write(&file, "[outbox]\npoll_interval_ms = 0\n").unwrap();
+    let err = case_intake::settings::Settings::load(Some(&file))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("outbox.poll_interval_ms must be greater than 0"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
