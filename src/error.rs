@@ -27,6 +27,9 @@ pub enum ErrorCode {
     RetriesExhausted,
     /// The broker dead-lettered the message (delivery limit reached, e.g. a poison message).
     DeadLettered,
+    /// An AMQP property or header the service cannot use: a `message_id` or `correlation_id`
+    /// with control characters, a header nested deeper than the limit, too many headers.
+    InvalidEnvelope,
 }
 
 impl ErrorCode {
@@ -41,6 +44,7 @@ impl ErrorCode {
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::RetriesExhausted => "retries_exhausted",
             Self::DeadLettered => "dead_lettered",
+            Self::InvalidEnvelope => "invalid_envelope",
         }
     }
 
@@ -51,7 +55,7 @@ impl ErrorCode {
 }
 
 /// Every code, for documentation tests and CLI filters.
-pub const ALL_CODES: [ErrorCode; 8] = [
+pub const ALL_CODES: [ErrorCode; 9] = [
     ErrorCode::MalformedJson,
     ErrorCode::PayloadTooLarge,
     ErrorCode::MissingMessageKey,
@@ -60,6 +64,7 @@ pub const ALL_CODES: [ErrorCode; 8] = [
     ErrorCode::IdempotencyKeyReused,
     ErrorCode::RetriesExhausted,
     ErrorCode::DeadLettered,
+    ErrorCode::InvalidEnvelope,
 ];
 
 impl std::fmt::Display for ErrorCode {

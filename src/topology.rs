@@ -18,6 +18,13 @@ pub fn dead_letter_queue(intake_queue: &str) -> String {
     format!("{intake_queue}.dead")
 }
 
+/// The parking queue of an intake queue: the end of the delivery-limit chain (intake queue →
+/// dead-letter queue → parking queue). No consumer reads it; `case-intake parked` inspects,
+/// drops or re-publishes what lands there (messages the AMQP client cannot even parse).
+pub fn parked_queue(intake_queue: &str) -> String {
+    format!("{intake_queue}.parked")
+}
+
 /// The delay queue of an intake queue: messages wait there `amqp.retry_delay_ms`, then
 /// dead-letter back to the intake queue.
 pub fn retry_queue(intake_queue: &str) -> String {
