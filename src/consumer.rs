@@ -19,18 +19,17 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
     BasicPublishOptions, ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{TOKEN_HEADERS, hash_token, parse_token_header};
 use crate::classify::{ErrorClass, classify};
-use crate::envelope::{Envelope, check_message_key};
+use crate::delivery::{envelope_of, retries_of, retry_headers};
+use crate::envelope::Envelope;
 use crate::error::{ErrorCode, IntakeError};
 use crate::metrics::{ConsumerState, Metrics};
 use crate::settings::IntakeSettings;
-use crate::topology::RETRIES_HEADER;
 use crate::window::{self, Outcome, WindowContext};
 
 /// Why a consumer stopped other than by shutdown; the supervisor reconnects.
@@ -54,62 +53,6 @@ pub enum Mode {
     /// The dead-letter queue: every delivery becomes a failed `dead_lettered` intake (unless
     /// its key already has an outcome), so that even a poison message ends in one outcome.
     DeadLetter,
-}
-
-/// Reads what the pipeline needs from a delivery. Never fails: a missing key or token becomes
-/// a failed outcome in the window.
-pub fn envelope_of(delivery: &Delivery) -> Envelope {
-    let props = &delivery.properties;
-    let message_key = check_message_key(props.message_id().as_ref().map(|k| k.as_str()));
-    let correlation_id = props
-        .correlation_id()
-        .as_ref()
-        .map(|c| c.as_str().to_owned());
-    let token = props
-        .headers()
-        .as_ref()
-        .and_then(token_header)
-        .and_then(|v| parse_token_header(&v).map(hash_token));
-    Envelope {
-        message_key,
-        correlation_id,
-        token,
-        body: delivery.data.clone(),
-        replay: None,
-        forced_failure: None,
-    }
-}
-
-/// The value of the first token header, matched case-insensitively.
-fn token_header(headers: &FieldTable) -> Option<String> {
-    headers.inner().iter().find_map(|(name, value)| {
-        if !TOKEN_HEADERS
-            .iter()
-            .any(|h| name.as_str().eq_ignore_ascii_case(h))
-        {
-            return None;
-        }
-        match value {
-            AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
-            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-            _ => None,
-        }
-    })
-}
-
-/// How many times a delivery already went through the retry queue.
-fn retries_of(delivery: &Delivery) -> u32 {
-    let Some(headers) = delivery.properties.headers() else {
-        return 0;
-    };
-    match headers.inner().get(RETRIES_HEADER) {
-        Some(AMQPValue::LongLongInt(n)) => (*n).clamp(0, u32::MAX as i64) as u32,
-        Some(AMQPValue::LongInt(n)) => (*n).max(0) as u32,
-        Some(AMQPValue::LongUInt(n)) => *n,
-        Some(AMQPValue::ShortInt(n)) => (*n).max(0) as u32,
-        Some(AMQPValue::ShortShortUInt(n)) => *n as u32,
-        _ => 0,
-    }
 }
 
 /// What happens to one delivery after its window.
@@ -215,7 +158,7 @@ impl IntakeConsumer {
         outage: &CancellationToken,
     ) -> Result<(), ConsumerError> {
         loop {
-            let window = self.next_window(shutdown).await?;
+            let mut window = self.next_window(shutdown).await?;
             if window.is_empty() {
                 let tag = self.consumer.tag();
                 self.channel
@@ -223,7 +166,11 @@ impl IntakeConsumer {
                     .await?;
                 return Ok(());
             }
-            let mut envelopes: Vec<Envelope> = window.iter().map(envelope_of).collect();
+            let max_body = self.ctx.limits.max_body_bytes;
+            let mut envelopes: Vec<Envelope> = window
+                .iter_mut()
+                .map(|d| envelope_of(d, max_body))
+                .collect();
             if self.mode == Mode::DeadLetter {
                 for env in &mut envelopes {
                     env.forced_failure = Some(IntakeError::new(
@@ -266,8 +213,8 @@ impl IntakeConsumer {
         }
         let mut exhausted = Vec::new();
         for (i, d) in dispositions.iter().enumerate() {
-            if *d == Disposition::Retry && retries_of(&window[i]) + 1 >= self.settings.max_attempts
-            {
+            let retries = retries_of(&window[i].properties, &self.ctx.vault);
+            if *d == Disposition::Retry && retries + 1 >= self.settings.max_attempts {
                 let mut env = envelopes[i].clone();
                 env.forced_failure = Some(IntakeError::new(
                     ErrorCode::RetriesExhausted,
@@ -293,12 +240,12 @@ impl IntakeConsumer {
             }
         }
         self.record(envelopes, &dispositions);
-        for (delivery, d) in window.iter().zip(&dispositions) {
+        for ((delivery, d), env) in window.iter().zip(&dispositions).zip(envelopes) {
             match d {
                 Disposition::Done(_) => ack(std::slice::from_ref(delivery), false).await?,
                 Disposition::Retry => {
                     self.metrics.record_retry();
-                    self.send_to_retry(delivery).await?;
+                    self.send_to_retry(delivery, &env.body).await?;
                     ack(std::slice::from_ref(delivery), false).await?;
                 }
                 Disposition::Requeue => nack(std::slice::from_ref(delivery), false).await?,
@@ -317,16 +264,14 @@ impl IntakeConsumer {
         log_outcomes(envelopes, dispositions);
     }
 
-    /// Re-publishes a delivery to the retry queue with its retry count raised, and waits for
-    /// the confirm before the original is acked (a crash in between duplicates the message;
-    /// the dedup table absorbs it).
-    async fn send_to_retry(&self, delivery: &Delivery) -> Result<(), ConsumerError> {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            RETRIES_HEADER.into(),
-            AMQPValue::LongLongInt(retries_of(delivery) as i64 + 1),
-        );
-        let props = delivery.properties.clone().with_headers(headers);
+    /// Re-publishes a delivery (its body was taken into its envelope) to the retry queue with
+    /// its retry count raised and tagged, and waits for the confirm before the original is
+    /// acked (a crash in between duplicates the message; the dedup table absorbs it).
+    async fn send_to_retry(&self, delivery: &Delivery, body: &[u8]) -> Result<(), ConsumerError> {
+        let props = &delivery.properties;
+        let count = retries_of(props, &self.ctx.vault) + 1;
+        let headers = retry_headers(props, &self.ctx.vault, count);
+        let props = props.clone().with_headers(headers);
         let confirm = self
             .retry_channel
             .basic_publish(
@@ -336,7 +281,7 @@ impl IntakeConsumer {
                     mandatory: true,
                     ..BasicPublishOptions::default()
                 },
-                &delivery.data,
+                body,
                 props,
             )
             .await?

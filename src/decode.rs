@@ -31,14 +31,7 @@ const MAX_QUOTED_KEY_CHARS: usize = 64;
 /// one wins.
 pub fn decode_body(bytes: &[u8], limits: &BodyLimits) -> Result<Map<String, Value>, IntakeError> {
     if bytes.len() > limits.max_body_bytes {
-        return Err(IntakeError::new(
-            ErrorCode::PayloadTooLarge,
-            format!(
-                "body is {} bytes, larger than the limit of {} bytes",
-                bytes.len(),
-                limits.max_body_bytes
-            ),
-        ));
+        return Err(too_large(bytes.len(), limits.max_body_bytes));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| malformed("body is not valid UTF-8"))?;
     if nesting_exceeds(text.as_bytes(), limits.max_depth) {
@@ -76,6 +69,14 @@ pub fn decode_body(bytes: &[u8], limits: &BodyLimits) -> Result<Map<String, Valu
 pub fn payload_hash(bytes: &[u8], parsed: Option<&Map<String, Value>>) -> [u8; 32] {
     let canonical = parsed.and_then(|map| serde_json::to_vec(map).ok());
     Sha256::digest(canonical.as_deref().unwrap_or(bytes)).into()
+}
+
+/// The error of a body of `size` bytes over the limit; names sizes, never content.
+pub fn too_large(size: usize, limit: usize) -> IntakeError {
+    IntakeError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("body is {size} bytes, larger than the limit of {limit} bytes"),
+    )
 }
 
 fn malformed(message: impl Into<String>) -> IntakeError {

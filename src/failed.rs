@@ -9,7 +9,7 @@ use sqlx::{PgPool, Row};
 use crate::auth::TokenHash;
 use crate::classify::{ErrorClass, classify};
 use crate::crypto::{CryptoError, Purpose, Vault};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, Oversize};
 use crate::event::ReplayInfo;
 use crate::window::{self, Outcome, WindowContext};
 
@@ -43,7 +43,8 @@ pub struct FailedIntake {
 
 const SELECT: &str = "SELECT id, network_id, message_key, correlation_id, error_code, error,
                              attempts, event_id, created_at, resolved_at, payload_sealed,
-                             token_hash, payload_key_id
+                             token_hash, payload_key_id, payload_truncated, payload_bytes,
+                             payload_sha256
                         FROM failed_intakes
                        WHERE ($1::text IS NULL OR message_key = $1)
                          AND ($2::text IS NULL OR error_code = $2)
@@ -63,6 +64,9 @@ struct Stored {
     payload_sealed: Vec<u8>,
     payload_key_id: String,
     token_hash: Option<Vec<u8>>,
+    /// Set when only a prefix of an oversized body was stored: a replay is refused by size
+    /// again, as the whole body is gone.
+    oversize: Option<Oversize>,
 }
 
 impl Stored {
@@ -111,9 +115,20 @@ async fn select(
                 payload_sealed: r.try_get(10)?,
                 token_hash: r.try_get(11)?,
                 payload_key_id: r.try_get(12)?,
+                oversize: oversize_of(r.try_get(13)?, r.try_get(14)?, r.try_get(15)?),
             })
         })
         .collect()
+}
+
+fn oversize_of(truncated: bool, bytes: Option<i64>, sha256: Option<Vec<u8>>) -> Option<Oversize> {
+    if !truncated {
+        return None;
+    }
+    Some(Oversize {
+        bytes: usize::try_from(bytes?).ok()?,
+        sha256: sha256?.try_into().ok()?,
+    })
 }
 
 /// Lists failed intakes matching `f`, oldest first.
@@ -247,6 +262,7 @@ pub async fn replay(
                         .as_deref()
                         .and_then(|t| TokenHash::try_from(t).ok()),
                     body: payload,
+                    oversize: s.oversize,
                     replay: Some(ReplayInfo {
                         attempt: s.intake.attempts + 1,
                         failed_intake_id: s.intake.id,

@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod crypto;
 pub mod db;
 pub mod decode;
+pub mod delivery;
 pub mod envelope;
 pub mod error;
 pub mod event;

@@ -646,7 +646,12 @@ pub struct FailedRow {
     pub message_key: Option<String>,
     pub correlation_id: Option<String>,
     pub token_hash: Option<Vec<u8>>,
+    /// The body, or its first bytes when `truncated`.
     pub payload: Vec<u8>,
+    /// The body's length and SHA-256 as published.
+    pub payload_bytes: i64,
+    pub payload_sha256: Vec<u8>,
+    pub truncated: bool,
     pub error_code: String,
     pub error: String,
     pub attempts: i32,
@@ -675,14 +680,19 @@ pub async fn insert_failed(
     let errors: Vec<&str> = rows.iter().map(|r| r.error.as_str()).collect();
     let attempts: Vec<i32> = rows.iter().map(|r| r.attempts).collect();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let sizes: Vec<i64> = rows.iter().map(|r| r.payload_bytes).collect();
+    let hashes: Vec<&[u8]> = rows.iter().map(|r| r.payload_sha256.as_slice()).collect();
+    let truncated: Vec<bool> = rows.iter().map(|r| r.truncated).collect();
     sqlx::query(
         "INSERT INTO failed_intakes (network_id, message_key, correlation_id, token_hash,
                                      payload_sealed, payload_key_id, error_code, error, attempts,
-                                     event_id, created_at)
-         SELECT n, k, c, t, p, $11, code, e::jsonb, a, eid, $10
+                                     event_id, created_at, payload_bytes, payload_sha256,
+                                     payload_truncated)
+         SELECT n, k, c, t, p, $11, code, e::jsonb, a, eid, $10, sz, h, tr
            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
-                       $6::text[], $7::text[], $8::int[], $9::uuid[])
-             AS u(n, k, c, t, p, code, e, a, eid)",
+                       $6::text[], $7::text[], $8::int[], $9::uuid[], $12::bigint[],
+                       $13::bytea[], $14::bool[])
+             AS u(n, k, c, t, p, code, e, a, eid, sz, h, tr)",
     )
     .bind(&networks)
     .bind(&keys)
@@ -695,6 +705,9 @@ pub async fn insert_failed(
     .bind(&ids)
     .bind(now)
     .bind(vault.active_key())
+    .bind(&sizes)
+    .bind(&hashes)
+    .bind(&truncated)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -31,9 +31,6 @@ pub fn retry_queue(intake_queue: &str) -> String {
     format!("{intake_queue}.retry")
 }
 
-/// Header counting how many times an intake went through the retry queue (first delivery: 0).
-pub const RETRIES_HEADER: &str = "x-case-intake-retries";
-
 fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }

@@ -13,11 +13,12 @@ use std::collections::{HashMap, HashSet, hash_map::Entry};
 
 use chrono::{NaiveDate, Utc};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::decode::{BodyLimits, decode_body, payload_hash};
+use crate::decode::{BodyLimits, decode_body, payload_hash, too_large};
 use crate::envelope::Envelope;
 use crate::error::{ErrorCode, FieldErrors, IntakeError};
 use crate::event::{self, Event, ReplayInfo};
@@ -86,8 +87,16 @@ struct Prepared<'a> {
 
 /// Decodes and validates outside the transaction: CPU work that needs no lock.
 fn prepare<'a>(env: &'a Envelope, ctx: &WindowContext, today: NaiveDate) -> Prepared<'a> {
-    let decoded = decode_body(&env.body, &ctx.limits);
-    let hash = payload_hash(&env.body, decoded.as_ref().ok());
+    // An oversized body arrives cut to a prefix: refused by its published size, keyed by the
+    // hash of what was published.
+    let (decoded, hash) = match env.oversize {
+        Some(o) => (Err(too_large(o.bytes, ctx.limits.max_body_bytes)), o.sha256),
+        None => {
+            let decoded = decode_body(&env.body, &ctx.limits);
+            let hash = payload_hash(&env.body, decoded.as_ref().ok());
+            (decoded, hash)
+        }
+    };
     let id_of = |field: &str| {
         let map = decoded.as_ref().ok()?;
         map.get(field)?.as_i64().filter(|id| *id > 0)
@@ -282,10 +291,12 @@ async fn attempt(
         for &i in indices {
             let p = &prepared[i];
             let decision = match (&slots[i], caller_of(p)) {
-                (Slot::NoKey, _) => Some(Err(IntakeError::new(
-                    ErrorCode::MissingMessageKey,
-                    "the message_id property must hold a message key of 1 to 255 characters",
-                ))),
+                (Slot::NoKey, _) => Some(Err(p.env.forced_failure.clone().unwrap_or_else(|| {
+                    IntakeError::new(
+                        ErrorCode::MissingMessageKey,
+                        "the message_id property must hold a message key of 1 to 255 characters",
+                    )
+                }))),
                 (Slot::Fresh, _) if p.env.forced_failure.is_some() => {
                     p.env.forced_failure.clone().map(Err)
                 }
@@ -606,6 +617,13 @@ impl Plan {
             correlation_id: p.env.correlation_id.clone(),
             token_hash: p.env.token.map(|t| t.to_vec()),
             payload: p.env.body.clone(),
+            payload_bytes: p.env.oversize.map_or(p.env.body.len(), |o| o.bytes) as i64,
+            payload_sha256: p
+                .env
+                .oversize
+                .map_or_else(|| Sha256::digest(&p.env.body).into(), |o| o.sha256)
+                .to_vec(),
+            truncated: p.env.oversize.is_some(),
             error_code: error.code.as_str().to_owned(),
             error: serde_json::to_string(error).unwrap_or_default(),
             attempts: p.env.replay.map_or(1, |r| r.attempt),

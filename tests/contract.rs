@@ -9,12 +9,12 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use case_intake::auth::TOKEN_HEADERS;
+use case_intake::delivery::{RETRIES_HEADER, RETRIES_TAG_HEADER};
 use case_intake::envelope::MAX_KEY_CHARS;
 use case_intake::error::{ALL_CODES, ErrorCode, IntakeError};
 use case_intake::event::{CASE_CREATED, CASE_FAILED, CONTENT_TYPE};
 use case_intake::failed::{self, Filter};
 use case_intake::settings::Settings;
-use case_intake::topology::RETRIES_HEADER;
 use case_intake::validate::validate;
 use case_intake::window::Outcome;
 use common::{TestEnv, seed_body};
@@ -280,7 +280,7 @@ fn the_documented_names_are_the_service_defaults() {
     // The token headers, and the retry counter the service keeps (reserved, never accepted).
     let expected: BTreeSet<String> = TOKEN_HEADERS
         .iter()
-        .chain([&RETRIES_HEADER])
+        .chain([&RETRIES_HEADER, &RETRIES_TAG_HEADER])
         .map(|h| h.to_string())
         .collect();
     assert_eq!(headers, expected);

@@ -86,6 +86,7 @@ impl TestEnv {
             token: token.map(case_intake::auth::hash_token),
             body: serde_json::to_vec(body).unwrap(),
             replay: None,
+            oversize: None,
             forced_failure: None,
         }
     }
