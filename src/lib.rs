@@ -21,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod nodelay;
 pub mod provision;
+pub mod redact;
 pub mod relay;
 pub mod retention;
 pub mod rotate;
