@@ -2,10 +2,16 @@
 //!
 //! Codes are part of the public contract: upstream systems branch on them, so a code is never
 //! renamed or reused for another meaning. Messages are for humans and may be reworded.
+//!
+//! An error is stored (`failed_intakes.error`, `intake_outcomes.event`) and published as it is
+//! built, so its constructors are where caller text is made safe: every message and field name
+//! goes through [`redact::display_text`] (SSNs masked, control characters escaped).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+use crate::redact;
 
 /// The stable codes of a failed intake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -76,7 +82,8 @@ impl std::fmt::Display for ErrorCode {
 /// Per-field error messages, keyed by field name; sorted so events are deterministic.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
-/// Why an intake failed: the `error` object of a `case.failed` event.
+/// Why an intake failed: the `error` object of a `case.failed` event. Build it with
+/// [`IntakeError::new`] or [`IntakeError::validation`], which redact what they are given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IntakeError {
     pub code: ErrorCode,
@@ -86,15 +93,28 @@ pub struct IntakeError {
 }
 
 impl IntakeError {
+    /// An error without field errors. A message may quote caller text (a duplicated key), so
+    /// it is redacted.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
-            message: message.into(),
+            message: redact::display_text(&message.into()),
             fields: FieldErrors::new(),
         }
     }
 
+    /// A `validation_failed` error. Field names are caller text (an unknown key is named), so
+    /// they are redacted, and names that redact alike (two SSN-shaped keys with the same last
+    /// four digits) share one entry rather than producing a duplicate JSON key.
     pub fn validation(fields: FieldErrors) -> Self {
+        let mut redacted = FieldErrors::new();
+        for (field, messages) in fields {
+            redacted
+                .entry(redact::display_text(&field))
+                .or_default()
+                .extend(messages.iter().map(|m| redact::display_text(m)));
+        }
+        let fields = redacted;
         let n = fields.len();
         Self {
             code: ErrorCode::ValidationFailed,
@@ -104,5 +124,68 @@ impl IntakeError {
             ),
             fields,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_field_names_are_redacted() {
+        let e = IntakeError::new(
+            ErrorCode::MalformedJson,
+            "body has the key \"123-45-6789\u{0}\" more than once",
+        );
+        assert_eq!(
+            e.message,
+            r#"body has the key "*****6789\u{0}" more than once"#
+        );
+        let e = IntakeError::validation(FieldErrors::from([
+            (
+                "111-22-3333".to_owned(),
+                vec!["is not a recognized field".to_owned()],
+            ),
+            (
+                "444 55 3333".to_owned(),
+                vec!["is not a recognized field".to_owned()],
+            ),
+            ("\u{1b}]0;x\u{7}".to_owned(), vec!["bad \u{9b}".to_owned()]),
+        ]));
+        assert_eq!(e.message, "2 fields failed validation");
+        assert_eq!(
+            e.fields,
+            FieldErrors::from([
+                (
+                    "*****3333".to_owned(),
+                    vec!["is not a recognized field".to_owned(); 2]
+                ),
+                (
+                    r"\u{1b}]0;x\u{7}".to_owned(),
+                    vec![r"bad \u{9b}".to_owned()]
+                ),
+            ])
+        );
+        // What is stored and published holds no SSN and no NUL (jsonb refuses `\u0000`).
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(
+            !json.contains("111-22") && !json.contains("444 55") && !json.contains("\\u0000"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn ordinary_errors_are_unchanged() {
+        let e = IntakeError::validation(FieldErrors::from([(
+            "street_county".to_owned(),
+            vec!["is not a county of your network".to_owned()],
+        )]));
+        assert_eq!(e.message, "1 field failed validation");
+        assert_eq!(
+            e.fields["street_county"],
+            vec!["is not a county of your network"]
+        );
+        let e = IntakeError::new(ErrorCode::Unauthorized, "a valid API token is required");
+        assert_eq!(e.message, "a valid API token is required");
     }
 }

@@ -3,15 +3,22 @@
 //! Each reader returns `None` both for "absent" and for "invalid" (the error is recorded), which
 //! lets `validate` read every field unconditionally and decide at the end. Messages never
 //! include the submitted value: a value may be an SSN, and errors go into events and logs.
+//! Field names are caller text too (an unknown key is named in its error), so they pass through
+//! [`redact::display_text`] before they become an error's key.
 
 use serde_json::{Map, Value};
 
 use super::Money;
 use crate::error::FieldErrors;
+use crate::redact;
 
 pub(crate) const REQUIRED: &str = "is required";
 pub(crate) const NOT_A_STRING: &str = "must be a string";
 pub(crate) const CONTROL_CHARS: &str = "must not contain control characters";
+pub(crate) const BIDI_CHARS: &str = "must not contain bidirectional control characters";
+pub(crate) const NOT_VISIBLE: &str = "must contain a visible character";
+pub(crate) const NUL_CHARS: &str =
+    "must not contain NUL characters (U+0000), in keys or values at any depth";
 pub(crate) const NOT_A_BOOL: &str = "must be true or false";
 pub(crate) const NOT_AN_ID: &str = "must be a positive integer id";
 pub(crate) const READ_ONLY: &str = "is read-only and set by the system";
@@ -71,23 +78,36 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// Records an error on `field`.
+    /// Records an error on `field`, named in its display form: a key may hold NUL (which
+    /// PostgreSQL text and jsonb refuse), terminal escapes or an SSN.
     pub(crate) fn fail(&mut self, field: &str, message: &str) {
         self.errors
-            .entry(field.to_owned())
+            .entry(redact::display_text(field))
             .or_default()
             .push(message.to_owned());
     }
 
     /// Flags read-only and unrecognised keys. A read-only key is an error even when null, since
     /// sending it at all means the submitter expects something the API will not do.
+    ///
+    /// Also flags a NUL anywhere under a key (in the key itself, or in any key or string nested
+    /// in its value), on that top-level key. The top-level string of a known field is left to
+    /// that field's reader, which refuses every control character (or every string).
     pub(crate) fn check_keys(&mut self) {
         let body = self.body;
-        for key in body.keys() {
+        for (key, value) in body {
+            let known = KNOWN_FIELDS.contains(&key.as_str());
             if READ_ONLY_FIELDS.contains(&key.as_str()) {
                 self.fail(key, READ_ONLY);
-            } else if !KNOWN_FIELDS.contains(&key.as_str()) {
+            } else if !known {
                 self.fail(key, UNRECOGNIZED);
+            }
+            let nul_in_value = match value {
+                Value::String(_) if known => false,
+                _ => contains_nul(value),
+            };
+            if key.contains('\0') || nul_in_value {
+                self.fail(key, NUL_CHARS);
             }
         }
     }
@@ -113,6 +133,10 @@ impl<'a> Fields<'a> {
             self.fail(field, CONTROL_CHARS);
             return None;
         }
+        if s.chars().any(redact::is_bidi_control) {
+            self.fail(field, BIDI_CHARS);
+            return None;
+        }
         if let Some(max) = max_chars
             && s.chars().count() > max
         {
@@ -122,14 +146,32 @@ impl<'a> Fields<'a> {
         Some(s)
     }
 
-    /// Like [`Fields::text`], but an absent value is an error.
-    pub(crate) fn required_text(&mut self, field: &str, max_chars: usize) -> Option<String> {
+    /// A name: [`Fields::text`] with at least one visible character. A name of zero-width
+    /// spaces or other invisible characters is not blank to `trim`, but names no one.
+    fn name(&mut self, field: &str, max_chars: usize) -> Option<&'a str> {
+        let s = self.text(field, Some(max_chars))?;
+        if s.chars()
+            .all(|c| c.is_whitespace() || redact::is_invisible(c))
+        {
+            self.fail(field, NOT_VISIBLE);
+            return None;
+        }
+        Some(s)
+    }
+
+    /// Like [`Fields::name`], but an absent value is an error.
+    pub(crate) fn required_name(&mut self, field: &str, max_chars: usize) -> Option<String> {
         let had_error = self.errors.contains_key(field);
-        let text = self.text(field, Some(max_chars));
-        if text.is_none() && self.errors.contains_key(field) == had_error {
+        let name = self.name(field, max_chars);
+        if name.is_none() && self.errors.contains_key(field) == had_error {
             self.fail(field, REQUIRED);
         }
-        text.map(str::to_owned)
+        name.map(str::to_owned)
+    }
+
+    /// An optional name stored as trimmed.
+    pub(crate) fn optional_name(&mut self, field: &str, max_chars: usize) -> Option<String> {
+        self.name(field, max_chars).map(str::to_owned)
     }
 
     /// An optional text field stored as trimmed.
@@ -182,6 +224,26 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// True when a NUL is in `value` or in any key or string nested in it. Iterative: the decoder
+/// bounds depth, but this check must not depend on that to be safe.
+fn contains_nul(value: &Value) -> bool {
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => return true,
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    return true;
+                }
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,10 +292,10 @@ mod tests {
     fn required_reports_one_error_per_field() {
         let b = body(json!({"a": 5, "b": "", "c": "x\u{0}y"}));
         let mut f = Fields::new(&b);
-        assert_eq!(f.required_text("a", 10), None);
-        assert_eq!(f.required_text("b", 10), None);
-        assert_eq!(f.required_text("c", 10), None);
-        assert_eq!(f.required_text("d", 10), None);
+        assert_eq!(f.required_name("a", 10), None);
+        assert_eq!(f.required_name("b", 10), None);
+        assert_eq!(f.required_name("c", 10), None);
+        assert_eq!(f.required_name("d", 10), None);
         assert_eq!(f.errors["a"], vec![NOT_A_STRING]);
         assert_eq!(f.errors["b"], vec![REQUIRED]);
         assert_eq!(f.errors["c"], vec![CONTROL_CHARS]);

@@ -84,11 +84,11 @@ pub fn validate(body: &Map<String, Value>, today: NaiveDate) -> Result<Validated
     let mut warnings = Vec::new();
     f.check_keys();
 
-    let first_name = f.required_text("first_name", 100);
-    let middle_name = f.optional_text("middle_name", 100);
-    let last_name = f.required_text("last_name", 100);
-    let suffix = f.optional_text("suffix", 20);
-    let nickname = f.optional_text("nickname", 100);
+    let first_name = f.required_name("first_name", 100);
+    let middle_name = f.optional_name("middle_name", 100);
+    let last_name = f.required_name("last_name", 100);
+    let suffix = f.optional_name("suffix", 20);
+    let nickname = f.optional_name("nickname", 100);
 
     let date_of_birth = f.parsed("date_of_birth", None, parse_date).and_then(|dob| {
         if dob > today {
@@ -422,6 +422,149 @@ mod tests {
             accepted("last_name", json!("Müller-Łukasz 王")).last_name,
             "Müller-Łukasz 王"
         );
+    }
+
+    const NAME_FIELDS: [&str; 5] = [
+        "first_name",
+        "middle_name",
+        "last_name",
+        "suffix",
+        "nickname",
+    ];
+
+    /// Every field read as text.
+    const TEXT_FIELDS: [&str; 18] = [
+        "first_name",
+        "middle_name",
+        "last_name",
+        "suffix",
+        "nickname",
+        "date_of_birth",
+        "email",
+        "mailing_address",
+        "mailing_apt_number",
+        "mailing_city",
+        "mailing_state",
+        "mailing_zip_code",
+        "ss_number",
+        "street_address",
+        "street_apt_number",
+        "street_city",
+        "street_state",
+        "street_zip_code",
+    ];
+
+    #[test]
+    fn names_need_a_visible_character() {
+        for field in NAME_FIELDS {
+            for value in [
+                "\u{200B}",
+                " \u{200B}\u{200C} ",
+                "\u{200D}",
+                "\u{2060}",
+                "\u{FEFF}",
+                "\u{00AD}\u{3164}",
+                "\u{E0041}",
+            ] {
+                assert_field_error(field, json!(value), "must contain a visible character");
+            }
+        }
+        // Joiners inside a name are legitimate (Persian, Indic scripts, emoji sequences).
+        assert_eq!(
+            accepted("first_name", json!("Mi\u{200C}ran")).first_name,
+            "Mi\u{200C}ran"
+        );
+        // Whitespace alone stays "absent", as before.
+        assert_field_error("first_name", json!(" \u{3000} "), "is required");
+    }
+
+    #[test]
+    fn bidi_controls_are_rejected_in_every_text_field() {
+        for field in TEXT_FIELDS {
+            for c in [
+                '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+                '\u{2068}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{061C}',
+            ] {
+                assert_field_error(
+                    field,
+                    json!(format!("ab{c}cd")),
+                    "must not contain bidirectional control characters",
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn c1_and_other_controls_are_rejected_in_every_text_field() {
+        for field in TEXT_FIELDS {
+            for c in [
+                '\u{1}', '\u{7}', '\u{1b}', '\u{7f}', '\u{80}', '\u{9b}', '\u{9f}',
+            ] {
+                assert_field_error(
+                    field,
+                    json!(format!("ab{c}cd")),
+                    "must not contain control characters",
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_an_error_on_its_top_level_key() {
+        let nul = "must not contain NUL characters (U+0000), in keys or values at any depth";
+        let unknown = "is not a recognized field";
+        // In an unknown key: the key is named with the NUL escaped.
+        let errs = errors(&with(seed(), "a\u{0}b", json!(1)));
+        assert_eq!(
+            errs,
+            FieldErrors::from([(r"a\u{0}b".to_owned(), vec![unknown.into(), nul.into()])])
+        );
+        // Nested in a known field's value, in a key or a string (keys are checked first).
+        let errs = errors(&with(seed(), "private", json!({"x": [{"y\u{0}": 1}]})));
+        assert_eq!(errs["private"], vec![nul, "must be true or false"]);
+        let errs = errors(&with(seed(), "mailing_city", json!(["ok", ["\u{0}"]])));
+        assert_eq!(errs["mailing_city"], vec![nul, "must be a string"]);
+        // A known text field's own string: one error, the control-character one.
+        assert_field_error(
+            "first_name",
+            json!("Jo\u{0}hn"),
+            "must not contain control characters",
+        );
+        // In a read-only field, even deep down (the decoder allows 32 levels by default).
+        let mut deep = json!("\u{0}");
+        for _ in 0..30 {
+            deep = json!({ "k": [deep] });
+        }
+        let errs = errors(&with(seed(), "import_id", deep));
+        assert_eq!(
+            errs["import_id"],
+            vec!["is read-only and set by the system", nul]
+        );
+        // Whatever the body, no NUL reaches the error that is stored and published.
+        let mut body = seed();
+        body.insert("\u{0}".into(), json!("\u{0}"));
+        body.insert("x".into(), json!({"\u{0}": "\u{0}"}));
+        let text = serde_json::to_string(&errors(&body)).unwrap();
+        assert!(!text.contains("\\u0000"), "{text}");
+        assert!(text.contains(r#""\\u{0}""#), "{text}");
+    }
+
+    #[test]
+    fn field_names_in_errors_are_escaped_and_masked() {
+        let errs = errors(&with(seed(), "\u{1b}[31mX\u{7}", json!(1)));
+        assert!(errs.contains_key(r"\u{1b}[31mX\u{7}"), "{errs:?}");
+        let errs = errors(&with(seed(), "x\u{202E}y\u{200B}", json!(1)));
+        assert!(errs.contains_key(r"x\u{202e}y\u{200b}"), "{errs:?}");
+        for ssn in ["123-45-6789", "123456789", "123 45 6789"] {
+            let errs = errors(&with(seed(), ssn, json!(1)));
+            assert_eq!(
+                errs,
+                FieldErrors::from([(
+                    "*****6789".to_owned(),
+                    vec!["is not a recognized field".to_owned()]
+                )])
+            );
+        }
     }
 
     #[test]
