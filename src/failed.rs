@@ -1,5 +1,10 @@
 //! Failed intakes for operators: listing, inspection (SSN masked) and replay under the
 //! original message key.
+//!
+//! What `list` and `show` return is for display: SSN-shaped text masked and control, bidi and
+//! invisible characters escaped (see [`redact`]) in payloads, errors, keys and correlation ids,
+//! so printing a hostile intake can neither leak an SSN nor drive the operator's terminal.
+//! Replay reads the stored values, never these.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -11,6 +16,7 @@ use crate::classify::{ErrorClass, classify};
 use crate::crypto::{CryptoError, Purpose, Vault};
 use crate::envelope::{Envelope, Oversize};
 use crate::event::ReplayInfo;
+use crate::redact;
 use crate::window::{self, Outcome, WindowContext};
 
 /// Which failed intakes a listing or a replay selects.
@@ -131,13 +137,25 @@ fn oversize_of(truncated: bool, bytes: Option<i64>, sha256: Option<Vec<u8>>) -> 
     })
 }
 
-/// Lists failed intakes matching `f`, oldest first.
+/// Lists failed intakes matching `f`, oldest first, in display form.
 pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<FailedIntake>, sqlx::Error> {
     Ok(select(pool, f, 0, None)
         .await?
         .into_iter()
-        .map(|s| s.intake)
+        .map(|s| for_display(s.intake))
         .collect())
+}
+
+/// A failed intake as shown to an operator: key and correlation id escaped (the envelope checks
+/// refuse control characters there now, but rows stored before them may hold some), the error
+/// redacted again (errors are redacted when built; older rows were not).
+fn for_display(mut intake: FailedIntake) -> FailedIntake {
+    let escape = |s: String| redact::escape_controls(&s).into_owned();
+    intake.message_key = intake.message_key.map(escape);
+    intake.correlation_id = intake.correlation_id.map(escape);
+    intake.error_code = escape(intake.error_code);
+    redact::redact_json(&mut intake.error);
+    intake
 }
 
 /// A failed intake with its payload, for `failed show`.
@@ -145,11 +163,13 @@ pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<FailedIntake>, sqlx::
 pub struct Shown {
     #[serde(flatten)]
     pub intake: FailedIntake,
-    /// The payload as JSON with `ss_number` masked, or a note when it is not JSON.
+    /// The payload as JSON with every SSN-shaped value masked and control characters escaped,
+    /// or a note when it is not a JSON object.
     pub payload: Value,
 }
 
-/// Every attempt recorded for a message key (its history), payloads with the SSN masked.
+/// Every attempt recorded for a message key (its history) in display form, payloads with every
+/// SSN masked.
 pub async fn show(
     pool: &PgPool,
     vault: &Vault,
@@ -171,35 +191,22 @@ pub async fn show(
                 Ok(p) => masked_payload(&p),
                 Err(e) => Value::String(format!("<payload cannot be opened: {e}>")),
             },
-            intake: s.intake,
+            intake: for_display(s.intake),
         })
         .collect())
 }
 
-/// The payload for display: JSON with the SSN reduced to its last four digits. A body that is
-/// not a JSON object is not shown at all (it could hold anything).
+/// The payload for display: JSON with every SSN-shaped key, string and number reduced to its
+/// last four digits (and the whole value of `ss_number`, `ssn` and the like), control
+/// characters escaped. A body that is not a JSON object is not shown at all (it could hold
+/// anything).
 pub fn masked_payload(payload: &[u8]) -> Value {
     match serde_json::from_slice::<Value>(payload) {
-        Ok(Value::Object(mut map)) => {
-            if let Some(ssn) = map.get_mut("ss_number") {
-                *ssn = Value::String(mask_ssn(ssn));
-            }
-            Value::Object(map)
+        Ok(mut object @ Value::Object(_)) => {
+            redact::redact_json(&mut object);
+            object
         }
         _ => Value::String(format!("<{} bytes, not a JSON object>", payload.len())),
-    }
-}
-
-fn mask_ssn(value: &Value) -> String {
-    let digits: String = match value {
-        Value::String(s) => s.chars().filter(char::is_ascii_digit).collect(),
-        Value::Number(n) => n.to_string().chars().filter(char::is_ascii_digit).collect(),
-        _ => String::new(),
-    };
-    if digits.len() >= 9 {
-        format!("*****{}", &digits[digits.len() - 4..])
-    } else {
-        "*****".to_owned()
     }
 }
 
@@ -317,5 +324,63 @@ mod tests {
         assert_eq!(p["ss_number"], "*****");
         let p = masked_payload(b"111223333 raw");
         assert_eq!(p, Value::String("<13 bytes, not a JSON object>".into()));
+    }
+
+    #[test]
+    fn every_ssn_in_a_payload_is_masked_and_controls_escaped() {
+        let body = serde_json::json!({
+            "ssn": "123-45-6789",
+            "SS_Number": 123_456_789,
+            "notes": {"list": ["123 45 6789", {"bare": 987_654_321}]},
+            "987-65-4321": 1,
+            "\u{1b}[31mX\u{7}": "\u{9b}2J\u{202e}",
+        });
+        let p = masked_payload(&serde_json::to_vec(&body).unwrap());
+        let text = serde_json::to_string(&p).unwrap();
+        for digits in ["12345", "45-6789", "45 6789", "98765", "65-4321"] {
+            assert!(!text.contains(digits), "{text}");
+        }
+        assert_eq!(p["ssn"], "*****6789");
+        assert_eq!(p["SS_Number"], "*****6789");
+        assert_eq!(p["notes"]["list"][0], "*****6789");
+        assert_eq!(p["notes"]["list"][1]["bare"], "*****4321");
+        assert_eq!(p["*****4321"], 1);
+        assert_eq!(p[r"\u{1b}[31mX\u{7}"], r"\u{9b}2J\u{202e}");
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() || redact::is_invisible(c))
+        );
+    }
+
+    #[test]
+    fn listed_rows_are_escaped_and_their_errors_redacted() {
+        let row = FailedIntake {
+            id: 1,
+            network_id: None,
+            message_key: Some("k\u{1b}]0;t\u{7}".into()),
+            correlation_id: Some("c\u{0}\u{85}\u{2067}".into()),
+            error_code: "validation_failed".into(),
+            // As stored before errors were redacted when built.
+            error: serde_json::json!({
+                "code": "validation_failed",
+                "message": "1 field failed validation",
+                "fields": {"123-45-6789": ["is not a recognized field"]}
+            }),
+            attempts: 1,
+            event_id: uuid::Uuid::nil(),
+            created_at: Utc::now(),
+            resolved_at: None,
+        };
+        let shown = for_display(row);
+        assert_eq!(shown.message_key.as_deref(), Some(r"k\u{1b}]0;t\u{7}"));
+        assert_eq!(
+            shown.correlation_id.as_deref(),
+            Some(r"c\u{0}\u{85}\u{2067}")
+        );
+        assert_eq!(
+            shown.error["fields"],
+            serde_json::json!({"*****6789": ["is not a recognized field"]})
+        );
     }
 }
