@@ -21,6 +21,8 @@ use crate::metrics::{ConsumerState, Metrics};
 pub struct HttpState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
+    /// `/healthz` fails once messages have waited this long with no window completed.
+    pub stall_limit: Duration,
 }
 
 /// Bound on every database call of a probe or scrape, so a hung database makes them answer
@@ -48,8 +50,19 @@ pub async fn serve(
         .await
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// Liveness: the process answers, and intake is not stuck (messages waiting in the intake
+/// queue with no window completed for `intake.stall_limit_ms`, outside a database outage). A
+/// stuck worker is one a restart can cure, so the orchestrator is told.
+async fn healthz(State(s): State<HttpState>) -> Response {
+    if s.metrics.stalled(s.stall_limit) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stalled: messages wait in the intake queue and none was processed within intake.stall_limit_ms\n",
+        )
+            .into_response()
+    } else {
+        "ok".into_response()
+    }
 }
 
 async fn database_ok(pool: &PgPool) -> bool {

@@ -30,6 +30,7 @@ pub mod settings;
 pub mod stack;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod topology;
 pub mod validate;
 pub mod window;

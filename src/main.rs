@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use case_intake::parked::{self, Parked};
 use case_intake::settings::Settings;
-use case_intake::{db, failed, provision, telemetry, worker};
+use case_intake::{db, failed, provision, stack, telemetry, worker};
 
 #[derive(Parser)]
 #[command(name = "case-intake", version, about)]
@@ -50,6 +51,12 @@ enum Command {
         #[command(subcommand)]
         command: FailedCommand,
     },
+    /// Inspect, drop or re-publish messages parked in `<intake_queue>.parked`: messages the
+    /// worker's AMQP client cannot even parse. Talks to RabbitMQ only, never to the database.
+    Parked {
+        #[command(subcommand)]
+        command: ParkedCommand,
+    },
     /// Process failed intakes again under their original message keys. Their events go
     /// through the outbox: a running worker publishes them.
     Replay {
@@ -83,6 +90,53 @@ enum FailedCommand {
         #[arg(long)]
         network: Option<i64>,
     },
+}
+
+#[derive(Subcommand)]
+enum ParkedCommand {
+    /// Show parked messages (properties and headers escaped, SSNs masked, credentials
+    /// redacted, never the body), then put them all back.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove parked messages for good (the others are put back).
+    Drop {
+        #[command(flatten)]
+        select: ParkedSelection,
+        /// Confirm `--all`; without it `--all` only prints how many would be dropped.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Publish a sanitized copy to the intake queue (publisher confirms), then remove the
+    /// parked original.
+    Republish {
+        #[command(flatten)]
+        select: ParkedSelection,
+    },
+}
+
+/// `--id ID` or `--all`, exactly one.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct ParkedSelection {
+    /// A message id as `parked list` prints it (12 hex digits).
+    #[arg(long)]
+    id: Option<String>,
+    /// Every message parked when the command starts.
+    #[arg(long)]
+    all: bool,
+}
+
+impl ParkedSelection {
+    fn selection(&self) -> Result<parked::Selection, parked::ParkedError> {
+        match &self.id {
+            Some(id) => parked::Selection::id(id),
+            None => Ok(parked::Selection::All),
+        }
+    }
 }
 
 /// Filters shared by `failed list` and `replay`.
@@ -141,6 +195,7 @@ fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 }
 
 fn main() -> ExitCode {
+    reserve_io_stack();
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
@@ -152,6 +207,7 @@ fn main() -> ExitCode {
     telemetry::init(&settings.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(stack::RUNTIME_THREAD_STACK_BYTES)
         .build()
     {
         Ok(r) => r,
@@ -167,6 +223,22 @@ fn main() -> ExitCode {
             tracing::error!(error = %e, "case-intake failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Gives threads spawned without an explicit stack size, lapin's io thread among them, the
+/// stack that parses the deepest header a frame can hold (src/stack.rs); a larger
+/// `RUST_MIN_STACK` set by the operator is kept.
+fn reserve_io_stack() {
+    let wanted = stack::IO_THREAD_STACK_BYTES;
+    let current = std::env::var("RUST_MIN_STACK")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    if current < wanted {
+        // SAFETY: called first thing in `main`, before any thread exists, so nothing reads the
+        // environment concurrently.
+        unsafe { std::env::set_var("RUST_MIN_STACK", wanted.to_string()) };
     }
 }
 
@@ -280,6 +352,7 @@ async fn dispatch(command: Command, settings: Settings) -> Result<(), Box<dyn st
             );
             Ok(())
         }
+        Command::Parked { command } => parked_command(command, &settings).await,
         Command::RevokeKey { id } => {
             let pool = db::migrate(&settings.database).await?;
             if provision::revoke_key(&pool, id).await? {
@@ -288,6 +361,94 @@ async fn dispatch(command: Command, settings: Settings) -> Result<(), Box<dyn st
             } else {
                 Err(format!("no active API key with id {id}").into())
             }
+        }
+    }
+}
+
+/// `case-intake parked …`: RabbitMQ only (the database is never opened).
+async fn parked_command(
+    command: ParkedCommand,
+    settings: &Settings,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let parked = Parked::from_settings(&settings.amqp);
+    match command {
+        ParkedCommand::List { limit, json } => {
+            let listing = parked.list(limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+                return Ok(());
+            }
+            println!(
+                "parked queue \"{}\": showing {} of {} (all put back)",
+                parked::escape(listing.queue.as_bytes()),
+                listing.messages.len(),
+                listing.total
+            );
+            for m in &listing.messages {
+                println!();
+                println!("id {}", m.id);
+                println!("  body: {} bytes, sha256 {}", m.body_bytes, m.body_sha256);
+                println!(
+                    "  redelivered: {}",
+                    if m.redelivered { "yes" } else { "no" }
+                );
+                println!(
+                    "  published to: exchange \"{}\", routing key \"{}\"",
+                    m.exchange, m.routing_key
+                );
+                if let Some(e) = &m.header_error {
+                    println!("  properties: unreadable ({e})");
+                }
+                for (name, value) in &m.properties {
+                    println!("  {name}: {value}");
+                }
+                if let Some(e) = &m.headers_error {
+                    println!("  headers: unreadable ({e})");
+                }
+                for h in &m.headers {
+                    println!("  header \"{}\": {}", h.name, h.value);
+                }
+                if m.not_utf8.is_empty() {
+                    println!("  not valid UTF-8: none");
+                } else {
+                    println!("  not valid UTF-8: {}", m.not_utf8.join(", "));
+                }
+            }
+            Ok(())
+        }
+        ParkedCommand::Drop { select, yes } => {
+            let selection = select.selection()?;
+            if selection == parked::Selection::All && !yes {
+                let n = parked.count().await?;
+                return Err(
+                    format!("refusing to drop all {n} parked message(s) without --yes").into(),
+                );
+            }
+            let n = parked.drop(&selection).await?;
+            println!("dropped {n} parked message(s)");
+            if n == 0 && selection != parked::Selection::All {
+                return Err("no parked message has that id".into());
+            }
+            Ok(())
+        }
+        ParkedCommand::Republish { select } => {
+            let selection = select.selection()?;
+            let report = parked.republish(&selection).await?;
+            for id in &report.republished {
+                println!("re-published {id}");
+            }
+            for (id, why) in &report.skipped {
+                println!("left parked {id}: {why}");
+            }
+            println!(
+                "re-published {} parked message(s) to \"{}\"",
+                report.republished.len(),
+                parked::escape(settings.amqp.intake_queue.as_bytes())
+            );
+            if report.republished.is_empty() && selection != parked::Selection::All {
+                return Err("no parked message with that id was re-published".into());
+            }
+            Ok(())
         }
     }
 }

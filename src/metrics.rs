@@ -1,8 +1,9 @@
 //! Prometheus metrics of one worker process, in a registry of its own (so that several workers
 //! in one test process do not share counters), and the consumer state read by `/readyz`.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -42,7 +43,16 @@ pub struct Metrics {
     outbox_backlog: Gauge,
     outbox_oldest_seconds: Gauge,
     consumer_state_gauge: Gauge,
+    unparseable: Counter,
+    parked: Gauge,
+    intake_waiting: Gauge,
     state: AtomicU8,
+    /// When the process started: the origin of the two instants below, kept as milliseconds.
+    started: Instant,
+    /// Milliseconds after `started` of the last completed intake window.
+    last_progress_ms: AtomicI64,
+    /// Messages ready in the intake queue at the last check; -1 while unknown.
+    waiting: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -110,6 +120,25 @@ impl Metrics {
             "0 starting, 1 consuming, 2 database outage, 3 reconnecting, 4 shutting down",
             consumer_state_gauge.clone(),
         );
+        let unparseable = Counter::default();
+        registry.register(
+            "unparseable_deliveries",
+            "Broker sessions ended by a delivery the AMQP client could not parse (such a message \
+             is parked after its delivery limits)",
+            unparseable.clone(),
+        );
+        let parked = Gauge::default();
+        registry.register(
+            "parked_messages",
+            "Messages in the parking queue (read every health check)",
+            parked.clone(),
+        );
+        let intake_waiting = Gauge::default();
+        registry.register(
+            "intake_queue_ready",
+            "Messages ready in the intake queue (read every health check)",
+            intake_waiting.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             intakes,
@@ -122,7 +151,13 @@ impl Metrics {
             outbox_backlog,
             outbox_oldest_seconds,
             consumer_state_gauge,
+            unparseable,
+            parked,
+            intake_waiting,
             state: AtomicU8::new(ConsumerState::Starting as u8),
+            started: Instant::now(),
+            last_progress_ms: AtomicI64::new(0),
+            waiting: AtomicI64::new(-1),
         }
     }
 
@@ -156,6 +191,42 @@ impl Metrics {
     pub fn record_window(&self, size: usize, seconds: f64) {
         self.window_size.observe(size as f64);
         self.window_seconds.observe(seconds);
+        self.record_progress();
+    }
+
+    /// Notes that intake moved forward now (a window committed or the queue was seen empty).
+    pub fn record_progress(&self) {
+        let ms = self.started.elapsed().as_millis() as i64;
+        self.last_progress_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    pub fn record_unparseable(&self) {
+        self.unparseable.inc();
+    }
+
+    /// Records what the health check read off the broker: messages ready in the intake queue
+    /// and messages parked. An empty intake queue counts as progress: nothing waits.
+    pub fn set_queues(&self, intake_ready: u32, parked: u32) {
+        self.intake_waiting.set(intake_ready.into());
+        self.parked.set(parked.into());
+        self.waiting.store(intake_ready.into(), Ordering::Relaxed);
+        if intake_ready == 0 {
+            self.record_progress();
+        }
+    }
+
+    /// True when messages wait in the intake queue and no window has completed for longer
+    /// than `limit`, outside a database outage (where intake is paused on purpose and
+    /// `/readyz` says so): the worker is stuck and a restart is the remedy.
+    pub fn stalled(&self, limit: Duration) -> bool {
+        if self.waiting.load(Ordering::Relaxed) <= 0
+            || self.state() == ConsumerState::DatabaseOutage
+        {
+            return false;
+        }
+        let now = self.started.elapsed().as_millis() as i64;
+        let idle = now - self.last_progress_ms.load(Ordering::Relaxed);
+        idle > limit.as_millis() as i64
     }
 
     pub fn record_retry(&self) {
@@ -219,5 +290,26 @@ mod tests {
         );
         assert!(text.contains("case_intake_consumer_state 1"), "{text}");
         assert_eq!(m.state(), ConsumerState::Consuming);
+    }
+
+    #[test]
+    fn stalled_only_when_messages_wait_without_progress() {
+        let m = Metrics::new();
+        // Nothing known about the queue: not stalled.
+        assert!(!m.stalled(Duration::ZERO));
+        // Messages wait and no window ever completed.
+        m.set_queues(5, 2);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(m.stalled(Duration::from_millis(1)));
+        assert!(!m.stalled(Duration::from_secs(3600)));
+        // A database outage pauses intake on purpose.
+        m.set_state(ConsumerState::DatabaseOutage);
+        assert!(!m.stalled(Duration::from_millis(1)));
+        m.set_state(ConsumerState::Consuming);
+        // An empty queue is progress.
+        m.set_queues(0, 2);
+        assert!(!m.stalled(Duration::ZERO));
+        let text = m.render();
+        assert!(text.contains("case_intake_parked_messages 2"), "{text}");
     }
 }

@@ -160,6 +160,10 @@ pub struct IntakeSettings {
     pub outage_hold_ms: u64,
     /// How long message keys (and resolved failed intakes) are remembered.
     pub dedup_retention_days: u32,
+    /// `/healthz` fails when messages wait in the intake queue and no window has completed
+    /// for this long (outside a database outage), so that the orchestrator restarts a stuck
+    /// worker.
+    pub stall_limit_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +255,14 @@ impl Settings {
         if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
             problems.push("amqp.url must start with amqp:// or amqps://".into());
         }
+        // The deepest header the AMQP client may have to parse is bounded by the frame size;
+        // the io thread's stack is sized for frames of at most this (src/stack.rs).
+        if frame_max_of(amqp).is_some_and(|f| f == 0 || f > crate::stack::FRAME_MAX) {
+            problems.push(format!(
+                "amqp.url frame_max must be between 1 and {}",
+                crate::stack::FRAME_MAX
+            ));
+        }
         for (name, value) in [
             ("amqp.intake_queue", &self.amqp.intake_queue),
             ("amqp.events_exchange", &self.amqp.events_exchange),
@@ -278,6 +290,7 @@ impl Settings {
             ("outbox.poll_interval_ms", self.outbox.poll_interval_ms),
             ("intake.max_attempts", self.intake.max_attempts as u64),
             ("amqp.retry_delay_ms", self.amqp.retry_delay_ms),
+            ("intake.stall_limit_ms", self.intake.stall_limit_ms),
             (
                 "intake.dedup_retention_days",
                 self.intake.dedup_retention_days as u64,
@@ -324,4 +337,13 @@ impl DatabaseSettings {
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.acquire_timeout_ms)
     }
+}
+
+/// The `frame_max` query parameter of an AMQP URL, if it sets one (unparsable counts as 0).
+pub fn frame_max_of(url: &str) -> Option<u32> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name == "frame_max").then(|| value.parse().unwrap_or(0))
+    })
 }

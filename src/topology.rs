@@ -1,6 +1,6 @@
-//! Broker topology: the intake quorum queue with its delivery limit and dead-letter queue, and
-//! the events topic exchange. Declarations are idempotent; operators who import definitions
-//! instead turn them off with `amqp.declare_topology = false`.
+//! Broker topology: the intake quorum queue with its delivery limit, dead-letter and parking
+//! queues, the retry queue, and the events topic exchange. Declarations are idempotent;
+//! operators who import definitions instead turn them off with `amqp.declare_topology = false`.
 
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -12,6 +12,11 @@ use crate::settings::AmqpSettings;
 /// worker crashes a message may live through (every requeue counts on RabbitMQ before 4.3),
 /// so only a message that really poisons the worker reaches the dead-letter queue.
 pub const DELIVERY_LIMIT: i64 = 20;
+
+/// Deliveries of one message on the dead-letter queue before the broker parks it. A message
+/// that reaches this queue already failed [`DELIVERY_LIMIT`] times; its consumer reads one
+/// message at a time on a connection of its own, so only the message itself is counted.
+pub const DEAD_DELIVERY_LIMIT: i64 = 5;
 
 /// The dead-letter queue of an intake queue.
 pub fn dead_letter_queue(intake_queue: &str) -> String {
@@ -56,6 +61,25 @@ pub fn intake_queue_arguments(intake_queue: &str) -> FieldTable {
     args
 }
 
+/// Arguments of the dead-letter queue: like the intake queue's, its delivery limit bounds the
+/// messages its consumer cannot record (the AMQP client cannot parse them, or recording fails
+/// every time); they move on to the parking queue, which no one consumes.
+pub fn dead_letter_queue_arguments(intake_queue: &str) -> FieldTable {
+    let mut args = quorum();
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT),
+    );
+    args.insert("x-dead-letter-exchange".into(), text(""));
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        text(&parked_queue(intake_queue)),
+    );
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
+    args
+}
+
 /// Arguments of the retry queue: a message TTL, then back to the intake queue.
 pub fn retry_queue_arguments(intake_queue: &str, delay_ms: u64) -> FieldTable {
     let mut args = quorum();
@@ -83,10 +107,13 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> lapin::Result<()
         ..QueueDeclareOptions::default()
     };
     channel
+        .queue_declare(parked_queue(&amqp.intake_queue).into(), durable, quorum())
+        .await?;
+    channel
         .queue_declare(
             dead_letter_queue(&amqp.intake_queue).into(),
             durable,
-            quorum(),
+            dead_letter_queue_arguments(&amqp.intake_queue),
         )
         .await?;
     channel

@@ -349,6 +349,7 @@ fn definitions_declare_exactly_the_service_topology() {
     let intake = settings.amqp.intake_queue.as_str();
     let dead = topology::dead_letter_queue(intake);
     let retry = topology::retry_queue(intake);
+    let parked = topology::parked_queue(intake);
     let defs = json_file("rabbitmq/definitions.json");
 
     let vhosts: Vec<&str> = defs["vhosts"]
@@ -368,7 +369,7 @@ fn definitions_declare_exactly_the_service_topology() {
     let names: BTreeSet<&str> = queues.keys().copied().collect();
     assert_eq!(
         names,
-        BTreeSet::from([intake, dead.as_str(), retry.as_str()])
+        BTreeSet::from([intake, dead.as_str(), retry.as_str(), parked.as_str()])
     );
     for q in queues.values() {
         assert_eq!(q["vhost"], "/", "{q}");
@@ -386,6 +387,11 @@ fn definitions_declare_exactly_the_service_topology() {
     );
     assert_eq!(
         queues[dead.as_str()]["arguments"],
+        field_table_json(&topology::dead_letter_queue_arguments(intake)),
+        "the dead-letter queue's arguments must equal topology::dead_letter_queue_arguments"
+    );
+    assert_eq!(
+        queues[parked.as_str()]["arguments"],
         json!({"x-queue-type": "quorum"})
     );
     assert_eq!(

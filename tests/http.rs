@@ -5,21 +5,63 @@ mod common;
 use std::sync::Arc;
 
 use case_intake::http::{HttpState, serve};
-use case_intake::metrics::Metrics;
+use case_intake::metrics::{ConsumerState, Metrics};
 use common::{Broker, TestEnv, seed_body, token_header};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 /// Serves the HTTP surface of `metrics` on a free local port; returns its base URL.
 async fn start_http(env: &TestEnv, metrics: Arc<Metrics>, stop: &CancellationToken) -> String {
+    start_http_with(env, metrics, stop, std::time::Duration::from_secs(120)).await
+}
+
+async fn start_http_with(
+    env: &TestEnv,
+    metrics: Arc<Metrics>,
+    stop: &CancellationToken,
+    stall_limit: std::time::Duration,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = HttpState {
         pool: env.pool.clone(),
         metrics,
+        stall_limit,
     };
     tokio::spawn(serve(listener, state, stop.clone()));
     base
+}
+
+#[tokio::test]
+async fn liveness_fails_while_messages_wait_and_nothing_is_consumed() {
+    let env = TestEnv::new().await;
+    let metrics = Metrics::shared();
+    let stop = CancellationToken::new();
+    let limit = std::time::Duration::from_millis(50);
+    let base = start_http_with(&env, metrics.clone(), &stop, limit).await;
+    let client = reqwest::Client::new();
+    let live = || async { client.get(format!("{base}/healthz")).send().await.unwrap() };
+
+    // Nothing known of the queue yet, then an empty queue: alive.
+    assert_eq!(live().await.status(), 200);
+    metrics.set_queues(0, 0);
+    assert_eq!(live().await.status(), 200);
+    // Messages wait and no window completes for longer than the limit: not alive.
+    metrics.set_queues(3, 0);
+    tokio::time::sleep(limit * 3).await;
+    let stalled = live().await;
+    assert_eq!(stalled.status(), 503);
+    assert!(stalled.text().await.unwrap().starts_with("stalled"));
+    // A database outage pauses intake on purpose: alive (readiness says not ready).
+    metrics.set_state(ConsumerState::DatabaseOutage);
+    assert_eq!(live().await.status(), 200);
+    metrics.set_state(ConsumerState::Consuming);
+    assert_eq!(live().await.status(), 503);
+    // A completed window is progress.
+    metrics.record_window(1, 0.001);
+    assert_eq!(live().await.status(), 200);
+    stop.cancel();
+    env.cleanup().await;
 }
 
 #[tokio::test]

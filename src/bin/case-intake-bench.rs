@@ -750,6 +750,7 @@ async fn cleanup_broker(conn: &Connection, names: &Names) {
         names.intake.clone(),
         topology::dead_letter_queue(&names.intake),
         topology::retry_queue(&names.intake),
+        topology::parked_queue(&names.intake),
         names.tap.clone(),
     ] {
         if let Err(e) = ch

@@ -1052,6 +1052,7 @@ async fn teardown_broker(s: &Setup) {
             s.intake_queue.clone(),
             topology::dead_letter_queue(&s.intake_queue),
             topology::retry_queue(&s.intake_queue),
+            topology::parked_queue(&s.intake_queue),
             s.capture_queue.clone(),
         ] {
             let _ = ch

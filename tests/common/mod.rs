@@ -137,6 +137,7 @@ impl TestEnv {
                 self.settings.amqp.intake_queue.clone(),
                 case_intake::topology::dead_letter_queue(&self.settings.amqp.intake_queue),
                 case_intake::topology::retry_queue(&self.settings.amqp.intake_queue),
+                case_intake::topology::parked_queue(&self.settings.amqp.intake_queue),
             ] {
                 let _ = ch
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
