@@ -30,6 +30,7 @@ use crate::envelope::Envelope;
 use crate::error::{ErrorCode, IntakeError};
 use crate::metrics::{ConsumerState, Metrics};
 use crate::settings::IntakeSettings;
+use crate::throttle::Throttle;
 use crate::window::{self, Outcome, WindowContext};
 
 /// Why a consumer stopped other than by shutdown; the supervisor reconnects.
@@ -374,7 +375,9 @@ impl IntakeConsumer {
                 }
                 Ok(Err(e)) => {
                     let class = classify(&e);
-                    tracing::warn!(error = %e, ?class, window = envelopes.len(), "window failed");
+                    if let Some(suppressed) = WINDOW_FAILED.allow() {
+                        tracing::warn!(error = %e, ?class, window = envelopes.len(), suppressed, "window failed");
+                    }
                     class
                 }
                 Err(_) => {
@@ -409,6 +412,12 @@ pub fn probe_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
+// A poison message or a failing dependency repeats these for every delivery: one line per
+// period, with the count suppressed.
+static WINDOW_FAILED: Throttle = Throttle::new(Duration::from_secs(5));
+static RETRIED: Throttle = Throttle::new(Duration::from_secs(5));
+static REQUEUED: Throttle = Throttle::new(Duration::from_secs(5));
+
 fn log_outcomes(envelopes: &[Envelope], dispositions: &[Disposition]) {
     for (env, d) in envelopes.iter().zip(dispositions) {
         let span = tracing::info_span!(
@@ -429,8 +438,16 @@ fn log_outcomes(envelopes: &[Envelope], dispositions: &[Disposition]) {
             Disposition::Done(Outcome::Duplicate { event_id }) => {
                 tracing::info!(%event_id, "duplicate intake; original outcome re-published")
             }
-            Disposition::Retry => tracing::warn!("transient failure; sent to the retry queue"),
-            Disposition::Requeue => tracing::warn!("unexpected failure; handed back to the broker"),
+            Disposition::Retry => {
+                if let Some(suppressed) = RETRIED.allow() {
+                    tracing::warn!(suppressed, "transient failure; sent to the retry queue")
+                }
+            }
+            Disposition::Requeue => {
+                if let Some(suppressed) = REQUEUED.allow() {
+                    tracing::warn!(suppressed, "unexpected failure; handed back to the broker")
+                }
+            }
         }
     }
 }
