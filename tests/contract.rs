@@ -402,6 +402,16 @@ fn the_intake_schema_agrees_with_validate() {
         with(seed.clone(), "group", json!(1)),
         with(seed.clone(), "import_id", json!(null)),
         with(seed.clone(), "favorite_color", json!("blue")),
+        with(seed.clone(), "first_name", json!("\u{200B}")),
+        with(seed.clone(), "last_name", json!(" \u{FEFF}\u{2060} ")),
+        with(seed.clone(), "middle_name", json!("\u{200C}\u{200D}")),
+        with(seed.clone(), "nickname", json!("\u{3164}")),
+        with(seed.clone(), "suffix", json!("\u{00AD}")),
+        with(seed.clone(), "first_name", json!("Ann\u{202E}")),
+        with(seed.clone(), "mailing_city", json!("\u{2066}City\u{2069}")),
+        with(seed.clone(), "street_address", json!("1 Main St\u{200F}")),
+        with(seed.clone(), "mailing_apt_number", json!("4\u{9B}")),
+        with(seed.clone(), "x\u{0}", json!(1)),
     ];
     for body in &bad {
         assert!(!accepts(body), "validate accepts {body}");
@@ -434,6 +444,8 @@ fn the_intake_schema_agrees_with_validate() {
         with(seed.clone(), "head_of_household", json!(true)),
         with(seed.clone(), "suffix", json!("s".repeat(20))),
         with(seed.clone(), "first_name", json!("é".repeat(100))),
+        with(seed.clone(), "first_name", json!("Mi\u{200C}ran")),
+        with(seed.clone(), "suffix", json!("   ")),
     ];
     for body in &good {
         assert!(accepts(body), "validate refuses {body}");
