@@ -126,4 +126,35 @@ mod tests {
         assert_eq!(d["replay"]["attempt"], 2);
         assert!(d["error"].get("fields").is_none());
     }
+
+    /// The errors a hostile body produces reach the event's data with no SSN and no control
+    /// character: from validation (an SSN or NUL as a key) and from decoding (a duplicated
+    /// SSN-shaped key, which the decoder quotes).
+    #[test]
+    fn failed_data_of_hostile_bodies_holds_no_ssn_and_no_controls() {
+        use crate::decode::{BodyLimits, decode_body};
+        let limits = BodyLimits {
+            max_body_bytes: 4096,
+            max_depth: 8,
+        };
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        let bodies: [&[u8]; 3] = [
+            br#"{"first_name": "A", "last_name": "B", "123-45-6789": 1, "a\u0000\u001b": 2}"#,
+            br#"{"first_name": "A", "last_name": "B", "ssn": {"x\u0000": "987654321"}}"#,
+            br#"{"123-45-6789": 1, "123-45-6789": 2}"#,
+        ];
+        for body in bodies {
+            let error = match decode_body(body, &limits) {
+                Ok(map) => crate::validate::validate(&map, today)
+                    .map(|_| ())
+                    .map_err(IntakeError::validation)
+                    .expect_err("hostile body fails"),
+                Err(e) => e,
+            };
+            let data = failed_data(Some("k"), &error, None).to_string();
+            for leak in ["123-45", "12345", "98765", "\\u0000", "\\u001b"] {
+                assert!(!data.contains(leak), "{leak} in {data}");
+            }
+        }
+    }
 }

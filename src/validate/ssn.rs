@@ -44,9 +44,10 @@ impl Ssn {
         &self.0[5..]
     }
 
-    /// Five stars and the last four digits, e.g. `*****3333`.
+    /// Five stars and the last four digits, e.g. `*****3333`: the one mask format of
+    /// [`crate::redact`], so an event's `ss_number` and a masked payload look alike.
     pub fn masked(&self) -> String {
-        format!("*****{}", self.last4())
+        crate::redact::mask_last4(self.last4())
     }
 }
 
@@ -78,6 +79,12 @@ mod tests {
         let ssn = Ssn::parse("111-22-3333").unwrap();
         assert_eq!(ssn.last4(), "3333");
         assert_eq!(ssn.masked(), "*****3333");
+    }
+
+    #[test]
+    fn the_mask_is_the_one_redaction_uses() {
+        let ssn = Ssn::parse("111-22-3333").unwrap();
+        assert_eq!(ssn.masked(), crate::redact::mask_ssns("111-22-3333"));
     }
 
     #[test]
