@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 const SSN_UNDER_SSN: &str = "771-52-3849";
 const SSN_NESTED: &str = "662 48 1937";
 const SSN_AS_KEY: &str = "583-61-2946";
-const SSN_BARE_NUMBER: u64 = 494_73_5821;
+const SSN_BARE_NUMBER: u64 = 494_735_821;
 
 /// The first five digits of every SSN of the body, in each way they could be written: none of
 /// them may appear anywhere (the last four are kept by design).
