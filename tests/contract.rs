@@ -525,6 +525,16 @@ async fn real_events_match_the_event_schemas() {
         ErrorCode::DeadLettered,
         "the broker dead-lettered this intake",
     ));
+    // An unusable envelope: a message_id with control characters (no key), and a correlation
+    // id with them (under its key), as `delivery::envelope_of` reads them.
+    let mut bad_key = env.envelope("unused", t, &seed_body(county));
+    bad_key.message_key = None;
+    bad_key.forced_failure = Some(case_intake::envelope::unsafe_text("message_id"));
+    let mut bad_correlation = env.envelope("bad-correlation", t, &seed_body(county));
+    bad_correlation.correlation_id = None;
+    bad_correlation.forced_failure =
+        case_intake::envelope::check_correlation_id(Some("c\u{1b}[31m")).err();
+    assert!(bad_correlation.forced_failure.is_some());
     let mut exhausted = env.envelope("exhausted", t, &seed_body(county));
     exhausted.forced_failure = Some(IntakeError::new(
         ErrorCode::RetriesExhausted,
@@ -542,6 +552,8 @@ async fn real_events_match_the_event_schemas() {
             env.envelope("other-network", t, &other_network),
             dead,
             exhausted,
+            bad_key,
+            bad_correlation,
             // The same key and body again: the original event once more.
             env.envelope("new", t, &seed_body(county)),
             // The same key with another body.
@@ -553,9 +565,9 @@ async fn real_events_match_the_event_schemas() {
         ])
         .await;
     assert!(
-        matches!(out[10], Outcome::Duplicate { .. }),
+        matches!(out[12], Outcome::Duplicate { .. }),
         "{:?}",
-        out[10]
+        out[12]
     );
 
     // A replay: fails again (attempt 2) until the county exists, then creates the case.
