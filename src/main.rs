@@ -408,6 +408,9 @@ async fn parked_command(
                 for h in &m.headers {
                     println!("  header \"{}\": {}", h.name, h.value);
                 }
+                if m.headers_omitted > 0 {
+                    println!("  … {} more headers not shown", m.headers_omitted);
+                }
                 if m.not_utf8.is_empty() {
                     println!("  not valid UTF-8: none");
                 } else {

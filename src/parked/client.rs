@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::wire::{
     self, ContentHeader, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE,
@@ -305,10 +306,10 @@ impl Client {
         self.write(&frame).await
     }
 
-    /// Reads the next frame, within the timeout.
-    async fn read_frame(&mut self, what: &'static str) -> Result<Frame> {
+    /// Reads the next frame, by `deadline`.
+    async fn read_frame(&mut self, deadline: Instant, what: &'static str) -> Result<Frame> {
         let timeout = self.timeout;
-        tokio::time::timeout(timeout, async {
+        tokio::time::timeout_at(deadline, async {
             loop {
                 if let Some((frame, used)) = wire::decode_frame(&self.buf, self.frame_max)? {
                     self.buf.drain(..used);
@@ -329,8 +330,10 @@ impl Client {
     /// Waits for the next method on `channel`, answering the broker's Close (and turning it
     /// into an error with its reply code and text) and skipping heartbeats.
     async fn wait(&mut self, channel: u16, what: &'static str) -> Result<Method> {
+        // One deadline for the whole wait: frames that are not the answer do not extend it.
+        let deadline = Instant::now() + self.timeout;
         loop {
-            let frame = self.read_frame(what).await?;
+            let frame = self.read_frame(deadline, what).await?;
             match frame.kind {
                 FRAME_HEARTBEAT => continue,
                 FRAME_METHOD => {}
@@ -362,7 +365,8 @@ impl Client {
                 m if frame.channel == channel => return Ok(m),
                 m => {
                     return Err(ClientError::Protocol(format!(
-                        "unexpected {m:?} on channel {} while waiting for {what}",
+                        "unexpected {} on channel {} while waiting for {what}",
+                        m.name(),
                         frame.channel
                     )));
                 }
@@ -378,7 +382,9 @@ impl Client {
         std::result::Result<ContentHeader, WireError>,
         Vec<u8>,
     )> {
-        let frame = self.read_frame("a content header").await?;
+        let frame = self
+            .read_frame(Instant::now() + self.timeout, "a content header")
+            .await?;
         if frame.kind != FRAME_HEADER || frame.channel != CHANNEL {
             return Err(ClientError::Protocol(format!(
                 "expected a content header, got frame type {} on channel {}",
@@ -402,7 +408,10 @@ impl Client {
         // Grows with the frames actually received, not with the announced size.
         let mut body = Vec::new();
         while (body.len() as u64) < body_size {
-            let frame = self.read_frame("a content body").await?;
+            // Each body frame gets the full timeout: a large body on a slow link is progress.
+            let frame = self
+                .read_frame(Instant::now() + self.timeout, "a content body")
+                .await?;
             if frame.kind != FRAME_BODY || frame.channel != CHANNEL {
                 return Err(ClientError::Protocol(format!(
                     "expected a body frame, got frame type {} on channel {}",
@@ -579,13 +588,9 @@ impl Client {
     }
 }
 
+/// Names the method only: its arguments (routing keys, texts) are the broker's data.
 fn unexpected(m: &Method, what: &str) -> ClientError {
-    if m.has_content() {
-        return ClientError::Protocol(format!(
-            "unexpected content-bearing {m:?} while waiting for {what}"
-        ));
-    }
-    ClientError::Protocol(format!("unexpected {m:?} while waiting for {what}"))
+    ClientError::Protocol(format!("unexpected {} while waiting for {what}", m.name()))
 }
 
 #[cfg(test)]

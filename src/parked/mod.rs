@@ -34,6 +34,9 @@ pub const REPUBLISH_MAX_DEPTH: usize = MATERIALISE_DEPTH;
 /// stays the same across `list` runs, which requeue) and of re-published copies.
 const BROKER_VOLATILE_HEADERS: &[&[u8]] = &[b"x-delivery-count"];
 
+/// Headers listed per message (a table of thousands of entries would bury the rest).
+pub const SHOW_HEADERS: usize = 100;
+
 /// Length of the id shown and accepted (hex digits of the fingerprint).
 pub const ID_LEN: usize = 12;
 
@@ -97,6 +100,8 @@ pub struct Listed {
     /// Properties other than headers, by AMQP name.
     pub properties: Vec<(String, String)>,
     pub headers: Vec<ListedHeader>,
+    /// Headers past the first [`SHOW_HEADERS`], not listed.
+    pub headers_omitted: usize,
     /// Why the headers table could not be read, if it could not.
     pub headers_error: Option<String>,
     /// Why the content header could not be read at all, if it could not.
@@ -168,6 +173,7 @@ fn describe(m: &Message) -> Listed {
         routing_key: render::show(&m.routing_key),
         properties: Vec::new(),
         headers: Vec::new(),
+        headers_omitted: 0,
         headers_error: None,
         header_error: None,
         not_utf8: Vec::new(),
@@ -186,7 +192,9 @@ fn describe(m: &Message) -> Listed {
                 .collect();
             match &p.headers {
                 Some(Headers::Parsed(t)) => {
-                    listed.headers = render::headers(t)
+                    listed.headers_omitted = t.0.len().saturating_sub(SHOW_HEADERS);
+                    let shown = Table(t.0.iter().take(SHOW_HEADERS).cloned().collect());
+                    listed.headers = render::headers(&shown)
                         .into_iter()
                         .map(|h| ListedHeader {
                             name: h.name,

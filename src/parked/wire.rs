@@ -824,16 +824,28 @@ pub enum Method {
 }
 
 impl Method {
-    /// Whether a content header and body frames follow this method.
-    pub fn has_content(&self) -> bool {
-        matches!(self, Method::BasicGetOk { .. } | Method::BasicReturn { .. })
-            || matches!(
-                self,
-                Method::Other {
-                    class: BASIC,
-                    method: 60
-                }
-            )
+    /// The method's name, without its arguments (for error messages).
+    pub fn name(&self) -> String {
+        match self {
+            Method::ConnectionStart { .. } => "Connection.Start".into(),
+            Method::ConnectionSecure => "Connection.Secure".into(),
+            Method::ConnectionTune { .. } => "Connection.Tune".into(),
+            Method::ConnectionOpenOk => "Connection.OpenOk".into(),
+            Method::ConnectionClose { .. } => "Connection.Close".into(),
+            Method::ConnectionCloseOk => "Connection.CloseOk".into(),
+            Method::ChannelOpenOk => "Channel.OpenOk".into(),
+            Method::ChannelClose { .. } => "Channel.Close".into(),
+            Method::ChannelCloseOk => "Channel.CloseOk".into(),
+            Method::QueueDeclareOk { .. } => "Queue.DeclareOk".into(),
+            Method::QueueDeleteOk { .. } => "Queue.DeleteOk".into(),
+            Method::BasicGetOk { .. } => "Basic.GetOk".into(),
+            Method::BasicGetEmpty => "Basic.GetEmpty".into(),
+            Method::BasicAck { .. } => "Basic.Ack".into(),
+            Method::BasicNack { .. } => "Basic.Nack".into(),
+            Method::BasicReturn { .. } => "Basic.Return".into(),
+            Method::ConfirmSelectOk => "Confirm.SelectOk".into(),
+            Method::Other { class, method } => format!("method {class}.{method}"),
+        }
     }
 }
 
