@@ -382,3 +382,42 @@ async fn republish_refuses_a_missing_intake_queue_and_keeps_the_message() {
     assert!(err.contains("404"), "{err}");
     assert_count(&q.parked, 4).await;
 }
+
+#[tokio::test]
+async fn broker_refusals_are_reported_without_the_password() {
+    let e = Client::connect("amqp://guest:not-the-pw@127.0.0.1:5672/%2f", TIMEOUT)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(!e.contains("not-the-pw"), "{e}");
+    assert!(
+        e.contains("wrong user or password") || e.contains("403"),
+        "{e}"
+    );
+
+    // The server's Connection.Close: reply code and text.
+    let e = Client::connect("amqp://guest:guest@127.0.0.1:5672/no-such-vhost", TIMEOUT)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("530"), "{e}");
+}
+
+#[tokio::test]
+async fn amqps_is_refused_with_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_case-intake"))
+        .args(["parked", "list"])
+        .env(
+            "CASE_INTAKE__AMQP__URL",
+            "amqps://guest:guest@127.0.0.1:5671/%2f",
+        )
+        .env("CASE_INTAKE__LOG__FORMAT", "text")
+        .env_remove("CASE_INTAKE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("amqps:// URLs are not supported"), "{err}");
+}
