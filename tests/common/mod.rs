@@ -269,6 +269,11 @@ impl Broker {
         if let Some(c) = correlation_id {
             props = props.with_correlation_id(c.into());
         }
+        self.publish_props(props, body).await;
+    }
+
+    /// Publishes an intake with the given properties, with confirms.
+    pub async fn publish_props(&self, props: BasicProperties, body: &[u8]) {
         let confirm = self
             .publish
             .basic_publish(
