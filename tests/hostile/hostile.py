@@ -546,6 +546,9 @@ class Case:
     match_corr: bool = True
     broker_may_refuse: bool = False   # a refusal by the broker is then reported, not failed
     extra: Optional[Callable[["Ctx", "Result"], list[str]]] = None  # further checks
+    # Valid intakes published in the same burst, half before and half after the input: each
+    # must be created (one bad message must not hold back or roll back its neighbours).
+    companions: int = 0
     parking_last: bool = False
 
 
@@ -1024,6 +1027,76 @@ def build_cases(ctx_for_sizes: Ctx) -> list[Case]:
         add(f"body: {label}", "body", expect, lambda c, mk=mk: (c.props(), mk(c)),
             quick=label in ("empty",))
 
+    # ---- more nesting and frame-size shapes ----------------------------------------------------
+    def alternating(depth: int) -> Raw:
+        """Arrays and tables alternating, `depth` levels, built without recursion. A level
+        encodes as its type octet, a 4-byte length and its content: the next level, preceded
+        by an empty field name (one byte) in a table."""
+        is_table = [i % 2 == 1 for i in range(depth)]
+        size_next = [0] * depth          # encoded size of level i+1 (0 for the innermost)
+        size = 0
+        for i in range(depth - 1, -1, -1):
+            size_next[i] = size
+            inner = size + (1 if is_table[i] and i < depth - 1 else 0)
+            size = 5 + inner
+        parts = []
+        for i in range(depth):
+            key = b"\x00" if is_table[i] and i < depth - 1 else b""
+            parts.append((b"F" if is_table[i] else b"A")
+                         + struct.pack(">I", size_next[i] + len(key)) + key)
+        return Raw(b"".join(parts))
+
+    add("header arrays and tables alternating 20000 deep", "deep-headers", "invalid_envelope",
+        lambda c: (c.props(headers=Table([("authorization", f"Token {c.token}"),
+                                          ("x-deep", alternating(20000))])), c.valid_body()))
+    add("header nested 5000 deep inside a table with 100 other headers", "deep-headers",
+        "invalid_envelope",
+        lambda c: (c.props(headers=Table([("authorization", f"Token {c.token}")] +
+                                         [(f"x-{i}", "v") for i in range(50)] +
+                                         [("x-deep", Table([("a", [deep_table(5000)])]))] +
+                                         [(f"y-{i}", i) for i in range(50)])),
+                   c.valid_body()))
+    add("authorization header itself nested 5000 deep", "deep-headers", ANY,
+        lambda c: (c.props(headers=Table([("authorization", deep_array(5000))])),
+                   c.valid_body()))
+    add("deep header (5000) and NUL in message_id", "deep-headers", "invalid_envelope",
+        lambda c: (c.props(message_id=c.key.encode() + b"\x00",
+                           headers=Table([("authorization", f"Token {c.token}"),
+                                          ("x-deep", deep_array(5000))])), c.valid_body()),
+        match_key=False)
+    add("headers filling the header frame (130,000-byte string)", "header-types", CREATED,
+        lambda c: (c.props(headers=Table([("authorization", f"Token {c.token}"),
+                                          ("x-fill", "f" * 130_000)])), c.valid_body()))
+    add("message_id invalid UTF-8 and a header nested 20000 deep", "invalid-utf8", PARKED,
+        lambda c: (c.props(message_id=b"\xff\xfe" + c.key.encode()[:50],
+                           headers=Table([("authorization", f"Token {c.token}"),
+                                          ("x-deep", deep_table(20000))])), c.valid_body()),
+        match_key=False, parking_last=True)
+
+    # ---- bursts: the hostile input among valid intakes of the same window ---------------------
+    bursts = [
+        ("message_id with invalid UTF-8", PARKED, True,
+         lambda c: (c.props(message_id=b"\xff\xfeA" + c.key.encode()[:40]), c.valid_body())),
+        ("header name with invalid UTF-8", PARKED, True,
+         lambda c: (c.props(headers=Table([("authorization", f"Token {c.token}"),
+                                           (b"\xff", 1)])), c.valid_body())),
+        ("header array nested 20000 deep", "invalid_envelope", False,
+         lambda c: (c.props(headers=Table([("authorization", f"Token {c.token}"),
+                                           ("x-deep", deep_array(20000))])), c.valid_body())),
+        ("NUL in message_id", "invalid_envelope", False,
+         lambda c: (c.props(message_id=c.key.encode() + b"\x00"), c.valid_body())),
+        ("NUL in a body field name", "validation_failed", False,
+         lambda c: (c.props(), json.dumps({**c.body(), "a\u0000": 1}).encode())),
+        ("body of 10 MB", "payload_too_large", False, sized(10 * 1024 * 1024)),
+        ("SSN as a field name", "validation_failed", False,
+         lambda c: (c.props(), json.dumps({**c.body(), c.ssn: "x"}).encode())),
+    ]
+    for label, expect, parked, build in bursts:
+        add(f"burst: {label} among 20 valid intakes", "burst", expect, build,
+            companions=20, parking_last=parked,
+            match_key=label != "message_id with invalid UTF-8" and "NUL in message_id" != label,
+            quick=label in ("header array nested 20000 deep",))
+
     # Parking inputs last: until the parking chain exists they leave the worker in a loop.
     cases.sort(key=lambda k: k.parking_last)
     return cases
@@ -1074,8 +1147,21 @@ def run_case(ctx: Ctx, case: Case, timeouts: dict) -> Result:
     r.corr = corr if case.match_corr and isinstance(corr, str) and corr else None
     parked_before = (BROKER.queue_counts(ENV.parked_queue) or (0, 0))[0]
 
+    def companion(i: int) -> tuple[str, Optional[str]]:
+        saved = ctx.key, ctx.corr
+        ctx.key, ctx.corr = f"{saved[0]}-c{i:02d}", f"{saved[1]}-c{i:02d}"
+        p, b = ctx.props(), ctx.valid_body()
+        ctx.key, ctx.corr = saved
+        return p["message_id"], BROKER.publish(ENV.intake_queue, b, RawProperties(p))
+
+    companions = [companion(i) for i in range(case.companions // 2)]
     t0 = time.monotonic()
     refused = BROKER.publish(ENV.intake_queue, body, rp)
+    companions += [companion(i) for i in range(case.companions // 2, case.companions)]
+    for ck, why in companions:
+        if why:
+            r.failures.append(f"a valid companion intake was refused by the broker: {why}")
+    pending = {ck for ck, why in companions if not why}
     # The valid intake right after it.
     ctx_key, ctx_corr = ctx.key, ctx.corr
     f_key, f_corr = ctx_key + "-next", ctx_corr + "-next"
@@ -1121,6 +1207,9 @@ def run_case(ctx: Ctx, case: Case, timeouts: dict) -> Result:
                 c = BROKER.queue_counts(ENV.parked_queue)
                 if c and c[0] > parked_before:
                     parked_at = now
+        for ck in list(pending):
+            if any(outcome_label(e) == CREATED for e in TAP.matching(ck, None)):
+                pending.discard(ck)
         if followup_at is None:
             evs = [e for e in TAP.matching(f_key, None) if outcome_label(e) == CREATED]
             if evs:
@@ -1128,7 +1217,8 @@ def run_case(ctx: Ctx, case: Case, timeouts: dict) -> Result:
         if died_at is None and not ENV.worker_alive():
             died_at = now
         outcome_done = refused or got_outcome_at or parked_at or now - t0 > outcome_bound
-        follow_done = followup_at or f_refused or now - tf > stall_bound
+        follow_done = (followup_at or f_refused or now - tf > stall_bound) and \
+            (not pending or now - tf > stall_bound)
         if outcome_done and follow_done:
             break
         if died_at is not None and now - died_at > 2:
@@ -1170,6 +1260,14 @@ def run_case(ctx: Ctx, case: Case, timeouts: dict) -> Result:
             elif r.events != 1:
                 r.failures.append(f"expected one event, got {r.events} distinct event ids")
 
+    if pending:
+        r.failures.append(f"{len(pending)} of {len(companions)} valid intakes published in the "
+                          "same burst got no case.created")
+        for ck in pending:
+            got = sorted({outcome_label(e) for e in TAP.matching(ck, None)})
+            if got:
+                r.failures.append(f"a valid companion intake got {','.join(got)}")
+                break
     if followup_at is not None:
         r.followup_seconds = followup_at - tf
     elif not f_refused and died_at is not None:
