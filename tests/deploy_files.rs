@@ -318,6 +318,41 @@ fn dockerfile_uid() -> u64 {
         .unwrap_or_else(|_| panic!("USER {user} should be numeric for runAsNonRoot"))
 }
 
+/// A numeric setting of deploy/rabbitmq/rabbitmq.conf.
+fn broker_conf(key: &str) -> u64 {
+    read(&deploy().join("rabbitmq/rabbitmq.conf"))
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("rabbitmq.conf sets {key} as a number"))
+}
+
+/// A Kubernetes quantity in Mi or Gi, in bytes.
+fn mebibytes(quantity: &str) -> u64 {
+    if let Some(n) = quantity.strip_suffix("Mi") {
+        n.parse::<u64>().unwrap() << 20
+    } else if let Some(n) = quantity.strip_suffix("Gi") {
+        n.parse::<u64>().unwrap() << 30
+    } else {
+        panic!("{quantity}: a memory quantity in Mi or Gi")
+    }
+}
+
+#[test]
+fn the_broker_config_bounds_messages_and_frames_as_the_service_needs() {
+    let settings = defaults();
+    let compose = read(&deploy().join("compose.yaml"));
+    assert!(compose.contains("./rabbitmq/rabbitmq.conf:/etc/rabbitmq/conf.d/"));
+    // Bodies a little over the service's limit reach it and get a payload_too_large outcome.
+    assert!(broker_conf("max_message_size") > settings.intake.max_body_bytes as u64);
+    // The frames the io thread's stack is sized for.
+    assert_eq!(
+        broker_conf("frame_max"),
+        u64::from(case_intake::stack::FRAME_MAX)
+    );
+}
+
 #[test]
 fn every_file_in_deploy_parses() {
     let files = files_under(&deploy());
@@ -335,6 +370,24 @@ fn every_file_in_deploy_parses() {
             Some("json") => {
                 serde_json::from_str::<Value>(&read(&path))
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            Some("conf") => {
+                let text = read(&path);
+                let settings: Vec<_> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .collect();
+                assert!(!settings.is_empty(), "{name} sets nothing");
+                for line in settings {
+                    let (key, value) = line
+                        .split_once('=')
+                        .unwrap_or_else(|| panic!("{name}: `{line}` is not key = value"));
+                    assert!(
+                        !key.trim().is_empty() && !value.trim().is_empty(),
+                        "{name}: {line}"
+                    );
+                }
             }
             Some("dockerignore") => assert!(read(&path).lines().any(|l| l.trim() == "target")),
             _ if name == "Dockerfile" => {}
@@ -532,7 +585,16 @@ fn the_deployment_probes_sizes_and_stops_the_workers_as_documented() {
     let resources = &worker["resources"];
     assert_eq!(resources["requests"]["cpu"], "500m");
     assert_eq!(resources["requests"]["memory"], "64Mi");
-    assert_eq!(resources["limits"]["memory"], "128Mi");
+    // The limit holds the baseline plus the deliveries the broker may buffer in the worker.
+    let settings = defaults();
+    let buffered = settings.intake.consumers as u64
+        * u64::from(settings.amqp.prefetch)
+        * broker_conf("max_message_size");
+    let limit = mebibytes(resources["limits"]["memory"].as_str().unwrap());
+    assert!(
+        limit >= (64 << 20) + buffered,
+        "a {limit}-byte memory limit does not hold 64 MiB + {buffered} bytes of deliveries"
+    );
 
     let init = spec["initContainers"].as_array().expect("initContainers");
     let migrate = init
