@@ -48,16 +48,7 @@ pub fn intake_queue_arguments(intake_queue: &str) -> FieldTable {
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DELIVERY_LIMIT),
     );
-    // Dead-letter through the default exchange straight to the dead-letter queue.
-    args.insert("x-dead-letter-exchange".into(), text(""));
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        text(&dead_letter_queue(intake_queue)),
-    );
-    // at-least-once dead-lettering needs reject-publish overflow; it keeps a dead-lettered
-    // message on the intake queue until the dead-letter queue has confirmed it.
-    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-    args.insert("x-overflow".into(), text("reject-publish"));
+    dead_letter_to(&mut args, &dead_letter_queue(intake_queue));
     args
 }
 
@@ -70,14 +61,18 @@ pub fn dead_letter_queue_arguments(intake_queue: &str) -> FieldTable {
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT),
     );
+    dead_letter_to(&mut args, &parked_queue(intake_queue));
+    args
+}
+
+/// Dead-letters through the default exchange straight to `queue`, at least once: that
+/// strategy needs reject-publish overflow, and keeps a dead-lettered message where it is until
+/// `queue` has confirmed it.
+fn dead_letter_to(args: &mut FieldTable, queue: &str) {
     args.insert("x-dead-letter-exchange".into(), text(""));
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        text(&parked_queue(intake_queue)),
-    );
+    args.insert("x-dead-letter-routing-key".into(), text(queue));
     args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
     args.insert("x-overflow".into(), text("reject-publish"));
-    args
 }
 
 /// Arguments of the retry queue: a message TTL, then back to the intake queue.
@@ -87,10 +82,7 @@ pub fn retry_queue_arguments(intake_queue: &str, delay_ms: u64) -> FieldTable {
         "x-message-ttl".into(),
         AMQPValue::LongLongInt(delay_ms as i64),
     );
-    args.insert("x-dead-letter-exchange".into(), text(""));
-    args.insert("x-dead-letter-routing-key".into(), text(intake_queue));
-    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-    args.insert("x-overflow".into(), text("reject-publish"));
+    dead_letter_to(&mut args, intake_queue);
     args
 }
 

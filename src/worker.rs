@@ -630,36 +630,30 @@ async fn finish(mut running: Running, settings: &Settings) -> Option<SessionErro
     let grace = Duration::from_millis(settings.shutdown.timeout_ms);
     let mut first_error: Option<SessionError> = None;
     for c in std::mem::take(&mut running.consumers) {
-        match tokio::time::timeout(grace, c).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                first_error.get_or_insert(e.into());
-            }
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e.into());
-            }
-            Err(_) => {
-                first_error.get_or_insert(SessionError::Stuck);
-            }
+        if let Err(e) = join_within(grace, c).await {
+            first_error.get_or_insert(e);
         }
     }
     if let Some((relay_stop, task)) = running.relay.take() {
         relay_stop.cancel();
-        match tokio::time::timeout(grace, task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => {
-                first_error.get_or_insert(e.into());
-            }
-            Ok(Err(e)) => {
-                first_error.get_or_insert(e.into());
-            }
-            Err(_) => {
-                first_error.get_or_insert(SessionError::Stuck);
-            }
+        if let Err(e) = join_within(grace, task).await {
+            first_error.get_or_insert(e);
         }
     }
     close(&running).await;
     first_error
+}
+
+/// Waits for a session task, at most `grace` (a task blocked on a dead connection is left).
+async fn join_within<E: Into<SessionError>>(
+    grace: Duration,
+    task: tokio::task::JoinHandle<Result<(), E>>,
+) -> Result<(), SessionError> {
+    match tokio::time::timeout(grace, task).await {
+        Ok(Ok(r)) => r.map_err(Into::into),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(SessionError::Stuck),
+    }
 }
 
 /// Resolves at the next SIGTERM or SIGINT: the worker binary's graceful stop, and the

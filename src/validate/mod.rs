@@ -363,26 +363,7 @@ mod tests {
 
     #[test]
     fn text_fields_must_be_strings() {
-        for field in [
-            "first_name",
-            "middle_name",
-            "last_name",
-            "suffix",
-            "nickname",
-            "date_of_birth",
-            "email",
-            "mailing_address",
-            "mailing_apt_number",
-            "mailing_city",
-            "mailing_state",
-            "mailing_zip_code",
-            "ss_number",
-            "street_address",
-            "street_apt_number",
-            "street_city",
-            "street_state",
-            "street_zip_code",
-        ] {
+        for field in TEXT_FIELDS {
             for value in [json!(1), json!(true), json!(["x"]), json!({"x": "y"})] {
                 assert_field_error(field, value, "must be a string");
             }
