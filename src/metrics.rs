@@ -215,6 +215,13 @@ impl Metrics {
         }
     }
 
+    /// Forgets the queue depths when a broker session ends: while there is none (the broker
+    /// is away, the topology refused), whether messages wait is unknown, and a restart would
+    /// not help.
+    pub fn forget_queues(&self) {
+        self.waiting.store(-1, Ordering::Relaxed);
+    }
+
     /// True when messages wait in the intake queue and no window has completed for longer
     /// than `limit`, outside a database outage (where intake is paused on purpose and
     /// `/readyz` says so): the worker is stuck and a restart is the remedy.
@@ -308,6 +315,10 @@ mod tests {
         m.set_state(ConsumerState::Consuming);
         // An empty queue is progress.
         m.set_queues(0, 2);
+        assert!(!m.stalled(Duration::ZERO));
+        // Without a session nothing is known.
+        m.set_queues(5, 2);
+        m.forget_queues();
         assert!(!m.stalled(Duration::ZERO));
         let text = m.render();
         assert!(text.contains("case_intake_parked_messages 2"), "{text}");

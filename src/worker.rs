@@ -418,6 +418,9 @@ async fn session(
         metrics.set_state(ConsumerState::ShuttingDown);
     }
     let mut first_error = finish(running, settings).await;
+    if role != Role::DeadLetter {
+        metrics.forget_queues();
+    }
     if let Some(f) = fault.take() {
         // The connection's own error says why (an unparseable delivery, a lost socket).
         first_error = Some(SessionError::Connection(f));
