@@ -1,10 +1,11 @@
 //! Masking of SSN-shaped text and escaping of invisible or terminal-controlling characters,
 //! applied to caller text before it is stored in an error, published, or shown to an operator.
 //!
-//! One place on purpose: validation (error field names), errors (messages), events and the
-//! `failed` commands must agree on what an SSN looks like and how a control character is
-//! written, or one path leaks what another hides. Both transformations are idempotent, so a
-//! value redacted when it was stored can safely be redacted again when it is shown.
+//! One place on purpose: validation (error field names), errors (messages), events, and the
+//! `failed` and `parked list` commands (raw AMQP bytes, see [`mask_ssns_bytes`]) must agree on
+//! what an SSN looks like and how a control character is written, or one path leaks what
+//! another hides. Both transformations are idempotent, so a value redacted when it was stored
+//! can safely be redacted again when it is shown.
 
 use std::borrow::Cow;
 
@@ -90,57 +91,136 @@ pub fn escape_controls(s: &str) -> Cow<'_, str> {
 /// SSN-shaped: nine digits written `123456789`, `123-45-6789` or `123 45 6789`, not part of a
 /// longer digit run (so 10-digit phone numbers, `555-123-4567` and long ids are left alone).
 pub fn mask_ssns(s: &str) -> Cow<'_, str> {
-    let bytes = s.as_bytes();
-    let mut out: Option<String> = None;
-    // Everything before `copied` has been written to `out` (when there is one).
+    // Valid UTF-8 holds no gap, so this is the plain rule; and a mask (ASCII) replaces ASCII
+    // digits and separators only, so the text stays UTF-8.
+    match mask_spans(s.as_bytes(), s.as_bytes()) {
+        Cow::Borrowed(_) => Cow::Borrowed(s),
+        Cow::Owned(masked) => Cow::Owned(
+            String::from_utf8(masked)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+    }
+}
+
+/// [`mask_ssns`] for raw bytes that may not be UTF-8 (broker-supplied AMQP fields): every SSN
+/// replaced by `*****` and its last four digits, every other byte (invalid ones included) left
+/// as it is, for the caller to escape.
+///
+/// The rule is the same, seen across the whole value: a sequence of bytes that is not UTF-8
+/// (what [`<[u8]>::utf8_chunks`] calls invalid) is a *gap* that may stand for nothing or for a
+/// separator, never a boundary that hides an SSN. So `123\xff45-6789`, `123\x9645\x966789`
+/// (en dashes in Windows-1252) and `12345\xff6789` are masked whole, gaps included, although
+/// neither the lossy text (`123\u{fffd}45-6789`) nor its valid pieces taken one by one are
+/// SSN-shaped. Reading gaps this way can only mask more than the plain rule, never less.
+pub fn mask_ssns_bytes(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let probe: Cow<'_, [u8]> = if std::str::from_utf8(bytes).is_ok() {
+        Cow::Borrowed(bytes)
+    } else {
+        let mut p = Vec::with_capacity(bytes.len());
+        for chunk in bytes.utf8_chunks() {
+            p.extend_from_slice(chunk.valid().as_bytes());
+            p.resize(p.len() + chunk.invalid().len(), GAP);
+        }
+        Cow::Owned(p)
+    };
+    mask_spans(bytes, &probe)
+}
+
+/// `bytes` with the SSN shapes found in `probe` (the same bytes, gaps marked) masked.
+fn mask_spans<'a>(bytes: &'a [u8], probe: &[u8]) -> Cow<'a, [u8]> {
+    let spans = ssn_spans(probe);
+    if spans.is_empty() {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
     let mut copied = 0;
+    for (start, end) in spans {
+        out.extend_from_slice(&bytes[copied..start]);
+        out.extend_from_slice(mask_last4(&last4(&bytes[start..end])).as_bytes());
+        copied = end;
+    }
+    out.extend_from_slice(&bytes[copied..]);
+    Cow::Owned(out)
+}
+
+/// Stands for a byte of an invalid UTF-8 sequence in what [`ssn_spans`] reads. Never part of
+/// valid UTF-8, so text read as it is holds none.
+const GAP: u8 = 0xFF;
+
+/// The last four ASCII digits of an SSN span (gaps are never ASCII).
+fn last4(span: &[u8]) -> String {
+    let digits: Vec<u8> = span.iter().copied().filter(u8::is_ascii_digit).collect();
+    String::from_utf8_lossy(&digits[digits.len().saturating_sub(4)..]).into_owned()
+}
+
+/// The byte ranges of the SSN shapes in `b`, in order, each from its first digit to its last.
+fn ssn_spans(b: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
     let mut i = 0;
-    while i < bytes.len() {
-        if !bytes[i].is_ascii_digit() || (i > 0 && bytes[i - 1].is_ascii_digit()) {
+    while i < b.len() {
+        if !b[i].is_ascii_digit() || (i > 0 && b[i - 1].is_ascii_digit()) {
             i += 1;
             continue;
         }
-        // `i` starts a digit run. All bytes matched are ASCII, so every index used to slice
-        // below is a character boundary.
-        if let Some(len) = ssn_shape_at(&bytes[i..]) {
-            let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
-            o.push_str(&s[copied..i]);
-            o.push_str(&mask_last4(&s[i + len - 4..i + len]));
-            i += len;
-            copied = i;
+        // `i` starts a digit run.
+        if let Some(end) = ssn_shape_at(b, i) {
+            spans.push((i, end));
+            i = end;
         } else {
-            while i < bytes.len() && bytes[i].is_ascii_digit() {
+            while i < b.len() && b[i].is_ascii_digit() {
                 i += 1;
             }
         }
     }
-    match out {
-        None => Cow::Borrowed(s),
-        Some(mut o) => {
-            o.push_str(&s[copied..]);
-            Cow::Owned(o)
-        }
-    }
+    spans
 }
 
-/// The length of the SSN shape that `b` starts with, if any; `b[0]` starts a digit run.
-fn ssn_shape_at(b: &[u8]) -> Option<usize> {
-    let digits = |from: usize, n: usize| {
-        b.get(from..from + n)
-            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+/// Where the SSN shape that starts at `b[i]` (which starts a digit run) ends, if there is one.
+/// A [`GAP`] run may stand inside a digit group, next to a separator, or for a separator.
+fn ssn_shape_at(b: &[u8], i: usize) -> Option<usize> {
+    let digit = |at: usize| b.get(at).is_some_and(u8::is_ascii_digit);
+    let skip_gaps = |mut at: usize| {
+        while b.get(at) == Some(&GAP) {
+            at += 1;
+        }
+        at
     };
-    let ends_run = |at: usize| !b.get(at).is_some_and(u8::is_ascii_digit);
-    if digits(0, 9) && ends_run(9) {
-        return Some(9);
+    // `n` digits from `at`, gaps allowed between them: where the last one ends.
+    let digits = |mut at: usize, n: usize| {
+        for k in 0..n {
+            if k > 0 {
+                at = skip_gaps(at);
+            }
+            if !digit(at) {
+                return None;
+            }
+            at += 1;
+        }
+        Some(at)
+    };
+    // A separator (`-` or space, gaps around it allowed) or a gap standing for one: where it
+    // ends, and which one it was (`None` for a gap).
+    let separator = |at: usize| {
+        let from = skip_gaps(at);
+        match b.get(from) {
+            Some(&c @ (b'-' | b' ')) => Some((skip_gaps(from + 1), Some(c))),
+            _ if from > at => Some((from, None)),
+            _ => None,
+        }
+    };
+    if let Some(end) = digits(i, 9).filter(|&end| !digit(end)) {
+        return Some(end);
     }
-    let sep = *b.get(3)?;
-    let shaped = (sep == b'-' || sep == b' ')
-        && digits(0, 3)
-        && digits(4, 2)
-        && b.get(6) == Some(&sep)
-        && digits(7, 4)
-        && ends_run(11);
-    shaped.then_some(11)
+    let at = digits(i, 3)?;
+    let (at, first) = separator(at)?;
+    let at = digits(at, 2)?;
+    let (at, second) = separator(at)?;
+    if let (Some(x), Some(y)) = (first, second)
+        && x != y
+    {
+        return None;
+    }
+    digits(at, 4).filter(|&end| !digit(end))
 }
 
 /// A JSON number holding an SSN-shaped digit run (e.g. `111223333`), masked as a string.
@@ -305,6 +385,58 @@ mod tests {
             assert_eq!(mask_ssns(s), s, "{s:?}");
             assert!(matches!(mask_ssns(s), Cow::Borrowed(_)), "{s:?}");
         }
+    }
+
+    #[test]
+    fn raw_bytes_are_masked_by_the_same_rule() {
+        let m = |b: &[u8]| mask_ssns_bytes(b).into_owned();
+        // Valid UTF-8: exactly what `mask_ssns` does, borrowed when nothing is masked.
+        for s in [
+            "ssn 123-45-6789, again 987654321.",
+            "123 45 6789",
+            "é123456789é",
+            "555-123-4567",
+            "123-45 6789",
+            "1234567890",
+            "",
+        ] {
+            assert_eq!(m(s.as_bytes()), mask_ssns(s).as_bytes(), "{s:?}");
+        }
+        assert!(matches!(mask_ssns_bytes(b"1234567890"), Cow::Borrowed(_)));
+        assert!(matches!(mask_ssns_bytes(b"a\xffb 12"), Cow::Borrowed(_)));
+        // Invalid bytes outside an SSN are kept for the caller to show.
+        assert_eq!(m(b"\xff123-45-6789\xfe"), b"\xff*****6789\xfe");
+        assert_eq!(m(b"\xff\xfeA"), b"\xff\xfeA");
+    }
+
+    #[test]
+    fn an_invalid_byte_does_not_hide_an_ssn() {
+        let m = |b: &[u8]| mask_ssns_bytes(b).into_owned();
+        // Neither the lossy text nor the valid pieces alone are SSN-shaped, yet each is one.
+        assert_eq!(
+            mask_ssns(&String::from_utf8_lossy(b"123\xff45-6789")),
+            "123\u{fffd}45-6789"
+        );
+        assert_eq!(m(b"123\xff45-6789"), b"*****6789");
+        assert_eq!(m(b"123-45\xff6789"), b"*****6789");
+        assert_eq!(m(b"123\xff45\xff6789"), b"*****6789");
+        // Windows-1252 en dashes and Latin-1 no-break spaces.
+        assert_eq!(m(b"ssn 123\x9645\x966789."), b"ssn *****6789.");
+        assert_eq!(m(b"123\xa045\xa06789"), b"*****6789");
+        // A gap inside a digit group or next to a separator, of any length.
+        assert_eq!(m(b"12345\xff6789"), b"*****6789");
+        assert_eq!(m(b"1\xff\xfe\xfd23456789"), b"*****6789");
+        assert_eq!(m(b"123-\xff45-\xc3(6789"), b"123-\xff45-\xc3(6789");
+        assert_eq!(m(b"123-\xff45-6789"), b"*****6789");
+        assert_eq!(m(b"x 123\xff-45-6789 y"), b"x *****6789 y");
+        // The separators still have to agree when both are real, and lengths still count.
+        assert_eq!(m(b"123-45\xff 6789"), b"123-45\xff 6789");
+        assert_eq!(m(b"12345\xff678"), b"12345\xff678");
+        assert_eq!(m(b"12345\xff67890"), b"12345\xff67890");
+        assert_eq!(m(b"555\xff123\xff4567"), b"555\xff123\xff4567");
+        // Idempotent like the rest.
+        let once = m(b"a 123\xff45-6789 b");
+        assert_eq!(m(&once), once);
     }
 
     #[test]

@@ -113,6 +113,12 @@ fn hostile() -> Vec<(&'static str, Properties)> {
                 b"note".to_vec(),
                 long(b"client 123-45-6789 alias 987654321"),
             ),
+            // An SSN split by a byte that is not UTF-8, and terminal controls around one.
+            (b"split".to_vec(), long(b"444\xff55-6666")),
+            (
+                b"ctl".to_vec(),
+                long(b"\x1b[2J\x07 555 66 7777\x00\xe2\x80\xae"),
+            ),
         ]),
     );
     ssn.message_id = Some(b"key-4".to_vec());
@@ -175,16 +181,26 @@ fn stdout(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
+/// No body, token or SSN digits other than the last four the mask shows (`*****6789`), and no
+/// raw control or bidi character: everything the messages hold is escaped.
 fn assert_private(text: &str) {
     for secret in [
-        "123-45-6789",
-        "987654321",
+        "123-45",
+        "12345",
+        "98765",
+        r"444\xff",
+        "55-6666",
+        "555 66",
         "111-22-3333",
         "John",
         "s3cr3t-api-token-value",
     ] {
         assert!(!text.contains(secret), "{secret:?} printed:\n{text}");
     }
+    let raw = text
+        .chars()
+        .find(|&c| (c.is_control() && c != '\n') || ('\u{202a}'..='\u{202e}').contains(&c));
+    assert_eq!(raw, None, "raw control printed:\n{text:?}");
 }
 
 /// The parked messages' ids by app_id, from `list --json`.
@@ -235,7 +251,12 @@ async fn list_escapes_masks_and_puts_everything_back() {
         "{text}"
     );
     assert!(
-        text.contains(r#"header "note": "client ***-**-**** alias *********""#),
+        text.contains(r#"header "note": "client *****6789 alias *****4321""#),
+        "{text}"
+    );
+    assert!(text.contains(r#"header "split": "*****6666""#), "{text}");
+    assert!(
+        text.contains(r#"header "ctl": "\u{1b}[2J\u{7} *****7777\u{0}\u{202e}""#),
         "{text}"
     );
     assert!(

@@ -17,7 +17,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use client::{Client, ClientError, MAX_BODY, Message, Target, parse_url};
-pub use render::{escape, mask_ssn};
+pub use render::escape;
 pub use wire::{
     ContentHeader, FieldValue, Headers, MATERIALISE_DEPTH, Properties, Table, WireError,
     decode_value, encode_content_header, parse_content_header,

@@ -1,8 +1,12 @@
 //! Operator-facing text of broker-supplied bytes: control characters, invisible formatting
 //! characters and invalid UTF-8 escaped, SSN-shaped digits masked, credentials redacted,
 //! nesting and lengths truncated. Nothing here ever sees a message body.
+//!
+//! What an SSN looks like, its mask (`*****6789`) and how a control character is written are
+//! [`crate::redact`]'s, as for every other output; this module only deals with raw bytes.
 
 use super::wire::{FieldValue, Headers, Properties, Table};
+use crate::redact::{escape_controls, mask_ssns, mask_ssns_bytes};
 
 /// Container levels shown before a value is cut short with its depth reported.
 pub const SHOW_LEVELS: usize = 4;
@@ -11,67 +15,15 @@ const SHOW_ITEMS: usize = 20;
 /// Characters shown per string (after escaping).
 const SHOW_CHARS: usize = 200;
 
-/// Masks SSN-shaped digits: a run of exactly 9 ASCII digits, or `ddd-dd-dddd`, neither
-/// touching another digit. Digits become `*`, dashes stay, so the shape remains visible.
-pub fn mask_ssn(bytes: &[u8]) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    let digit = |i: usize| bytes.get(i).is_some_and(u8::is_ascii_digit);
-    let run = |i: usize| (i..bytes.len()).take_while(|&j| digit(j)).count();
-    let mut i = 0;
-    while i < bytes.len() {
-        if !digit(i) || (i > 0 && digit(i - 1)) {
-            i += 1;
-            continue;
-        }
-        let first = run(i);
-        let end = if first == 9 {
-            Some(i + 9)
-        } else if first == 3
-            && bytes.get(i + 3) == Some(&b'-')
-            && run(i + 4) == 2
-            && bytes.get(i + 6) == Some(&b'-')
-            && run(i + 7) == 4
-        {
-            Some(i + 11)
-        } else {
-            None
-        };
-        match end {
-            Some(end) => {
-                for b in &mut out[i..end] {
-                    if b.is_ascii_digit() {
-                        *b = b'*';
-                    }
-                }
-                i = end;
-            }
-            None => i += first,
-        }
-    }
-    out
-}
-
-/// Characters that change how a terminal shows text without being control characters
-/// (bidirectional overrides, zero-width characters, the byte-order mark).
-fn invisible(c: char) -> bool {
-    matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
-}
-
-/// Escapes bytes for a terminal: `\xff` for bytes that are not UTF-8, `\u{1b}` for control and
-/// invisible characters, `\\` and `\"` so the text can be quoted. No masking.
+/// Escapes bytes for a terminal: `\xff` for bytes that are not UTF-8; in the valid text `\\`
+/// and `\"` (so the text can be quoted), then control and invisible characters as
+/// [`escape_controls`] writes them (`\u{1b}`), like every other output of the service.
+/// No masking: see [`show`].
 pub fn escape(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            match c {
-                '\\' => s.push_str("\\\\"),
-                '"' => s.push_str("\\\""),
-                c if c.is_control() || invisible(c) => {
-                    s.push_str(&format!("\\u{{{:x}}}", c as u32));
-                }
-                c => s.push(c),
-            }
-        }
+        let quoted = chunk.valid().replace('\\', "\\\\").replace('"', "\\\"");
+        s.push_str(&escape_controls(&quoted));
         for b in chunk.invalid() {
             s.push_str(&format!("\\x{b:02x}"));
         }
@@ -80,14 +32,26 @@ pub fn escape(bytes: &[u8]) -> String {
 }
 
 /// Masked, escaped and cut to [`SHOW_CHARS`] characters.
+///
+/// Masking runs on the whole value before it is split into UTF-8 chunks, not chunk by chunk
+/// and not on the lossy text: [`mask_ssns_bytes`] reads an invalid sequence as a gap
+/// that may stand for nothing or a separator, so `123\xff45-6789` is shown `*****6789`. Per
+/// chunk (`123`, `45-6789`) or lossily (`123\u{fffd}45-6789`) it would not be SSN-shaped and
+/// its nine digits would be shown. Masking also comes before escaping, so the digits of an
+/// escape (`\x96`, `\u{9}`) never join an SSN's.
 pub fn show(bytes: &[u8]) -> String {
-    let s = escape(&mask_ssn(bytes));
+    let s = escape(&mask_ssns_bytes(bytes));
     let n = s.chars().count();
     if n <= SHOW_CHARS {
         return s;
     }
     let cut: String = s.chars().take(SHOW_CHARS).collect();
     format!("{cut}… ({} bytes)", bytes.len())
+}
+
+/// A number (or timestamp) as text, SSN-shaped digits masked.
+fn masked(s: String) -> String {
+    mask_ssns(&s).into_owned()
 }
 
 /// Header names whose values are credentials: never shown.
@@ -135,7 +99,6 @@ pub fn value(v: &FieldValue, secret: bool) -> String {
 }
 
 fn render(v: &FieldValue, level: usize, secret: bool, out: &mut String) {
-    let masked = |s: String| String::from_utf8_lossy(&mask_ssn(s.as_bytes())).into_owned();
     match v {
         FieldValue::LongStr(b) | FieldValue::Bytes(b) => {
             let prefix = if matches!(v, FieldValue::Bytes(_)) {
@@ -229,10 +192,7 @@ pub fn properties(p: &Properties) -> Vec<(&'static str, String)> {
         out.push(("priority", m.to_string()));
     }
     if let Some(t) = p.timestamp {
-        out.push((
-            "timestamp",
-            String::from_utf8_lossy(&mask_ssn(t.to_string().as_bytes())).into_owned(),
-        ));
+        out.push(("timestamp", masked(t.to_string())));
     }
     out
 }
@@ -281,25 +241,56 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ssn_shapes_are_masked_other_numbers_are_not() {
-        let m = |s: &str| String::from_utf8(mask_ssn(s.as_bytes())).unwrap();
-        assert_eq!(m("ssn 123456789 x"), "ssn ********* x");
-        assert_eq!(m("123-45-6789"), "***-**-****");
-        assert_eq!(m("a123-45-6789b"), "a***-**-****b");
-        assert_eq!(m("1234567890"), "1234567890");
-        assert_eq!(m("12345678"), "12345678");
-        assert_eq!(m("1123-45-6789"), "1123-45-6789");
-        assert_eq!(m("123-45-67890"), "123-45-67890");
-        assert_eq!(m("111222333/444555666"), "*********/*********");
-        assert_eq!(m("intake-2026-11-27-0001"), "intake-2026-11-27-0001");
+    fn ssn_shapes_are_masked_as_everywhere_else_other_numbers_are_not() {
+        assert_eq!(show(b"ssn 123456789 x"), "ssn *****6789 x");
+        assert_eq!(show(b"123-45-6789"), "*****6789");
+        assert_eq!(show(b"123 45 6789"), "*****6789");
+        assert_eq!(show(b"a123-45-6789b"), "a*****6789b");
+        assert_eq!(show(b"1234567890"), "1234567890");
+        assert_eq!(show(b"12345678"), "12345678");
+        assert_eq!(show(b"1123-45-6789"), "1123-45-6789");
+        assert_eq!(show(b"123-45-67890"), "123-45-67890");
+        assert_eq!(show(b"111222333/444555666"), "*****2333/*****5666");
+        assert_eq!(show(b"intake-2026-11-27-0001"), "intake-2026-11-27-0001");
+        // The one mask of the service.
+        assert_eq!(show(b"123-45-6789"), crate::redact::mask_last4("6789"));
+    }
+
+    #[test]
+    fn an_ssn_split_by_invalid_bytes_is_still_masked() {
+        assert_eq!(show(b"123\xff45-6789"), "*****6789");
+        assert_eq!(show(b"ssn 123\x9645\x966789!"), "ssn *****6789!");
+        assert_eq!(show(b"12345\xff6789"), "*****6789");
+        for shown in [show(b"123\xff45-6789"), show(b"12345\xff6789")] {
+            assert!(!shown.contains("123") && !shown.contains("45"), "{shown}");
+        }
+        // Invalid bytes elsewhere are still shown, and so are those inside a non-SSN.
+        assert_eq!(show(b"\xfe123-45-6789\xff"), r"\xfe*****6789\xff");
+        assert_eq!(show(b"555\xff123\xff4567"), r"555\xff123\xff4567");
+    }
+
+    #[test]
+    fn masking_comes_before_escaping() {
+        // An escape's digits never complete an SSN; an SSN next to a control is masked.
+        assert_eq!(show(b"12345\x096789"), r"12345\u{9}6789");
+        assert_eq!(show(b"1234567\x99"), r"1234567\x99");
+        assert_eq!(show(b"\x1b123456789\x07"), r"\u{1b}*****6789\u{7}");
     }
 
     #[test]
     fn escaping() {
-        assert_eq!(escape(&[0xff, 0xfe, b'A']), "\\xff\\xfeA");
-        assert_eq!(escape("a\u{1b}[31m\"\\".as_bytes()), "a\\u{1b}[31m\\\"\\\\");
-        assert_eq!(escape("x\u{202e}y".as_bytes()), "x\\u{202e}y");
+        assert_eq!(escape(&[0xff, 0xfe, b'A']), r"\xff\xfeA");
+        assert_eq!(escape("a\u{1b}[31m\"\\".as_bytes()), r#"a\u{1b}[31m\"\\"#);
+        assert_eq!(escape("x\u{202e}y".as_bytes()), r"x\u{202e}y");
         assert_eq!(escape("né".as_bytes()), "né");
+        // redact's classes: every invisible character and the line separators too.
+        assert_eq!(
+            escape("a\u{3164}b\u{2028}".as_bytes()),
+            r"a\u{3164}b\u{2028}"
+        );
+        assert_eq!(escape("\u{9b}2J\u{7f}".as_bytes()), r"\u{9b}2J\u{7f}");
+        // No masking: that is `show`'s.
+        assert_eq!(escape(b"123-45-6789"), "123-45-6789");
     }
 
     #[test]
@@ -321,7 +312,15 @@ mod tests {
 
     #[test]
     fn numbers_are_masked_too() {
-        assert_eq!(value(&FieldValue::I64(123456789), false), "*********");
+        assert_eq!(value(&FieldValue::I64(123456789), false), "*****6789");
+        assert_eq!(value(&FieldValue::I32(-123456789), false), "-*****6789");
         assert_eq!(value(&FieldValue::I64(1234567890), false), "1234567890");
+        assert_eq!(
+            value(
+                &FieldValue::LongStr(b"a\x1b 123\xff45-6789".to_vec()),
+                false
+            ),
+            r#""a\u{1b} *****6789""#
+        );
     }
 }
