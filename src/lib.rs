@@ -14,7 +14,6 @@ pub mod delivery;
 pub mod envelope;
 pub mod error;
 pub mod event;
-pub mod example;
 pub mod failed;
 pub mod household;
 pub mod http;

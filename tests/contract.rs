@@ -3,8 +3,6 @@
 //! every kind of failure) against the event schemas, the intake schema against
 //! `validate::validate`, the names against the defaults, and README.md's marked examples.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -17,7 +15,7 @@ use case_intake::failed::{self, Filter};
 use case_intake::settings::Settings;
 use case_intake::validate::validate;
 use case_intake::window::Outcome;
-use common::{TestEnv, seed_body};
+use case_intake_harness::support::{TestEnv, seed_body};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 

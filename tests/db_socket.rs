@@ -2,11 +2,9 @@
 //! (a 40 ms delayed-ACK stall on every large statement otherwise: docs/benchmarks.md).
 //! Alone in its test binary, so no other test's connections are counted.
 
-mod common;
-
 #[tokio::test]
 async fn pool_connections_have_tcp_nodelay() {
-    let env = common::TestEnv::new().await;
+    let env = case_intake_harness::support::TestEnv::new().await;
     let port = case_intake::db::connect_options(&env.settings.database)
         .unwrap()
         .get_port();

@@ -1,9 +1,7 @@
 //! The whole path over the real broker: publish an intake on RabbitMQ, the worker processes it,
 //! the event arrives on the events exchange.
 
-mod common;
-
-use common::{Broker, RunningWorker, TestEnv, seed_body, token_header};
+use case_intake_harness::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
 use serde_json::json;
 
 #[tokio::test]

@@ -1,9 +1,7 @@
 //! Hostile envelopes through the real broker: every AMQP property and header the pipeline
 //! reads gets a stable outcome, and intake goes on behind each of them.
 
-mod common;
-
-use common::{Broker, RunningWorker, TestEnv, seed_body, token_header};
+use case_intake_harness::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::Value;

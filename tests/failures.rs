@@ -1,12 +1,10 @@
 //! Failure handling against the real services: replay of failed intakes, the delayed retry
 //! queue, `retries_exhausted`, the dead-letter consumer, retention, configuration errors.
 
-mod common;
-
 use case_intake::error::ErrorCode;
 use case_intake::failed::{self, Filter};
 use case_intake::window::Outcome;
-use common::{Broker, RunningWorker, TestEnv, seed_body, token_header};
+use case_intake_harness::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use serde_json::json;

@@ -1,12 +1,10 @@
 //! The HTTP surface over real HTTP: liveness, readiness, metrics and the counties endpoint.
 
-mod common;
-
 use std::sync::Arc;
 
 use case_intake::http::{HttpState, serve};
 use case_intake::metrics::{ConsumerState, Metrics};
-use common::{Broker, TestEnv, seed_body, token_header};
+use case_intake_harness::support::{Broker, TestEnv, seed_body, token_header};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 

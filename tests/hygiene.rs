@@ -3,12 +3,10 @@
 //! decided on the first delivery; control characters are escaped wherever a failed intake is
 //! shown.
 
-mod common;
-
 use case_intake::error::ErrorCode;
 use case_intake::failed::{self, Filter};
 use case_intake::window::Outcome;
-use common::{Broker, RunningWorker, TestEnv, token_header};
+use case_intake_harness::support::{Broker, RunningWorker, TestEnv, token_header};
 use serde_json::{Value, json};
 
 /// SSNs of the test body, each in a different place; no two share their first five digits.

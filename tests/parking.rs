@@ -3,13 +3,11 @@
 //! session on every delivery; the intake queue's and the dead-letter queue's delivery limits
 //! move it to the parking queue, and every other message keeps flowing.
 
-mod common;
-
 use std::time::Duration;
 
 use case_intake::parked::{Client, FieldValue, Headers, Properties, Table};
 use case_intake::topology::{dead_letter_queue, parked_queue};
-use common::{Broker, RunningWorker, TestEnv, seed_body, token_header};
+use case_intake_harness::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 

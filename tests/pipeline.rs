@@ -1,11 +1,9 @@
 //! The window pipeline against the real PostgreSQL: household rules, idempotency, tenancy,
 //! failures and the invariants under concurrent windows.
 
-mod common;
-
 use case_intake::error::ErrorCode;
 use case_intake::window::Outcome;
-use common::{TestEnv, seed_body};
+use case_intake_harness::support::{TestEnv, seed_body};
 use serde_json::{Value, json};
 
 fn created(o: &Outcome) -> (i64, i64) {

@@ -1,13 +1,11 @@
 //! Privacy and tenant isolation: sealed payloads, key rotation, and what one network can learn
 //! about another (nothing).
 
-mod common;
-
 use case_intake::crypto::{Purpose, Vault};
 use case_intake::error::ErrorCode;
 use case_intake::failed::{self, Filter};
 use case_intake::window::Outcome;
-use common::{TestEnv, seed_body};
+use case_intake_harness::support::{TestEnv, seed_body};
 use secrecy::SecretString;
 use serde_json::json;
 use sqlx::Row;

@@ -2,8 +2,6 @@
 //! once, rows the broker does not take are put back and published later, and two relays on
 //! one outbox publish each row exactly once.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +9,7 @@ use case_intake::metrics::Metrics;
 use case_intake::relay::{Handoff, Relay};
 use case_intake::window::{self, Outcome};
 use case_intake::worker;
-use common::{Broker, TestEnv, amqp_connect, seed_body};
+use case_intake_harness::support::{Broker, TestEnv, amqp_connect, seed_body};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio::task::JoinHandle;
@@ -63,7 +61,11 @@ impl RunningRelay {
 
 async fn declare_events_exchange(env: &TestEnv) {
     let conn = amqp_connect().await.unwrap();
-    common::declare_events_exchange(&conn.create_channel().await.unwrap(), env).await;
+    case_intake_harness::support::declare_events_exchange(
+        &conn.create_channel().await.unwrap(),
+        env,
+    )
+    .await;
     let _ = conn.close(200, "OK".into()).await;
 }
 
@@ -170,7 +172,7 @@ async fn two_relays_on_one_outbox_publish_each_row_exactly_once() {
     )
     .await
     .unwrap();
-    common::bind_to_events(&ch, &tap, &env).await;
+    case_intake_harness::support::bind_to_events(&ch, &tap, &env).await;
     // 1,200 events committed while no relay runs: more than two batches for each relay.
     for chunk in 0..12 {
         let window: Vec<_> = (0..100)

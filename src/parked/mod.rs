@@ -342,7 +342,9 @@ impl Parked {
         result?;
         Ok(Listing {
             queue,
-            total,
+            // The count is a snapshot (a quorum queue's requeues settle through its log): never
+            // report fewer than were shown.
+            total: total.max(messages.len() as u32),
             messages,
         })
     }

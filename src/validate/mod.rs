@@ -204,9 +204,10 @@ mod tests {
         NaiveDate::from_ymd_opt(y, m, d).unwrap()
     }
 
-    /// The seed's example body, naming household 1001 and county 1.
+    /// The seed's example body (the harness's fixture), naming household 1001 and county 1.
     fn seed() -> Map<String, Value> {
-        let mut v = crate::example::seed_body(1);
+        let mut v: Value =
+            serde_json::from_str(include_str!("../../harness/fixtures/seed-body.json")).unwrap();
         v["household"] = json!(1001);
         match v {
             Value::Object(m) => m,

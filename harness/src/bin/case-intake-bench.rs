@@ -928,7 +928,7 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 
 /// A valid body (the seed's example) for message `n`.
 fn base_body(n: &str, county: i64) -> Value {
-    let mut body = case_intake::example::seed_body(county);
+    let mut body = case_intake_harness::fixtures::seed_body(county);
     body["first_name"] = json!(format!("Person{n}"));
     body["head_of_household"] = json!(true);
     body

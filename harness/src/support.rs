@@ -1,6 +1,5 @@
 //! Test harness: each test gets its own database and its own queue and exchange names on the
 //! real local PostgreSQL and RabbitMQ, so tests run in parallel and leave nothing behind.
-#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -21,8 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// A valid intake body: the seed's example.
-#[allow(unused_imports)]
-pub use case_intake::example::seed_body;
+pub use crate::fixtures::seed_body;
 
 pub struct TestEnv {
     pub settings: Settings,
@@ -30,6 +28,9 @@ pub struct TestEnv {
     pub db_name: String,
     pub a: Provisioned,
     pub b: Provisioned,
+    /// Set by [`TestEnv::cleanup`]; otherwise (a test that panicked) `Drop` removes what the
+    /// test made, so no run leaves databases or queues behind.
+    cleaned: bool,
 }
 
 fn suffix() -> String {
@@ -75,6 +76,7 @@ impl TestEnv {
             db_name,
             a,
             b,
+            cleaned: false,
         }
     }
 
@@ -121,37 +123,64 @@ impl TestEnv {
     }
 
     /// Drops the database and the broker objects of this test.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
         self.pool.close().await;
-        let admin = PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .unwrap();
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db_name);
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&admin)
-            .await
-            .unwrap();
-        if let Ok(conn) = amqp_connect().await {
-            let ch = conn.create_channel().await.unwrap();
-            for q in [
-                self.settings.amqp.intake_queue.clone(),
-                case_intake::topology::dead_letter_queue(&self.settings.amqp.intake_queue),
-                case_intake::topology::retry_queue(&self.settings.amqp.intake_queue),
-                case_intake::topology::parked_queue(&self.settings.amqp.intake_queue),
-            ] {
-                let _ = ch
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-            }
-            let _ = ch
-                .exchange_delete(
-                    self.settings.amqp.events_exchange.as_str().into(),
-                    lapin::options::ExchangeDeleteOptions::default(),
-                )
-                .await;
-            let _ = conn.close(200, "OK".into()).await;
-        }
+        remove_test_objects(&self.db_name, &self.settings).await;
+        self.cleaned = true;
     }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // Drop cannot await and may run inside the test's runtime: remove from a thread with a
+        // runtime of its own.
+        let (db_name, settings) = (self.db_name.clone(), self.settings.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for the cleanup");
+            rt.block_on(remove_test_objects(&db_name, &settings));
+        })
+        .join();
+    }
+}
+
+/// Drops a test's database (closing its connections) and deletes its queues and exchange.
+async fn remove_test_objects(db_name: &str, settings: &Settings) {
+    if let Ok(admin) = PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
+        let sql = format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)");
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await;
+        admin.close().await;
+    }
+    let Ok(conn) = amqp_connect().await else {
+        return;
+    };
+    if let Ok(ch) = conn.create_channel().await {
+        let intake = &settings.amqp.intake_queue;
+        for q in [
+            intake.clone(),
+            case_intake::topology::dead_letter_queue(intake),
+            case_intake::topology::retry_queue(intake),
+            case_intake::topology::parked_queue(intake),
+        ] {
+            let _ = ch
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = ch
+            .exchange_delete(
+                settings.amqp.events_exchange.as_str().into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = conn.close(200, "OK".into()).await;
 }
 
 pub async fn amqp_connect() -> lapin::Result<Connection> {

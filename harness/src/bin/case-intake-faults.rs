@@ -928,7 +928,7 @@ async fn open_publisher() -> Res<(Connection, Channel)> {
 
 /// An intake body: the seed's example with a distinct first name.
 fn intake_body(kind: Kind, seq: usize, county: i64, household: Option<i64>) -> Vec<u8> {
-    let mut body = case_intake::example::seed_body(county);
+    let mut body = case_intake_harness::fixtures::seed_body(county);
     body["first_name"] = json!(format!("Fault{seq}"));
     body["email"] = json!(format!("fault{seq}@example.org"));
     body["head_of_household"] = json!(kind == Kind::HeadReplacement);
