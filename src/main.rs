@@ -8,9 +8,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use case_intake::parked::{self, Parked};
-use case_intake::settings::Settings;
-use case_intake::{db, failed, provision, stack, telemetry, worker};
+use case_intake::admin::parked::{self, Parked};
+use case_intake::admin::{failed, provision};
+use case_intake::app::{supervisor, telemetry};
+use case_intake::infra::settings::Settings;
+use case_intake::infra::{db, stack};
 
 #[derive(Parser)]
 #[command(name = "case-intake", version, about)]
@@ -161,7 +163,7 @@ struct Selection {
 impl Selection {
     fn filter(&self, include_resolved: bool, limit: i64) -> Result<failed::Filter, String> {
         if let Some(code) = &self.code
-            && case_intake::error::ErrorCode::parse(code).is_none()
+            && case_intake::intake::error::ErrorCode::parse(code).is_none()
         {
             return Err(format!("unknown error code {code:?}"));
         }
@@ -298,7 +300,7 @@ async fn dispatch(command: Command, settings: Settings) -> Result<(), Box<dyn st
             command: FailedCommand::Show { key, network },
         } => {
             let pool = db::migrate(&settings.database).await?;
-            let vault = case_intake::crypto::Vault::from_settings(&settings.crypto)?;
+            let vault = case_intake::store::crypto::Vault::from_settings(&settings.crypto)?;
             let rows = failed::show(&pool, &vault, &key, network).await?;
             if rows.is_empty() {
                 return Err(format!("no failed intake with key {key:?}").into());
@@ -315,7 +317,7 @@ async fn dispatch(command: Command, settings: Settings) -> Result<(), Box<dyn st
             }
             let pool = db::migrate(&settings.database).await?;
             let filter = select.filter(false, 0)?;
-            let ctx = worker::window_context(&settings);
+            let ctx = supervisor::window_context(&settings);
             let report = failed::replay(&pool, &ctx, &filter, settings.intake.window_size, |r| {
                 eprintln!(
                     "replayed {} (created {}, failed again {}, already done {}, skipped {})",
@@ -339,8 +341,8 @@ async fn dispatch(command: Command, settings: Settings) -> Result<(), Box<dyn st
         }
         Command::RotateKey => {
             let pool = db::migrate(&settings.database).await?;
-            let vault = case_intake::crypto::Vault::from_settings(&settings.crypto)?;
-            let done = case_intake::rotate::rotate(&pool, &vault, |r| {
+            let vault = case_intake::store::crypto::Vault::from_settings(&settings.crypto)?;
+            let done = case_intake::admin::rotate::rotate(&pool, &vault, |r| {
                 eprintln!("re-sealed {} SSNs, {} payloads", r.ssns, r.payloads)
             })
             .await?;
@@ -462,8 +464,8 @@ async fn parked_command(
 async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = CancellationToken::new();
     let timeout = Duration::from_millis(settings.shutdown.timeout_ms);
-    let worker = tokio::spawn(worker::run(settings, shutdown.clone()));
-    worker::wait_for_signal().await?;
+    let worker = tokio::spawn(supervisor::run(settings, shutdown.clone()));
+    supervisor::wait_for_signal().await?;
     tracing::info!("shutdown requested: finishing in-flight intakes");
     shutdown.cancel();
     tokio::select! {
@@ -471,7 +473,7 @@ async fn run(settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
         _ = tokio::time::sleep(timeout) => {
             tracing::warn!("shutdown timeout reached; exiting with work handed back to the broker");
         }
-        _ = worker::wait_for_signal() => {
+        _ = supervisor::wait_for_signal() => {
             tracing::warn!("second signal: exiting now; unacked intakes will be redelivered");
             std::process::exit(130);
         }

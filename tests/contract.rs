@@ -6,15 +6,15 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use case_intake::auth::TOKEN_HEADERS;
-use case_intake::delivery::{RETRIES_HEADER, RETRIES_TAG_HEADER};
-use case_intake::envelope::MAX_KEY_CHARS;
-use case_intake::error::{ALL_CODES, ErrorCode, IntakeError};
-use case_intake::event::{CASE_CREATED, CASE_FAILED, CONTENT_TYPE};
-use case_intake::failed::{self, Filter};
-use case_intake::settings::Settings;
-use case_intake::validate::validate;
-use case_intake::window::Outcome;
+use case_intake::admin::failed::{self, Filter};
+use case_intake::infra::settings::Settings;
+use case_intake::intake::delivery::{RETRIES_HEADER, RETRIES_TAG_HEADER};
+use case_intake::intake::envelope::MAX_KEY_CHARS;
+use case_intake::intake::error::{ALL_CODES, ErrorCode, IntakeError};
+use case_intake::intake::event::{CASE_CREATED, CASE_FAILED, CONTENT_TYPE};
+use case_intake::intake::validate::validate;
+use case_intake::intake::window::Outcome;
+use case_intake::store::auth::TOKEN_HEADERS;
 use case_intake_harness::support::{TestEnv, seed_body};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -286,11 +286,15 @@ fn the_documented_names_are_the_service_defaults() {
     assert!(!intake_headers.is_valid(&json!({"authorization": "Token a", RETRIES_HEADER: 1})));
     let token = c.named("TokenHeader");
     for ok in ["Token abc", "  token   abc  ", "TOKEN abc"] {
-        assert!(case_intake::auth::parse_token_header(ok).is_some() && token.is_valid(&json!(ok)));
+        assert!(
+            case_intake::store::auth::parse_token_header(ok).is_some()
+                && token.is_valid(&json!(ok))
+        );
     }
     for bad in ["Bearer abc", "Token", "Token a b", "abc"] {
         assert!(
-            case_intake::auth::parse_token_header(bad).is_none() && !token.is_valid(&json!(bad)),
+            case_intake::store::auth::parse_token_header(bad).is_none()
+                && !token.is_valid(&json!(bad)),
             "{bad}"
         );
     }
@@ -457,7 +461,7 @@ fn raw(
     key: &str,
     token: Option<&str>,
     body: &[u8],
-) -> case_intake::envelope::Envelope {
+) -> case_intake::intake::envelope::Envelope {
     let mut e = env.envelope(key, token, &json!({}));
     e.body = body.to_vec();
     e
@@ -527,11 +531,11 @@ async fn real_events_match_the_event_schemas() {
     // id with them (under its key), as `delivery::envelope_of` reads them.
     let mut bad_key = env.envelope("unused", t, &seed_body(county));
     bad_key.message_key = None;
-    bad_key.forced_failure = Some(case_intake::envelope::unsafe_text("message_id"));
+    bad_key.forced_failure = Some(case_intake::intake::envelope::unsafe_text("message_id"));
     let mut bad_correlation = env.envelope("bad-correlation", t, &seed_body(county));
     bad_correlation.correlation_id = None;
     bad_correlation.forced_failure =
-        case_intake::envelope::check_correlation_id(Some("c\u{1b}[31m")).err();
+        case_intake::intake::envelope::check_correlation_id(Some("c\u{1b}[31m")).err();
     assert!(bad_correlation.forced_failure.is_some());
     let mut exhausted = env.envelope("exhausted", t, &seed_body(county));
     exhausted.forced_failure = Some(IntakeError::new(
@@ -572,7 +576,7 @@ async fn real_events_match_the_event_schemas() {
     let missing_county: i64 = 990_001;
     let body = with(seed_body(county), "street_county", json!(missing_county));
     env.process(&[env.envelope("replayed", t, &body)]).await;
-    let ctx = case_intake::worker::window_context(&env.settings);
+    let ctx = case_intake::app::supervisor::window_context(&env.settings);
     let only = Filter {
         key: Some("replayed".into()),
         limit: 0,

@@ -5,7 +5,7 @@
 #[tokio::test]
 async fn pool_connections_have_tcp_nodelay() {
     let env = case_intake_harness::support::TestEnv::new().await;
-    let port = case_intake::db::connect_options(&env.settings.database)
+    let port = case_intake::infra::db::connect_options(&env.settings.database)
         .unwrap()
         .get_port();
     let mut held = Vec::new();
@@ -19,7 +19,7 @@ async fn pool_connections_have_tcp_nodelay() {
         held.push(conn);
     }
 
-    let (with, without) = case_intake::nodelay::census(port);
+    let (with, without) = case_intake::infra::nodelay::census(port);
 
     assert!(
         with >= 3,

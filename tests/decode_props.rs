@@ -1,9 +1,9 @@
 //! Property tests: no body, however broken, makes decoding or validation panic, and every
 //! failure carries one of the stable error codes.
 
-use case_intake::decode::{BodyLimits, decode_body, payload_hash};
-use case_intake::error::{ALL_CODES, ErrorCode, IntakeError};
-use case_intake::validate::validate;
+use case_intake::intake::decode::{BodyLimits, decode_body, payload_hash};
+use case_intake::intake::error::{ALL_CODES, ErrorCode, IntakeError};
+use case_intake::intake::validate::validate;
 use chrono::NaiveDate;
 use proptest::prelude::*;
 use serde_json::{Map, Value};

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use case_intake::settings::{ENV_PREFIX, Settings};
-use case_intake::topology;
+use case_intake::infra::settings::{ENV_PREFIX, Settings};
+use case_intake::outbox::topology;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -349,7 +349,7 @@ fn the_broker_config_bounds_messages_and_frames_as_the_service_needs() {
     // The frames the io thread's stack is sized for.
     assert_eq!(
         broker_conf("frame_max"),
-        u64::from(case_intake::stack::FRAME_MAX)
+        u64::from(case_intake::infra::stack::FRAME_MAX)
     );
 }
 
@@ -651,7 +651,7 @@ fn production_pods_seal_with_their_own_keys_from_the_secret() {
         let active = env
             .get("CASE_INTAKE__CRYPTO__ACTIVE_KEY")
             .unwrap_or_else(|| panic!("{name}: no active key set"));
-        assert_ne!(active, case_intake::crypto::DEV_KEY_ID, "{name}");
+        assert_ne!(active, case_intake::store::crypto::DEV_KEY_ID, "{name}");
         let keys_file = env
             .get("CASE_INTAKE__CRYPTO__KEYS_FILE")
             .unwrap_or_else(|| panic!("{name}: no keys file set"));

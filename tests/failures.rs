@@ -1,9 +1,9 @@
 //! Failure handling against the real services: replay of failed intakes, the delayed retry
 //! queue, `retries_exhausted`, the dead-letter consumer, retention, configuration errors.
 
-use case_intake::error::ErrorCode;
-use case_intake::failed::{self, Filter};
-use case_intake::window::Outcome;
+use case_intake::admin::failed::{self, Filter};
+use case_intake::intake::error::ErrorCode;
+use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
@@ -38,7 +38,7 @@ async fn replay_succeeds_once_the_missing_county_exists() {
     .unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].message_key.as_deref(), Some("needs-county"));
-    let vault = case_intake::crypto::Vault::from_settings(&env.settings.crypto).unwrap();
+    let vault = case_intake::store::crypto::Vault::from_settings(&env.settings.crypto).unwrap();
     let shown = failed::show(&env.pool, &vault, "needs-county", Some(env.a.network_id))
         .await
         .unwrap();
@@ -53,7 +53,7 @@ async fn replay_succeeds_once_the_missing_county_exists() {
     );
 
     // Replaying before the fix fails again, as attempt 2.
-    let ctx = case_intake::worker::window_context(&env.settings);
+    let ctx = case_intake::app::supervisor::window_context(&env.settings);
     let all = Filter {
         limit: 0,
         ..Filter::default()
@@ -131,7 +131,7 @@ async fn replaying_a_key_that_has_since_succeeded_creates_nothing() {
     let out = env.process(&[env_ok]).await;
     assert!(matches!(out[0], Outcome::Created { .. }));
     // The failed intake carries the wrong token's hash, so replaying it fails again...
-    let ctx = case_intake::worker::window_context(&env.settings);
+    let ctx = case_intake::app::supervisor::window_context(&env.settings);
     let by_key = Filter {
         key: Some("later-ok".into()),
         ..Filter::default()
@@ -142,7 +142,7 @@ async fn replaying_a_key_that_has_since_succeeded_creates_nothing() {
     assert_eq!((r.selected, r.failed), (1, 1));
     // ...and a failed intake replayed with the right caller finds the existing case.
     sqlx::query("UPDATE failed_intakes SET token_hash = $1 WHERE resolved_at IS NULL")
-        .bind(case_intake::auth::hash_token(&env.a.token).to_vec())
+        .bind(case_intake::store::auth::hash_token(&env.a.token).to_vec())
         .execute(&env.pool)
         .await
         .unwrap();
@@ -207,7 +207,7 @@ async fn a_lock_past_the_timeout_goes_through_the_retry_queue_and_then_succeeds(
         )
         .await;
     // Wait until the intake has been through the retry queue at least once, then release.
-    let retried_queue = case_intake::topology::retry_queue(&env.settings.amqp.intake_queue);
+    let retried_queue = case_intake::outbox::topology::retry_queue(&env.settings.amqp.intake_queue);
     let ch = broker.conn.create_channel().await.unwrap();
     loop {
         let q = ch
@@ -271,7 +271,7 @@ async fn a_lock_that_never_ends_fails_the_intake_with_retries_exhausted() {
     lock.close().await.unwrap();
     worker.stop().await;
     // Kept for replay, which succeeds now that the lock is gone.
-    let ctx = case_intake::worker::window_context(&env.settings);
+    let ctx = case_intake::app::supervisor::window_context(&env.settings);
     let code = Filter {
         code: Some("retries_exhausted".into()),
         ..Filter::default()
@@ -292,7 +292,7 @@ async fn dead_lettered_intakes_become_failed_intakes_unless_already_done() {
         .process(&[env.envelope("done", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
         .await;
     let worker = RunningWorker::start(&env.settings);
-    let dead = case_intake::topology::dead_letter_queue(&env.settings.amqp.intake_queue);
+    let dead = case_intake::outbox::topology::dead_letter_queue(&env.settings.amqp.intake_queue);
     let (h, v) = token_header(&env.a.token);
     let mut headers = lapin::types::FieldTable::default();
     headers.insert(
@@ -358,7 +358,9 @@ async fn retention_purges_old_keys_and_resolved_failures_but_not_what_the_outbox
     .execute(&env.pool)
     .await
     .unwrap();
-    let purged = case_intake::retention::purge(&env.pool, 30).await.unwrap();
+    let purged = case_intake::admin::retention::purge(&env.pool, 30)
+        .await
+        .unwrap();
     assert_eq!(purged.outcomes, 2);
     assert_eq!(purged.failed, 1);
     let left: Vec<String> =
@@ -390,7 +392,7 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
         "[intake]\nwindow_size = 0\n[amqp]\nurl = \"http://nope\"\n",
     )
     .unwrap();
-    let err = case_intake::settings::Settings::load(Some(&file))
+    let err = case_intake::infra::settings::Settings::load(Some(&file))
         .unwrap_err()
         .to_string();
     assert!(
@@ -399,19 +401,19 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
     );
     assert!(err.contains("amqp.url must start with amqp://"), "{err}");
     std::fs::write(&file, "[intake]\nwindw_size = 3\n").unwrap();
-    let err = case_intake::settings::Settings::load(Some(&file))
+    let err = case_intake::infra::settings::Settings::load(Some(&file))
         .unwrap_err()
         .to_string();
     assert!(err.contains("windw_size"), "{err}");
     // Keys of earlier versions are refused, not silently ignored (README, configuration).
     std::fs::write(&file, "[outbox]\nlease_ms = 30000\n").unwrap();
-    let err = case_intake::settings::Settings::load(Some(&file))
+    let err = case_intake::infra::settings::Settings::load(Some(&file))
         .unwrap_err()
         .to_string();
     assert!(err.contains("lease_ms"), "{err}");
     // Without its sweep the relay would never find rows no window handed it.
     std::fs::write(&file, "[outbox]\npoll_interval_ms = 0\n").unwrap();
-    let err = case_intake::settings::Settings::load(Some(&file))
+    let err = case_intake::infra::settings::Settings::load(Some(&file))
         .unwrap_err()
         .to_string();
     assert!(

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use case_intake::http::{HttpState, serve};
-use case_intake::metrics::{ConsumerState, Metrics};
+use case_intake::app::http::{HttpState, serve};
+use case_intake::infra::metrics::{ConsumerState, Metrics};
 use case_intake_harness::support::{Broker, TestEnv, seed_body, token_header};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -80,7 +80,7 @@ async fn probes_follow_the_consumer_and_metrics_count_outcomes() {
 
     let mut broker = Broker::connect(&env).await;
     let worker_stop = CancellationToken::new();
-    let worker = tokio::spawn(case_intake::worker::run_with(
+    let worker = tokio::spawn(case_intake::app::supervisor::run_with(
         env.settings.clone(),
         worker_stop.clone(),
         metrics.clone(),
@@ -185,7 +185,7 @@ async fn counties_endpoint_lists_only_the_callers_network() {
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unauthorized");
     }
-    case_intake::provision::revoke_key(&env.pool, env.a.api_key_id)
+    case_intake::admin::provision::revoke_key(&env.pool, env.a.api_key_id)
         .await
         .unwrap();
     let res = client

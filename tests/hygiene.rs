@@ -3,9 +3,9 @@
 //! decided on the first delivery; control characters are escaped wherever a failed intake is
 //! shown.
 
-use case_intake::error::ErrorCode;
-use case_intake::failed::{self, Filter};
-use case_intake::window::Outcome;
+use case_intake::admin::failed::{self, Filter};
+use case_intake::intake::error::ErrorCode;
+use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{Broker, RunningWorker, TestEnv, token_header};
 use serde_json::{Value, json};
 
@@ -47,7 +47,7 @@ fn assert_no_ssn(what: &str, text: &str) {
 fn assert_no_raw_controls(what: &str, text: &str) {
     let bad = text
         .chars()
-        .find(|&c| (c.is_control() && c != '\n') || case_intake::redact::is_invisible(c));
+        .find(|&c| (c.is_control() && c != '\n') || case_intake::infra::redact::is_invisible(c));
     assert!(bad.is_none(), "{what} holds {bad:?}: {text}");
 }
 
@@ -109,7 +109,7 @@ async fn ssns_anywhere_in_a_body_are_masked_in_the_event_the_stored_error_and_fa
     assert_no_ssn("intake_outcomes.event", &stored_event);
 
     // `failed show` prints exactly this JSON; `failed list --json` the listed rows.
-    let vault = case_intake::crypto::Vault::from_settings(&env.settings.crypto).unwrap();
+    let vault = case_intake::store::crypto::Vault::from_settings(&env.settings.crypto).unwrap();
     let shown = failed::show(&env.pool, &vault, "hygiene-ssn", None)
         .await
         .unwrap();

@@ -5,8 +5,8 @@
 use std::process::Output;
 use std::time::Duration;
 
-use case_intake::parked::{Client, FieldValue, Headers, Properties, Table, decode_value};
-use case_intake::topology::parked_queue;
+use case_intake::admin::parked::{Client, FieldValue, Headers, Properties, Table, decode_value};
+use case_intake::outbox::topology::parked_queue;
 use serde_json::Value;
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

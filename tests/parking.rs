@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use case_intake::parked::{Client, FieldValue, Headers, Properties, Table};
-use case_intake::topology::{dead_letter_queue, parked_queue};
+use case_intake::admin::parked::{Client, FieldValue, Headers, Properties, Table};
+use case_intake::outbox::topology::{dead_letter_queue, parked_queue};
 use case_intake_harness::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";

@@ -1,8 +1,8 @@
 //! The window pipeline against the real PostgreSQL: household rules, idempotency, tenancy,
 //! failures and the invariants under concurrent windows.
 
-use case_intake::error::ErrorCode;
-use case_intake::window::Outcome;
+use case_intake::intake::error::ErrorCode;
+use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{TestEnv, seed_body};
 use serde_json::{Value, json};
 
@@ -269,7 +269,7 @@ async fn unauthenticated_intakes_fail_and_revocation_applies_to_the_next_message
     assert_eq!(failed(&out[1]), ErrorCode::Unauthorized);
     created(&out[2]);
     assert!(
-        case_intake::provision::revoke_key(&env.pool, env.a.api_key_id)
+        case_intake::admin::provision::revoke_key(&env.pool, env.a.api_key_id)
             .await
             .unwrap()
     );
@@ -414,9 +414,9 @@ async fn created_event_holds_every_field_with_the_ssn_masked() {
     let hmac: Vec<u8> = row.get(2);
     let last4: String = row.get(3);
     assert!(!sealed.windows(9).any(|w| w == b"111223333"));
-    let vault = case_intake::crypto::Vault::from_settings(&env.settings.crypto).unwrap();
+    let vault = case_intake::store::crypto::Vault::from_settings(&env.settings.crypto).unwrap();
     let opened = vault
-        .open(case_intake::crypto::Purpose::Ssn, &key_id, &sealed)
+        .open(case_intake::store::crypto::Purpose::Ssn, &key_id, &sealed)
         .unwrap();
     assert_eq!(opened, b"111223333");
     assert_eq!(hmac, vault.ssn_hmac("111223333").to_vec());
@@ -469,15 +469,15 @@ async fn concurrent_windows_on_hot_households_keep_exactly_one_head() {
                         env.envelope(&key, Some(&token), &b)
                     })
                     .collect();
-                let ctx = case_intake::worker::window_context(&env.settings);
+                let ctx = case_intake::app::supervisor::window_context(&env.settings);
                 // Lock waits between windows are expected; retry transient errors as the
                 // consumer does.
                 loop {
-                    match case_intake::window::process(&env.pool, &ctx, &window).await {
+                    match case_intake::intake::window::process(&env.pool, &ctx, &window).await {
                         Ok(_) => break,
                         Err(e) => assert_eq!(
-                            case_intake::classify::classify(&e),
-                            case_intake::classify::ErrorClass::Transient,
+                            case_intake::intake::classify::classify(&e),
+                            case_intake::intake::classify::ErrorClass::Transient,
                             "{e}"
                         ),
                     }
@@ -531,10 +531,12 @@ async fn new_households_are_written_before_the_window_waits_for_a_household_lock
     ];
     let (pool, ctx) = (
         env.pool.clone(),
-        case_intake::worker::window_context(&env.settings),
+        case_intake::app::supervisor::window_context(&env.settings),
     );
     let window =
-        tokio::spawn(async move { case_intake::window::process(&pool, &ctx, &envelopes).await });
+        tokio::spawn(
+            async move { case_intake::intake::window::process(&pool, &ctx, &envelopes).await },
+        );
 
     // Wait (no time limit of our own: the statement and lock timeouts bound it) until the
     // window's session is blocked on the household lock.
@@ -612,10 +614,12 @@ async fn a_key_written_by_a_concurrent_window_meanwhile_reruns_the_window_and_cr
     ];
     let (pool, ctx) = (
         env.pool.clone(),
-        case_intake::worker::window_context(&env.settings),
+        case_intake::app::supervisor::window_context(&env.settings),
     );
     let window =
-        tokio::spawn(async move { case_intake::window::process(&pool, &ctx, &envelopes).await });
+        tokio::spawn(
+            async move { case_intake::intake::window::process(&pool, &ctx, &envelopes).await },
+        );
 
     // Wait until the window, at its end, waits for the other transaction's key.
     loop {

@@ -1,10 +1,10 @@
 //! Privacy and tenant isolation: sealed payloads, key rotation, and what one network can learn
 //! about another (nothing).
 
-use case_intake::crypto::{Purpose, Vault};
-use case_intake::error::ErrorCode;
-use case_intake::failed::{self, Filter};
-use case_intake::window::Outcome;
+use case_intake::admin::failed::{self, Filter};
+use case_intake::intake::error::ErrorCode;
+use case_intake::intake::window::Outcome;
+use case_intake::store::crypto::{Purpose, Vault};
 use case_intake_harness::support::{TestEnv, seed_body};
 use secrecy::SecretString;
 use serde_json::json;
@@ -45,7 +45,7 @@ async fn failed_payloads_are_sealed_and_keys_rotate() {
         .insert("2027".into(), SecretString::from("11".repeat(32)));
     env.settings.crypto.active_key = "2027".into();
     let vault = Vault::from_settings(&env.settings.crypto).unwrap();
-    let rotated = case_intake::rotate::rotate(&env.pool, &vault, |_| {})
+    let rotated = case_intake::admin::rotate::rotate(&env.pool, &vault, |_| {})
         .await
         .unwrap();
     assert_eq!((rotated.ssns, rotated.payloads), (1, 1));
@@ -76,7 +76,7 @@ async fn failed_payloads_are_sealed_and_keys_rotate() {
         .unwrap();
     assert_eq!(shown[0].payload["ss_number"], "*****3333");
     // A second rotation has nothing left to do.
-    let again = case_intake::rotate::rotate(&env.pool, &only_new, |_| {})
+    let again = case_intake::admin::rotate::rotate(&env.pool, &only_new, |_| {})
         .await
         .unwrap();
     assert_eq!((again.ssns, again.payloads), (0, 0));

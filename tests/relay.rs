@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use case_intake::metrics::Metrics;
-use case_intake::relay::{Handoff, Relay};
-use case_intake::window::{self, Outcome};
-use case_intake::worker;
+use case_intake::app::supervisor;
+use case_intake::infra::metrics::Metrics;
+use case_intake::intake::window::{self, Outcome};
+use case_intake::outbox::relay::{Handoff, Relay};
 use case_intake_harness::support::{Broker, TestEnv, amqp_connect, seed_body};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
@@ -100,7 +100,7 @@ async fn rows_handed_over_by_a_window_are_published_without_a_sweep() {
     // A window that hands its rows over: its event can only leave through the handoff.
     let ctx = window::WindowContext {
         handoff: Some(relay.handoff.clone()),
-        ..worker::window_context(&env.settings)
+        ..supervisor::window_context(&env.settings)
     };
     let out = window::process(
         &env.pool,

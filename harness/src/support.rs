@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use case_intake::provision::{self, Provisioned};
-use case_intake::settings::Settings;
-use case_intake::window::{self, Outcome};
-use case_intake::{db, envelope::Envelope, worker};
+use case_intake::admin::provision::{self, Provisioned};
+use case_intake::app::supervisor;
+use case_intake::infra::db;
+use case_intake::infra::settings::Settings;
+use case_intake::intake::envelope::Envelope;
+use case_intake::intake::window::{self, Outcome};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
@@ -85,7 +87,7 @@ impl TestEnv {
         Envelope {
             message_key: Some(key.to_owned()),
             correlation_id: Some(format!("corr-{key}")),
-            token: token.map(case_intake::auth::hash_token),
+            token: token.map(case_intake::store::auth::hash_token),
             body: serde_json::to_vec(body).unwrap(),
             replay: None,
             oversize: None,
@@ -97,7 +99,7 @@ impl TestEnv {
     pub async fn process(&self, envelopes: &[Envelope]) -> Vec<Outcome> {
         window::process(
             &self.pool,
-            &worker::window_context(&self.settings),
+            &supervisor::window_context(&self.settings),
             envelopes,
         )
         .await
@@ -165,9 +167,9 @@ async fn remove_test_objects(db_name: &str, settings: &Settings) {
         let intake = &settings.amqp.intake_queue;
         for q in [
             intake.clone(),
-            case_intake::topology::dead_letter_queue(intake),
-            case_intake::topology::retry_queue(intake),
-            case_intake::topology::parked_queue(intake),
+            case_intake::outbox::topology::dead_letter_queue(intake),
+            case_intake::outbox::topology::retry_queue(intake),
+            case_intake::outbox::topology::parked_queue(intake),
         ] {
             let _ = ch
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -200,7 +202,7 @@ pub struct RunningWorker {
 impl RunningWorker {
     pub fn start(settings: &Settings) -> Self {
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(worker::run(settings.clone(), shutdown.clone()));
+        let handle = tokio::spawn(supervisor::run(settings.clone(), shutdown.clone()));
         Self { shutdown, handle }
     }
 
@@ -268,7 +270,7 @@ impl Broker {
     /// Declares the intake queue exactly as the worker does (idempotent).
     pub async fn declare_topology(&self, env: &TestEnv) {
         let ch = self.conn.create_channel().await.unwrap();
-        case_intake::topology::declare(&ch, &env.settings.amqp)
+        case_intake::outbox::topology::declare(&ch, &env.settings.amqp)
             .await
             .unwrap();
     }

@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use case_intake::crypto::{Purpose, Vault};
-use case_intake::provision::{self, Provisioned};
-use case_intake::settings::Settings;
-use case_intake::{db, topology, worker};
+use case_intake::admin::provision::{self, Provisioned};
+use case_intake::app::supervisor;
+use case_intake::infra::db;
+use case_intake::infra::settings::Settings;
+use case_intake::outbox::topology;
+use case_intake::store::crypto::{Purpose, Vault};
 use clap::Parser;
 use futures_util::StreamExt;
 use lapin::options::{
@@ -49,7 +51,7 @@ struct Args {
     /// Worker processes (or in-process workers with --in-process).
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Run `case_intake::worker::run` inside this process instead of spawning `case-intake`.
+    /// Run `case_intake::app::supervisor::run` inside this process instead of spawning `case-intake`.
     #[arg(long)]
     in_process: bool,
     /// intake.window_size of the workers.
@@ -372,7 +374,7 @@ fn toml_of(overrides: &[(String, String, String)]) -> String {
 fn env_name(section: &str, key: &str) -> String {
     format!(
         "{}__{}__{}",
-        case_intake::settings::ENV_PREFIX,
+        case_intake::infra::settings::ENV_PREFIX,
         section.to_uppercase(),
         key.to_uppercase()
     )
@@ -391,7 +393,7 @@ async fn run(args: Args) -> Result<bool> {
     {
         let stop = stop.clone();
         tokio::spawn(async move {
-            if worker::wait_for_signal().await.is_ok() {
+            if supervisor::wait_for_signal().await.is_ok() {
                 eprintln!("signal: stopping the workers and cleaning up");
                 stop.cancel();
             }
@@ -461,7 +463,7 @@ async fn run(args: Args) -> Result<bool> {
             &["Preload county".into()],
         )
         .await?;
-        let vault = case_intake::crypto::Vault::from_settings(&settings.crypto)?;
+        let vault = case_intake::store::crypto::Vault::from_settings(&settings.crypto)?;
         preload(&pool, &p, &vault, args.preload).await?;
     }
 
@@ -789,10 +791,10 @@ impl Workers {
         bin: &std::path::Path,
     ) -> Result<Self> {
         if args.in_process {
-            case_intake::telemetry::init(&settings.log);
+            case_intake::app::telemetry::init(&settings.log);
             let shutdown = CancellationToken::new();
             let handles = (0..args.workers)
-                .map(|_| tokio::spawn(worker::run(settings.clone(), shutdown.clone())))
+                .map(|_| tokio::spawn(supervisor::run(settings.clone(), shutdown.clone())))
                 .collect();
             return Ok(Workers::InProcess { shutdown, handles });
         }

@@ -33,8 +33,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use case_intake::settings::Settings;
-use case_intake::{db, provision, topology};
+use case_intake::admin::provision;
+use case_intake::infra::db;
+use case_intake::infra::settings::Settings;
+use case_intake::outbox::topology;
 
 type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
 

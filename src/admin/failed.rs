@@ -1,0 +1,386 @@
+//! Failed intakes for operators: listing, inspection (SSN masked) and replay under the
+//! original message key.
+//!
+//! What `list` and `show` return is for display: SSN-shaped text masked and control, bidi and
+//! invisible characters escaped (see [`redact`]) in payloads, errors, keys and correlation ids,
+//! so printing a hostile intake can neither leak an SSN nor drive the operator's terminal.
+//! Replay reads the stored values, never these.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+use crate::infra::redact;
+use crate::intake::classify::{ErrorClass, classify};
+use crate::intake::envelope::{Envelope, Oversize};
+use crate::intake::event::ReplayInfo;
+use crate::intake::window::{self, Outcome, WindowContext};
+use crate::store::auth::TokenHash;
+use crate::store::crypto::{CryptoError, Purpose, Vault};
+
+/// Which failed intakes a listing or a replay selects.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub key: Option<String>,
+    pub code: Option<String>,
+    pub network: Option<i64>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Include failed intakes already resolved by a replay.
+    pub include_resolved: bool,
+    pub limit: i64,
+}
+
+/// One failed intake as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedIntake {
+    pub id: i64,
+    pub network_id: Option<i64>,
+    pub message_key: Option<String>,
+    pub correlation_id: Option<String>,
+    pub error_code: String,
+    pub error: Value,
+    pub attempts: i32,
+    pub event_id: uuid::Uuid,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+const SELECT: &str = "SELECT id, network_id, message_key, correlation_id, error_code, error,
+                             attempts, event_id, created_at, resolved_at, payload_sealed,
+                             token_hash, payload_key_id, payload_truncated, payload_bytes,
+                             payload_sha256
+                        FROM failed_intakes
+                       WHERE ($1::text IS NULL OR message_key = $1)
+                         AND ($2::text IS NULL OR error_code = $2)
+                         AND ($3::bigint IS NULL OR network_id = $3)
+                         AND ($4::timestamptz IS NULL OR created_at >= $4)
+                         AND ($5::timestamptz IS NULL OR created_at < $5)
+                         AND ($6 OR resolved_at IS NULL)
+                         AND id > $7
+                         AND ($9::bigint IS NULL OR id <= $9)
+                       ORDER BY id
+                       LIMIT $8";
+
+/// A row with its payload, for replay and `show`.
+struct Stored {
+    intake: FailedIntake,
+    /// Sealed with `payload_key_id` (see `crypto`).
+    payload_sealed: Vec<u8>,
+    payload_key_id: String,
+    token_hash: Option<Vec<u8>>,
+    /// Set when only a prefix of an oversized body was stored: a replay is refused by size
+    /// again, as the whole body is gone.
+    oversize: Option<Oversize>,
+}
+
+impl Stored {
+    fn payload(&self, vault: &Vault) -> Result<Vec<u8>, CryptoError> {
+        vault.open(
+            Purpose::FailedPayload,
+            &self.payload_key_id,
+            &self.payload_sealed,
+        )
+    }
+}
+
+async fn select(
+    pool: &PgPool,
+    f: &Filter,
+    after: i64,
+    upto: Option<i64>,
+) -> Result<Vec<Stored>, sqlx::Error> {
+    let rows = sqlx::query(SELECT)
+        .bind(&f.key)
+        .bind(&f.code)
+        .bind(f.network)
+        .bind(f.since)
+        .bind(f.until)
+        .bind(f.include_resolved)
+        .bind(after)
+        .bind(f.limit)
+        .bind(upto)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Stored {
+                intake: FailedIntake {
+                    id: r.try_get(0)?,
+                    network_id: r.try_get(1)?,
+                    message_key: r.try_get(2)?,
+                    correlation_id: r.try_get(3)?,
+                    error_code: r.try_get(4)?,
+                    error: r.try_get(5)?,
+                    attempts: r.try_get(6)?,
+                    event_id: r.try_get(7)?,
+                    created_at: r.try_get(8)?,
+                    resolved_at: r.try_get(9)?,
+                },
+                payload_sealed: r.try_get(10)?,
+                token_hash: r.try_get(11)?,
+                payload_key_id: r.try_get(12)?,
+                oversize: oversize_of(r.try_get(13)?, r.try_get(14)?, r.try_get(15)?),
+            })
+        })
+        .collect()
+}
+
+fn oversize_of(truncated: bool, bytes: Option<i64>, sha256: Option<Vec<u8>>) -> Option<Oversize> {
+    if !truncated {
+        return None;
+    }
+    Some(Oversize {
+        bytes: usize::try_from(bytes?).ok()?,
+        sha256: sha256?.try_into().ok()?,
+    })
+}
+
+/// Lists failed intakes matching `f`, oldest first, in display form.
+pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<FailedIntake>, sqlx::Error> {
+    Ok(select(pool, f, 0, None)
+        .await?
+        .into_iter()
+        .map(|s| for_display(s.intake))
+        .collect())
+}
+
+/// A failed intake as shown to an operator: key and correlation id escaped (the envelope checks
+/// refuse control characters there now, but rows stored before them may hold some), the error
+/// redacted again (errors are redacted when built; older rows were not).
+fn for_display(mut intake: FailedIntake) -> FailedIntake {
+    let escape = |s: String| redact::escape_controls(&s).into_owned();
+    intake.message_key = intake.message_key.map(escape);
+    intake.correlation_id = intake.correlation_id.map(escape);
+    intake.error_code = escape(intake.error_code);
+    redact::redact_json(&mut intake.error);
+    intake
+}
+
+/// A failed intake with its payload, for `failed show`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shown {
+    #[serde(flatten)]
+    pub intake: FailedIntake,
+    /// The payload as JSON with every SSN-shaped value masked and control characters escaped,
+    /// or a note when it is not a JSON object.
+    pub payload: Value,
+}
+
+/// Every attempt recorded for a message key (its history) in display form, payloads with every
+/// SSN masked.
+pub async fn show(
+    pool: &PgPool,
+    vault: &Vault,
+    key: &str,
+    network: Option<i64>,
+) -> Result<Vec<Shown>, sqlx::Error> {
+    let f = Filter {
+        key: Some(key.to_owned()),
+        network,
+        include_resolved: true,
+        limit: 1000,
+        ..Filter::default()
+    };
+    Ok(select(pool, &f, 0, None)
+        .await?
+        .into_iter()
+        .map(|s| Shown {
+            payload: match s.payload(vault) {
+                Ok(p) => masked_payload(&p),
+                Err(e) => Value::String(format!("<payload cannot be opened: {e}>")),
+            },
+            intake: for_display(s.intake),
+        })
+        .collect())
+}
+
+/// The payload for display: JSON with every SSN-shaped key, string and number reduced to its
+/// last four digits (and the whole value of `ss_number`, `ssn` and the like), control
+/// characters escaped. A body that is not a JSON object is not shown at all (it could hold
+/// anything).
+pub fn masked_payload(payload: &[u8]) -> Value {
+    match serde_json::from_slice::<Value>(payload) {
+        Ok(mut object @ Value::Object(_)) => {
+            redact::redact_json(&mut object);
+            object
+        }
+        _ => Value::String(format!("<{} bytes, not a JSON object>", payload.len())),
+    }
+}
+
+/// Totals of a replay.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReplayReport {
+    pub selected: usize,
+    pub created: usize,
+    pub failed: usize,
+    /// The key had since got a case (or the same outcome): nothing new was created.
+    pub duplicate: usize,
+    /// Failed intakes without a message key cannot be replayed under it, nor those whose
+    /// payload key is no longer configured.
+    pub skipped: usize,
+}
+
+/// Replays the open failed intakes matching `f` in windows, calling `progress` after each.
+pub async fn replay(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    f: &Filter,
+    window_size: usize,
+    mut progress: impl FnMut(&ReplayReport),
+) -> Result<ReplayReport, sqlx::Error> {
+    let mut report = ReplayReport::default();
+    let mut after = 0;
+    let page = Filter {
+        include_resolved: false,
+        limit: window_size as i64,
+        ..f.clone()
+    };
+    // Only what failed before the replay started: a replay that fails again records a new
+    // failed intake, which this run must not pick up again.
+    let upto: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM failed_intakes")
+        .fetch_one(pool)
+        .await?;
+    loop {
+        let rows = select(pool, &page, after, upto).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.intake.id;
+        report.selected += rows.len();
+        let envelopes: Vec<Envelope> = rows
+            .into_iter()
+            .filter_map(|s| {
+                let key = s.intake.message_key.clone();
+                if key.is_none() {
+                    report.skipped += 1;
+                    return None;
+                }
+                let Ok(payload) = s.payload(&ctx.vault) else {
+                    // Sealed with a key that is no longer configured: cannot be replayed.
+                    report.skipped += 1;
+                    return None;
+                };
+                Some(Envelope {
+                    message_key: key,
+                    correlation_id: s.intake.correlation_id.clone(),
+                    token: s
+                        .token_hash
+                        .as_deref()
+                        .and_then(|t| TokenHash::try_from(t).ok()),
+                    body: payload,
+                    oversize: s.oversize,
+                    replay: Some(ReplayInfo {
+                        attempt: s.intake.attempts + 1,
+                        failed_intake_id: s.intake.id,
+                    }),
+                    forced_failure: None,
+                })
+            })
+            .collect();
+        for outcome in process_retrying(pool, ctx, &envelopes).await? {
+            match outcome {
+                Outcome::Created { .. } => report.created += 1,
+                Outcome::Failed { .. } => report.failed += 1,
+                Outcome::Duplicate { .. } => report.duplicate += 1,
+            }
+        }
+        progress(&report);
+    }
+    Ok(report)
+}
+
+/// Runs a window, re-running it a few times on transient errors.
+async fn process_retrying(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    envelopes: &[Envelope],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    if envelopes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut attempt = 0;
+    loop {
+        match window::process(pool, ctx, envelopes).await {
+            Err(e) if classify(&e) == ErrorClass::Transient && attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_ssn_is_masked_and_non_json_hidden() {
+        let p = masked_payload(br#"{"ss_number":"111-22-3333","first_name":"A"}"#);
+        assert_eq!(p["ss_number"], "*****3333");
+        assert_eq!(p["first_name"], "A");
+        let p = masked_payload(br#"{"ss_number":"12"}"#);
+        assert_eq!(p["ss_number"], "*****");
+        let p = masked_payload(b"111223333 raw");
+        assert_eq!(p, Value::String("<13 bytes, not a JSON object>".into()));
+    }
+
+    #[test]
+    fn every_ssn_in_a_payload_is_masked_and_controls_escaped() {
+        let body = serde_json::json!({
+            "ssn": "123-45-6789",
+            "SS_Number": 123_456_789,
+            "notes": {"list": ["123 45 6789", {"bare": 987_654_321}]},
+            "987-65-4321": 1,
+            "\u{1b}[31mX\u{7}": "\u{9b}2J\u{202e}",
+        });
+        let p = masked_payload(&serde_json::to_vec(&body).unwrap());
+        let text = serde_json::to_string(&p).unwrap();
+        for digits in ["12345", "45-6789", "45 6789", "98765", "65-4321"] {
+            assert!(!text.contains(digits), "{text}");
+        }
+        assert_eq!(p["ssn"], "*****6789");
+        assert_eq!(p["SS_Number"], "*****6789");
+        assert_eq!(p["notes"]["list"][0], "*****6789");
+        assert_eq!(p["notes"]["list"][1]["bare"], "*****4321");
+        assert_eq!(p["*****4321"], 1);
+        assert_eq!(p[r"\u{1b}[31mX\u{7}"], r"\u{9b}2J\u{202e}");
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() || redact::is_invisible(c))
+        );
+    }
+
+    #[test]
+    fn listed_rows_are_escaped_and_their_errors_redacted() {
+        let row = FailedIntake {
+            id: 1,
+            network_id: None,
+            message_key: Some("k\u{1b}]0;t\u{7}".into()),
+            correlation_id: Some("c\u{0}\u{85}\u{2067}".into()),
+            error_code: "validation_failed".into(),
+            // As stored before errors were redacted when built.
+            error: serde_json::json!({
+                "code": "validation_failed",
+                "message": "1 field failed validation",
+                "fields": {"123-45-6789": ["is not a recognized field"]}
+            }),
+            attempts: 1,
+            event_id: uuid::Uuid::nil(),
+            created_at: Utc::now(),
+            resolved_at: None,
+        };
+        let shown = for_display(row);
+        assert_eq!(shown.message_key.as_deref(), Some(r"k\u{1b}]0;t\u{7}"));
+        assert_eq!(
+            shown.correlation_id.as_deref(),
+            Some(r"c\u{0}\u{85}\u{2067}")
+        );
+        assert_eq!(
+            shown.error["fields"],
+            serde_json::json!({"*****6789": ["is not a recognized field"]})
+        );
+    }
+}

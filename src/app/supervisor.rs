@@ -1,0 +1,674 @@
+//! The supervisors: keep the broker sessions (intake consumers + outbox relay; the dead-letter
+//! consumer on a connection of its own) running, rebuild them after any broker fault, pause
+//! intake during a database outage, and drain on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::http::HttpState;
+use crate::infra::backoff::probe_backoff;
+use crate::infra::metrics::{ConsumerState, Metrics};
+use crate::infra::settings::Settings;
+use crate::infra::throttle::Throttle;
+use crate::intake::consumer::{ConsumerError, ConsumerSpec, IntakeConsumer, Mode};
+use crate::intake::decode::BodyLimits;
+use crate::intake::window::WindowContext;
+use crate::outbox::relay::{Handoff, Relay, RelayError};
+use crate::outbox::topology;
+
+/// Why a broker session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("connecting to the broker timed out")]
+    ConnectTimeout,
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    #[error("task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("connection: {0}")]
+    Connection(lapin::Error),
+    #[error("setting up the broker session timed out")]
+    SetupTimeout,
+    #[error("the broker session ended while it was being set up")]
+    SetupInterrupted,
+    #[error("a consumer or the relay did not stop within the shutdown time")]
+    Stuck,
+}
+
+impl SessionError {
+    /// True when the session ended because the AMQP client could not parse what the broker
+    /// sent (a delivery with invalid UTF-8 in a short-string property or header name): the
+    /// message is redelivered, and only the delivery limits get it out of the way.
+    fn unparseable(&self) -> bool {
+        let lapin_error = match self {
+            Self::Broker(e) | Self::Connection(e) => e,
+            Self::Consumer(ConsumerError::Broker(e)) => e,
+            _ => return false,
+        };
+        matches!(lapin_error.kind(), lapin::ErrorKind::ParsingError(_))
+    }
+}
+
+/// How a session ended without an error.
+#[derive(Debug, PartialEq, Eq)]
+enum SessionEnd {
+    Shutdown,
+    DatabaseOutage,
+    /// A careful session's time is over: back to normal consuming.
+    CarefulOver,
+}
+
+/// The window context from the settings.
+pub fn window_context(settings: &Settings) -> WindowContext {
+    WindowContext {
+        source: settings.events.source.clone(),
+        created_routing_key: settings.amqp.created_routing_key.clone(),
+        failed_routing_key: settings.amqp.failed_routing_key.clone(),
+        limits: BodyLimits {
+            max_body_bytes: settings.intake.max_body_bytes,
+            max_depth: settings.intake.max_depth,
+        },
+        // Settings::load refuses keys that do not build a vault, so this cannot fail for
+        // loaded settings.
+        vault: Arc::new(
+            crate::store::crypto::Vault::from_settings(&settings.crypto)
+                .expect("crypto settings are validated when settings load"),
+        ),
+        handoff: None,
+    }
+}
+
+/// Migrates (creating the database if asked), retrying while PostgreSQL is unreachable.
+/// Returns false when shutdown was asked first.
+pub async fn prepare_database(settings: &Settings, shutdown: &CancellationToken) -> bool {
+    let mut delays = probe_backoff();
+    loop {
+        match crate::infra::db::run_migrations(&settings.database).await {
+            Ok(()) => return true,
+            Err(e) => tracing::warn!(error = %e, "database not ready; retrying"),
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Waits until `SELECT 1` succeeds (or shutdown).
+async fn await_database(pool: &PgPool, shutdown: &CancellationToken) {
+    let mut delays = probe_backoff();
+    loop {
+        if sqlx::query("SELECT 1").execute(pool).await.is_ok() {
+            tracing::info!("database reachable again; resuming intake");
+            return;
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Runs the worker until `shutdown` is cancelled and everything in flight is finished.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), sqlx::Error> {
+    run_with(settings, shutdown, Metrics::shared()).await
+}
+
+/// Starts the HTTP server of the settings, if any. A failure to bind is logged, not fatal:
+/// intake goes on, and the missing probes make the problem visible to the orchestrator.
+async fn start_http(settings: &Settings, state: HttpState, shutdown: &CancellationToken) {
+    if settings.http.address.is_empty() {
+        return;
+    }
+    match tokio::net::TcpListener::bind(&settings.http.address).await {
+        Ok(listener) => {
+            tracing::info!(address = %settings.http.address, "http server listening");
+            tokio::spawn(crate::app::http::serve(listener, state, shutdown.clone()));
+        }
+        Err(e) => {
+            tracing::error!(address = %settings.http.address, error = %e, "http server not started")
+        }
+    }
+}
+
+/// [`run`] with the caller's metrics (tests read them).
+pub async fn run_with(
+    settings: Settings,
+    shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
+) -> Result<(), sqlx::Error> {
+    if settings.crypto.active_key == crate::store::crypto::DEV_KEY_ID {
+        tracing::warn!(
+            "the built-in development encryption key is active: set crypto.keys and crypto.active_key for real data"
+        );
+    }
+    let pool = crate::infra::db::pool(&settings.database)?;
+    let state = HttpState {
+        pool: pool.clone(),
+        metrics: metrics.clone(),
+        stall_limit: Duration::from_millis(settings.intake.stall_limit_ms),
+    };
+    start_http(&settings, state, &shutdown).await;
+    if !prepare_database(&settings, &shutdown).await {
+        return Ok(());
+    }
+    let janitor = tokio::spawn(crate::admin::retention::run(
+        pool.clone(),
+        settings.intake.dedup_retention_days,
+        Duration::from_secs(600),
+        shutdown.clone(),
+    ));
+    // The dead-letter consumer runs on a connection of its own: a message there that the AMQP
+    // client cannot parse ends only that connection, never intake.
+    let dead_letter = {
+        let (settings, pool, shutdown, metrics) = (
+            settings.clone(),
+            pool.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+        );
+        tokio::spawn(async move {
+            supervise(Kind::DeadLetter, &settings, &pool, &shutdown, &metrics).await
+        })
+    };
+    supervise(Kind::Intake, &settings, &pool, &shutdown, &metrics).await;
+    metrics.set_state(ConsumerState::ShuttingDown);
+    let _ = dead_letter.await;
+    let _ = janitor.await;
+    pool.close().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Which consumers a supervisor keeps running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The intake consumers and the outbox relay; this one's state is the worker's state.
+    Intake,
+    /// The dead-letter consumer.
+    DeadLetter,
+}
+
+/// How long intake reads one message at a time after a delivery it could not parse.
+const CAREFUL_FOR: Duration = Duration::from_secs(15);
+
+/// Delay before reconnecting after a delivery the AMQP client could not parse: the broker is
+/// healthy, and every reconnect brings the message closer to its delivery limit and parking.
+const UNPARSEABLE_RECONNECT: Duration = Duration::from_millis(100);
+
+static SESSION_ENDED: Throttle = Throttle::new(Duration::from_secs(10));
+static UNPARSEABLE: Throttle = Throttle::new(Duration::from_secs(10));
+
+/// Keeps broker sessions of one kind running until shutdown: reconnects after any fault (it
+/// never gives up), pauses during a database outage, and after a delivery the AMQP client
+/// could not parse reads one message at a time for a while, so that only that message is
+/// counted against the delivery limits that park it.
+async fn supervise(
+    kind: Kind,
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+    metrics: &Arc<Metrics>,
+) {
+    let owns_state = kind == Kind::Intake;
+    let parked = topology::parked_queue(&settings.amqp.intake_queue);
+    let mut careful = false;
+    let mut delays = probe_backoff();
+    while !shutdown.is_cancelled() {
+        let role = match kind {
+            Kind::Intake => Role::Intake { careful },
+            Kind::DeadLetter => Role::DeadLetter,
+        };
+        match session(role, settings, pool, shutdown, metrics).await {
+            Ok(SessionEnd::Shutdown) => break,
+            Ok(SessionEnd::CarefulOver) => {
+                careful = false;
+                delays = probe_backoff();
+            }
+            Ok(SessionEnd::DatabaseOutage) => {
+                if owns_state {
+                    metrics.set_state(ConsumerState::DatabaseOutage);
+                }
+                tracing::warn!(consumer = ?kind, "database outage: intake paused, deliveries handed back");
+                await_database(pool, shutdown).await;
+                delays = probe_backoff();
+            }
+            Err(e) => {
+                if owns_state {
+                    metrics.set_state(ConsumerState::Reconnecting);
+                }
+                metrics.record_reconnect();
+                let delay = if e.unparseable() {
+                    metrics.record_unparseable();
+                    careful = true;
+                    if let Some(suppressed) = UNPARSEABLE.allow() {
+                        tracing::error!(
+                            consumer = ?kind,
+                            suppressed,
+                            parked_queue = %parked,
+                            "a delivery the AMQP client cannot parse ended the broker session; \
+                             reading one message at a time until the delivery limits park it"
+                        );
+                    }
+                    UNPARSEABLE_RECONNECT
+                } else {
+                    if let Some(suppressed) = SESSION_ENDED.allow() {
+                        tracing::warn!(consumer = ?kind, error = %e, suppressed, "broker session ended; reconnecting");
+                    }
+                    delays.next().unwrap_or(Duration::from_secs(5))
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The AMQP URL with the configured heartbeat and the frame size the io thread's stack is
+/// sized for (src/stack.rs), unless the URL sets them.
+fn amqp_url(settings: &Settings) -> String {
+    let mut url = settings.amqp.url.expose_secret().to_owned();
+    for (name, value) in [
+        ("heartbeat", settings.amqp.heartbeat_secs.to_string()),
+        ("frame_max", crate::infra::stack::FRAME_MAX.to_string()),
+    ] {
+        if !url.contains(&format!("{name}=")) {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url = format!("{url}{sep}{name}={value}");
+        }
+    }
+    url
+}
+
+async fn connect(settings: &Settings, name: &str) -> Result<Connection, SessionError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    let timeout = Duration::from_millis(settings.amqp.connect_timeout_ms);
+    tokio::time::timeout(timeout, Connection::connect(&amqp_url(settings), props))
+        .await
+        .map_err(|_| SessionError::ConnectTimeout)?
+        .map_err(SessionError::Broker)
+}
+
+/// The first error a connection reports; ends the session at once (a consumer blocked on a
+/// dead connection must not hold the session open).
+#[derive(Clone, Default)]
+struct ConnectionFault(Arc<std::sync::Mutex<Option<lapin::Error>>>);
+
+impl ConnectionFault {
+    fn watch(&self, conn: &Connection, stop: &CancellationToken) {
+        let mut events = conn.events_listener();
+        let (slot, stop) = (self.0.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    event = events.next() => match event {
+                        Some(lapin::Event::Error(e)) => {
+                            slot.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                            stop.cancel();
+                            return;
+                        }
+                        Some(_) => {}
+                        None => return,
+                    },
+                }
+            }
+        });
+    }
+
+    fn take(&self) -> Option<lapin::Error> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// What one broker session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// `intake.consumers` intake consumers and the relay; `careful`: one consumer reading one
+    /// message at a time, for [`CAREFUL_FOR`].
+    Intake { careful: bool },
+    /// The dead-letter consumer, one message at a time.
+    DeadLetter,
+}
+
+/// What a session started: its tasks and connections.
+struct Running {
+    consuming: Connection,
+    /// The relay's connection (intake sessions only).
+    publishing: Option<Connection>,
+    consumers: Vec<tokio::task::JoinHandle<Result<(), ConsumerError>>>,
+    relay: Option<(
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), RelayError>>,
+    )>,
+}
+
+/// One broker session. Setup is bounded in time, and any connection error ends the session.
+async fn session(
+    role: Role,
+    settings: &Settings,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+    metrics: &Arc<Metrics>,
+) -> Result<SessionEnd, SessionError> {
+    let stop = shutdown.child_token();
+    let outage = CancellationToken::new();
+    let fault = ConnectionFault::default();
+    let setup_limit = Duration::from_millis(settings.amqp.connect_timeout_ms.saturating_mul(2));
+    let setup = start(role, settings, pool, metrics, &stop, &outage, &fault);
+    let running = tokio::select! {
+        r = tokio::time::timeout(setup_limit, setup) => match r {
+            Ok(r) => r,
+            Err(_) => Err(SessionError::SetupTimeout),
+        },
+        // A connection error during setup: the pending setup call may never resolve.
+        _ = stop.cancelled() => Err(SessionError::SetupInterrupted),
+    };
+    let running = match running {
+        Ok(r) => r,
+        Err(e) => {
+            return match fault.take() {
+                Some(f) => Err(SessionError::Connection(f)),
+                None if shutdown.is_cancelled() => Ok(SessionEnd::Shutdown),
+                None => Err(e),
+            };
+        }
+    };
+    if role != Role::DeadLetter {
+        metrics.set_state(ConsumerState::Consuming);
+    }
+    {
+        let (stop, outage) = (stop.clone(), outage.clone());
+        tokio::spawn(async move {
+            outage.cancelled().await;
+            stop.cancel();
+        });
+    }
+    let careful_over = CancellationToken::new();
+    if role == (Role::Intake { careful: true }) {
+        let (stop, over) = (stop.clone(), careful_over.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(CAREFUL_FOR) => {
+                    over.cancel();
+                    stop.cancel();
+                }
+            }
+        });
+    }
+
+    stop.cancelled().await;
+    if shutdown.is_cancelled() && role != Role::DeadLetter {
+        metrics.set_state(ConsumerState::ShuttingDown);
+    }
+    let mut first_error = finish(running, settings).await;
+    if role != Role::DeadLetter {
+        metrics.forget_queues();
+    }
+    if let Some(f) = fault.take() {
+        // The connection's own error says why (an unparseable delivery, a lost socket).
+        first_error = Some(SessionError::Connection(f));
+    }
+    if outage.is_cancelled() {
+        return Ok(SessionEnd::DatabaseOutage);
+    }
+    match first_error {
+        Some(e) if !shutdown.is_cancelled() => Err(e),
+        _ if careful_over.is_cancelled() && !shutdown.is_cancelled() => Ok(SessionEnd::CarefulOver),
+        _ => Ok(SessionEnd::Shutdown),
+    }
+}
+
+/// Connects and starts a session's consumers (and, for intake, the relay and the queue
+/// monitor). On failure the connections opened so far are closed.
+async fn start(
+    role: Role,
+    settings: &Settings,
+    pool: &PgPool,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+    outage: &CancellationToken,
+    fault: &ConnectionFault,
+) -> Result<Running, SessionError> {
+    let name = match role {
+        Role::Intake { .. } => "case-intake consumer",
+        Role::DeadLetter => "case-intake dead-letter",
+    };
+    let consuming = connect(settings, name).await?;
+    fault.watch(&consuming, stop);
+    let mut running = Running {
+        consuming,
+        publishing: None,
+        consumers: Vec::new(),
+        relay: None,
+    };
+    if matches!(role, Role::Intake { .. }) {
+        // Broker flow control on publishes must never delay acks: the relay publishes on a
+        // connection of its own.
+        match connect(settings, "case-intake relay").await {
+            Ok(publishing) => {
+                fault.watch(&publishing, stop);
+                running.publishing = Some(publishing);
+            }
+            Err(e) => {
+                close(&running).await;
+                return Err(e);
+            }
+        }
+    }
+    match populate(&mut running, role, settings, pool, metrics, stop, outage).await {
+        Ok(()) => Ok(running),
+        Err(e) => {
+            stop.cancel();
+            close(&running).await;
+            Err(e)
+        }
+    }
+}
+
+async fn populate(
+    running: &mut Running,
+    role: Role,
+    settings: &Settings,
+    pool: &PgPool,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+    outage: &CancellationToken,
+) -> Result<(), SessionError> {
+    let consuming = &running.consuming;
+    let publishing = running.publishing.as_ref().unwrap_or(consuming);
+    if settings.amqp.declare_topology {
+        let ch = consuming.create_channel().await?;
+        topology::declare(&ch, &settings.amqp).await?;
+        ch.close(200, "OK".into()).await?;
+    }
+    let intake = settings.amqp.intake_queue.as_str();
+    let dead = topology::dead_letter_queue(intake);
+    let retry = topology::retry_queue(intake);
+    let mut intake_settings = settings.intake.clone();
+    let mut prefetch = settings.amqp.prefetch;
+    let (queue, mode, count) = match role {
+        Role::Intake { careful: false } => (intake, Mode::Intake, settings.intake.consumers),
+        Role::Intake { careful: true } => (intake, Mode::Intake, 1),
+        Role::DeadLetter => (dead.as_str(), Mode::DeadLetter, 1),
+    };
+    if matches!(role, Role::Intake { careful: true } | Role::DeadLetter) {
+        // One message in flight: a delivery that ends the connection is the only one whose
+        // delivery count rises.
+        prefetch = 1;
+        intake_settings.window_size = 1;
+    }
+
+    let mut ctx = window_context(settings);
+    if matches!(role, Role::Intake { .. }) {
+        let handoff = Arc::new(Handoff::default());
+        let relay = Relay::new(
+            pool.clone(),
+            publishing.create_channel().await?,
+            settings.amqp.events_exchange.clone(),
+            settings.outbox.clone(),
+            metrics.clone(),
+            handoff.clone(),
+        )
+        .await?;
+        let relay_stop = CancellationToken::new();
+        let task = {
+            let (relay_stop, stop) = (relay_stop.clone(), stop.clone());
+            tokio::spawn(async move {
+                let r = relay.run(&relay_stop).await;
+                if r.is_err() {
+                    stop.cancel();
+                }
+                r
+            })
+        };
+        running.relay = Some((relay_stop, task));
+        ctx.handoff = Some(handoff);
+        spawn_monitor(consuming, settings, metrics, stop).await?;
+    }
+
+    for i in 0..count {
+        let channel = consuming.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let tag = format!("case-intake-{}-{mode:?}-{i}", std::process::id());
+        let spec = ConsumerSpec {
+            queue,
+            retry_queue: &retry,
+            tag: &tag,
+            mode,
+        };
+        let consumer = IntakeConsumer::start(
+            channel,
+            publishing.create_channel().await?,
+            spec,
+            pool.clone(),
+            ctx.clone(),
+            intake_settings.clone(),
+            metrics.clone(),
+        )
+        .await?;
+        let (stop, outage) = (stop.clone(), outage.clone());
+        running.consumers.push(tokio::spawn(async move {
+            let r = consumer.run(&stop, &outage).await;
+            // Any consumer leaving ends the session for all: outage, fault or shutdown.
+            stop.cancel();
+            r
+        }));
+    }
+    Ok(())
+}
+
+/// Closes a session's connections, each within a bound (a dead connection may not answer).
+async fn close(running: &Running) {
+    for conn in std::iter::once(&running.consuming).chain(running.publishing.as_ref()) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "OK".into())).await;
+    }
+}
+
+/// Reads the intake and parking queues' depths every few seconds (passive declares on a
+/// channel of its own) for the metrics and the liveness check.
+async fn spawn_monitor(
+    conn: &Connection,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Result<(), SessionError> {
+    let channel = conn.create_channel().await?;
+    let intake = settings.amqp.intake_queue.clone();
+    let parked = topology::parked_queue(&intake);
+    let every = Duration::from_millis(settings.intake.stall_limit_ms / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let (metrics, stop) = (metrics.clone(), stop.clone());
+    tokio::spawn(async move {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        loop {
+            let depth = |q: String| {
+                let channel = channel.clone();
+                async move {
+                    channel
+                        .queue_declare(q.as_str().into(), passive, FieldTable::default())
+                        .await
+                        .map(|q| q.message_count())
+                }
+            };
+            match (depth(intake.clone()).await, depth(parked.clone()).await) {
+                (Ok(ready), Ok(parked)) => metrics.set_queues(ready, parked),
+                // The channel is gone (a missing queue closes it): the session is ending.
+                _ => return,
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Waits for a stopping session's consumers (each finishes its window) and then its relay
+/// (which publishes what the windows queued), each within the shutdown time, and closes its
+/// connections. Returns the first error.
+async fn finish(mut running: Running, settings: &Settings) -> Option<SessionError> {
+    let grace = Duration::from_millis(settings.shutdown.timeout_ms);
+    let mut first_error: Option<SessionError> = None;
+    for c in std::mem::take(&mut running.consumers) {
+        if let Err(e) = join_within(grace, c).await {
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some((relay_stop, task)) = running.relay.take() {
+        relay_stop.cancel();
+        if let Err(e) = join_within(grace, task).await {
+            first_error.get_or_insert(e);
+        }
+    }
+    close(&running).await;
+    first_error
+}
+
+/// Waits for a session task, at most `grace` (a task blocked on a dead connection is left).
+async fn join_within<E: Into<SessionError>>(
+    grace: Duration,
+    task: tokio::task::JoinHandle<Result<(), E>>,
+) -> Result<(), SessionError> {
+    match tokio::time::timeout(grace, task).await {
+        Ok(Ok(r)) => r.map_err(Into::into),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(SessionError::Stuck),
+    }
+}
+
+/// Resolves at the next SIGTERM or SIGINT: the worker binary's graceful stop, and the
+/// benchmark's cleanup.
+pub async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! Prometheus metrics of one worker process, in a registry of its own (so that several workers
+//! in one test process do not share counters), and the consumer state read by `/readyz`.
+
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+/// What the consumers are doing; `/readyz` is ready only in `Consuming`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConsumerState {
+    Starting = 0,
+    Consuming = 1,
+    /// PostgreSQL is unreachable: windows are held or intake is paused.
+    DatabaseOutage = 2,
+    /// The broker session is being rebuilt.
+    Reconnecting = 3,
+    ShuttingDown = 4,
+}
+
+/// Every metric of the worker.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    intakes: Family<Labels, Counter>,
+    retries: Counter,
+    dead_lettered: Counter,
+    reconnects: Counter,
+    events_published: Counter,
+    window_seconds: Histogram,
+    window_size: Histogram,
+    outbox_backlog: Gauge,
+    outbox_oldest_seconds: Gauge,
+    consumer_state_gauge: Gauge,
+    unparseable: Counter,
+    parked: Gauge,
+    intake_waiting: Gauge,
+    state: AtomicU8,
+    /// When the process started: the origin of the two instants below, kept as milliseconds.
+    started: Instant,
+    /// Milliseconds after `started` of the last completed intake window.
+    last_progress_ms: AtomicI64,
+    /// Messages ready in the intake queue at the last check; -1 while unknown.
+    waiting: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("case_intake");
+        let intakes = Family::<Labels, Counter>::default();
+        registry.register(
+            "intakes",
+            "Intakes processed, by outcome (created, failed, duplicate) and error code",
+            intakes.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "retries",
+            "Intakes sent through the delayed retry queue after transient errors",
+            retries.clone(),
+        );
+        let dead_lettered = Counter::default();
+        registry.register(
+            "dead_lettered",
+            "Dead-lettered deliveries recorded from the dead-letter queue",
+            dead_lettered.clone(),
+        );
+        let reconnects = Counter::default();
+        registry.register(
+            "broker_reconnects",
+            "Broker sessions rebuilt after a fault",
+            reconnects.clone(),
+        );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "Events confirmed by the broker",
+            events_published.clone(),
+        );
+        let window_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "window_seconds",
+            "Time to process one window (transaction included)",
+            window_seconds.clone(),
+        );
+        let window_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register("window_size", "Deliveries per window", window_size.clone());
+        let outbox_backlog = Gauge::default();
+        registry.register(
+            "outbox_backlog",
+            "Events waiting in the outbox (read at scrape time)",
+            outbox_backlog.clone(),
+        );
+        let outbox_oldest_seconds = Gauge::default();
+        registry.register(
+            "outbox_oldest_age_seconds",
+            "Age of the oldest unpublished event (read at scrape time)",
+            outbox_oldest_seconds.clone(),
+        );
+        let consumer_state_gauge = Gauge::default();
+        registry.register(
+            "consumer_state",
+            "0 starting, 1 consuming, 2 database outage, 3 reconnecting, 4 shutting down",
+            consumer_state_gauge.clone(),
+        );
+        let unparseable = Counter::default();
+        registry.register(
+            "unparseable_deliveries",
+            "Broker sessions ended by a delivery the AMQP client could not parse (such a message \
+             is parked after its delivery limits)",
+            unparseable.clone(),
+        );
+        let parked = Gauge::default();
+        registry.register(
+            "parked_messages",
+            "Messages in the parking queue (read every health check)",
+            parked.clone(),
+        );
+        let intake_waiting = Gauge::default();
+        registry.register(
+            "intake_queue_ready",
+            "Messages ready in the intake queue (read every health check)",
+            intake_waiting.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            intakes,
+            retries,
+            dead_lettered,
+            reconnects,
+            events_published,
+            window_seconds,
+            window_size,
+            outbox_backlog,
+            outbox_oldest_seconds,
+            consumer_state_gauge,
+            unparseable,
+            parked,
+            intake_waiting,
+            state: AtomicU8::new(ConsumerState::Starting as u8),
+            started: Instant::now(),
+            last_progress_ms: AtomicI64::new(0),
+            waiting: AtomicI64::new(-1),
+        }
+    }
+
+    pub fn shared() -> Arc<Self> {
+        Arc::new(Self::new())
+    }
+
+    /// Counts one outcome: `kind` is `created`, `failed` or `duplicate`; `code` the error code
+    /// of a failure.
+    pub fn record_outcome(&self, kind: &str, code: Option<&str>) {
+        if code == Some("dead_lettered") {
+            self.dead_lettered.inc();
+        }
+        self.intakes
+            .get_or_create(&vec![
+                ("outcome".to_owned(), kind.to_owned()),
+                ("code".to_owned(), code.unwrap_or_default().to_owned()),
+            ])
+            .inc();
+    }
+
+    pub fn record_window(&self, size: usize, seconds: f64) {
+        self.window_size.observe(size as f64);
+        self.window_seconds.observe(seconds);
+        self.record_progress();
+    }
+
+    /// Notes that intake moved forward now (a window committed or the queue was seen empty).
+    pub fn record_progress(&self) {
+        let ms = self.started.elapsed().as_millis() as i64;
+        self.last_progress_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    pub fn record_unparseable(&self) {
+        self.unparseable.inc();
+    }
+
+    /// Records what the health check read off the broker: messages ready in the intake queue
+    /// and messages parked. An empty intake queue counts as progress: nothing waits.
+    pub fn set_queues(&self, intake_ready: u32, parked: u32) {
+        self.intake_waiting.set(intake_ready.into());
+        self.parked.set(parked.into());
+        self.waiting.store(intake_ready.into(), Ordering::Relaxed);
+        if intake_ready == 0 {
+            self.record_progress();
+        }
+    }
+
+    /// Forgets the queue depths when a broker session ends: while there is none (the broker
+    /// is away, the topology refused), whether messages wait is unknown, and a restart would
+    /// not help.
+    pub fn forget_queues(&self) {
+        self.waiting.store(-1, Ordering::Relaxed);
+    }
+
+    /// True when messages wait in the intake queue and no window has completed for longer
+    /// than `limit`, outside a database outage (where intake is paused on purpose and
+    /// `/readyz` says so): the worker is stuck and a restart is the remedy.
+    pub fn stalled(&self, limit: Duration) -> bool {
+        if self.waiting.load(Ordering::Relaxed) <= 0
+            || self.state() == ConsumerState::DatabaseOutage
+        {
+            return false;
+        }
+        let now = self.started.elapsed().as_millis() as i64;
+        let idle = now - self.last_progress_ms.load(Ordering::Relaxed);
+        idle > limit.as_millis() as i64
+    }
+
+    pub fn record_retry(&self) {
+        self.retries.inc();
+    }
+
+    pub fn record_reconnect(&self) {
+        self.reconnects.inc();
+    }
+
+    pub fn record_published(&self, n: usize) {
+        self.events_published.inc_by(n as u64);
+    }
+
+    pub fn set_state(&self, state: ConsumerState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+        self.consumer_state_gauge.set(state as i64);
+    }
+
+    pub fn state(&self) -> ConsumerState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ConsumerState::Consuming,
+            2 => ConsumerState::DatabaseOutage,
+            3 => ConsumerState::Reconnecting,
+            4 => ConsumerState::ShuttingDown,
+            _ => ConsumerState::Starting,
+        }
+    }
+
+    pub fn set_outbox(&self, backlog: i64, oldest_seconds: i64) {
+        self.outbox_backlog.set(backlog);
+        self.outbox_oldest_seconds.set(oldest_seconds);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let m = Metrics::new();
+        m.record_outcome("failed", Some("unauthorized"));
+        m.set_state(ConsumerState::Consuming);
+        let text = m.render();
+        assert!(
+            text.contains(r#"case_intake_intakes_total{outcome="failed",code="unauthorized"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("case_intake_consumer_state 1"), "{text}");
+        assert_eq!(m.state(), ConsumerState::Consuming);
+    }
+
+    #[test]
+    fn stalled_only_when_messages_wait_without_progress() {
+        let m = Metrics::new();
+        // Nothing known about the queue: not stalled.
+        assert!(!m.stalled(Duration::ZERO));
+        // Messages wait and no window ever completed.
+        m.set_queues(5, 2);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(m.stalled(Duration::from_millis(1)));
+        assert!(!m.stalled(Duration::from_secs(3600)));
+        // A database outage pauses intake on purpose.
+        m.set_state(ConsumerState::DatabaseOutage);
+        assert!(!m.stalled(Duration::from_millis(1)));
+        m.set_state(ConsumerState::Consuming);
+        // An empty queue is progress.
+        m.set_queues(0, 2);
+        assert!(!m.stalled(Duration::ZERO));
+        // Without a session nothing is known.
+        m.set_queues(5, 2);
+        m.forget_queues();
+        assert!(!m.stalled(Duration::ZERO));
+        let text = m.render();
+        assert!(text.contains("case_intake_parked_messages 2"), "{text}");
+    }
+}

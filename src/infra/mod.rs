@@ -1,0 +1,12 @@
+//! The ground every layer stands on: settings, metrics, PostgreSQL connections (`db`,
+//! `nodelay`), retry backoff, thread stack sizes, log throttling and redaction. Calls nothing
+//! above it.
+
+pub mod backoff;
+pub mod db;
+pub mod metrics;
+pub mod nodelay;
+pub mod redact;
+pub mod settings;
+pub mod stack;
+pub mod throttle;

@@ -1,0 +1,191 @@
+//! Stable error codes and the failure value that goes into `case.failed` events.
+//!
+//! Codes are part of the public contract: upstream systems branch on them, so a code is never
+//! renamed or reused for another meaning. Messages are for humans and may be reworded.
+//!
+//! An error is stored (`failed_intakes.error`, `intake_outcomes.event`) and published as it is
+//! built, so its constructors are where caller text is made safe: every message and field name
+//! goes through [`redact::display_text`] (SSNs masked, control characters escaped).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::infra::redact;
+
+/// The stable codes of a failed intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not a JSON object (bad syntax, bad UTF-8, another JSON type, too deep).
+    MalformedJson,
+    /// The body is larger than `intake.max_body_bytes`.
+    PayloadTooLarge,
+    /// The AMQP `message_id` property is absent, empty or longer than 255 characters.
+    MissingMessageKey,
+    /// No `Token` authorization, or a token that is unknown, revoked, or whose agent is inactive.
+    Unauthorized,
+    /// One or more fields are invalid; `fields` says which and why.
+    ValidationFailed,
+    /// The message key was already used in this network with a different body.
+    IdempotencyKeyReused,
+    /// Transient database errors persisted through every retry.
+    RetriesExhausted,
+    /// The broker dead-lettered the message (delivery limit reached, e.g. a poison message).
+    DeadLettered,
+    /// An AMQP property or header the service cannot use: a `message_id` or `correlation_id`
+    /// with control characters, a header nested deeper than the limit, too many headers.
+    InvalidEnvelope,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed_json",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::MissingMessageKey => "missing_message_key",
+            Self::Unauthorized => "unauthorized",
+            Self::ValidationFailed => "validation_failed",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::RetriesExhausted => "retries_exhausted",
+            Self::DeadLettered => "dead_lettered",
+            Self::InvalidEnvelope => "invalid_envelope",
+        }
+    }
+
+    /// Parses a stored code back (used by the replay and listing commands).
+    pub fn parse(code: &str) -> Option<Self> {
+        ALL_CODES.iter().copied().find(|c| c.as_str() == code)
+    }
+}
+
+/// Every code, for documentation tests and CLI filters.
+pub const ALL_CODES: [ErrorCode; 9] = [
+    ErrorCode::MalformedJson,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::MissingMessageKey,
+    ErrorCode::Unauthorized,
+    ErrorCode::ValidationFailed,
+    ErrorCode::IdempotencyKeyReused,
+    ErrorCode::RetriesExhausted,
+    ErrorCode::DeadLettered,
+    ErrorCode::InvalidEnvelope,
+];
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Per-field error messages, keyed by field name; sorted so events are deterministic.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+/// Why an intake failed: the `error` object of a `case.failed` event. Build it with
+/// [`IntakeError::new`] or [`IntakeError::validation`], which redact what they are given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IntakeError {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: FieldErrors,
+}
+
+impl IntakeError {
+    /// An error without field errors. A message may quote caller text (a duplicated key), so
+    /// it is redacted.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: redact::display_text(&message.into()),
+            fields: FieldErrors::new(),
+        }
+    }
+
+    /// A `validation_failed` error. Field names are caller text (an unknown key is named), so
+    /// they are redacted, and names that redact alike (two SSN-shaped keys with the same last
+    /// four digits) share one entry rather than producing a duplicate JSON key.
+    pub fn validation(fields: FieldErrors) -> Self {
+        let mut redacted = FieldErrors::new();
+        for (field, messages) in fields {
+            redacted
+                .entry(redact::display_text(&field))
+                .or_default()
+                .extend(messages.iter().map(|m| redact::display_text(m)));
+        }
+        let fields = redacted;
+        let n = fields.len();
+        Self {
+            code: ErrorCode::ValidationFailed,
+            message: format!(
+                "{n} field{} failed validation",
+                if n == 1 { "" } else { "s" }
+            ),
+            fields,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_field_names_are_redacted() {
+        let e = IntakeError::new(
+            ErrorCode::MalformedJson,
+            "body has the key \"123-45-6789\u{0}\" more than once",
+        );
+        assert_eq!(
+            e.message,
+            r#"body has the key "*****6789\u{0}" more than once"#
+        );
+        let e = IntakeError::validation(FieldErrors::from([
+            (
+                "111-22-3333".to_owned(),
+                vec!["is not a recognized field".to_owned()],
+            ),
+            (
+                "444 55 3333".to_owned(),
+                vec!["is not a recognized field".to_owned()],
+            ),
+            ("\u{1b}]0;x\u{7}".to_owned(), vec!["bad \u{9b}".to_owned()]),
+        ]));
+        assert_eq!(e.message, "2 fields failed validation");
+        assert_eq!(
+            e.fields,
+            FieldErrors::from([
+                (
+                    "*****3333".to_owned(),
+                    vec!["is not a recognized field".to_owned(); 2]
+                ),
+                (
+                    r"\u{1b}]0;x\u{7}".to_owned(),
+                    vec![r"bad \u{9b}".to_owned()]
+                ),
+            ])
+        );
+        // What is stored and published holds no SSN and no NUL (jsonb refuses `\u0000`).
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(
+            !json.contains("111-22") && !json.contains("444 55") && !json.contains("\\u0000"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn ordinary_errors_are_unchanged() {
+        let e = IntakeError::validation(FieldErrors::from([(
+            "street_county".to_owned(),
+            vec!["is not a county of your network".to_owned()],
+        )]));
+        assert_eq!(e.message, "1 field failed validation");
+        assert_eq!(
+            e.fields["street_county"],
+            vec!["is not a county of your network"]
+        );
+        let e = IntakeError::new(ErrorCode::Unauthorized, "a valid API token is required");
+        assert_eq!(e.message, "a valid API token is required");
+    }
+}

@@ -1,0 +1,160 @@
+//! Outcome events as CloudEvents 1.0 in structured mode (`application/cloudevents+json`).
+//!
+//! An event is built once, inside the transaction that decides the outcome, and stored twice:
+//! in the outbox (to be published) and beside the message key (to be re-published verbatim,
+//! same id, when the key arrives again).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::intake::error::IntakeError;
+
+/// The content type of every event body (the relay sets it on every publish).
+pub use crate::outbox::relay::CONTENT_TYPE;
+
+/// The CloudEvents `type` of a created case.
+pub const CASE_CREATED: &str = "case.created";
+/// The CloudEvents `type` of a failed intake.
+pub const CASE_FAILED: &str = "case.failed";
+
+/// An event ready for the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: Uuid,
+    /// The AMQP routing key on the events exchange.
+    pub routing_key: String,
+    pub body: Value,
+}
+
+/// Identifies a replayed intake on its events (attempt 2 is the first replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayInfo {
+    pub attempt: i32,
+    /// The failed intake being replayed; resolved in the replay's transaction.
+    pub failed_intake_id: i64,
+}
+
+/// Builds a CloudEvents envelope around `data`.
+pub fn envelope(
+    source: &str,
+    event_type: &str,
+    routing_key: &str,
+    subject: Option<&str>,
+    time: DateTime<Utc>,
+    data: Value,
+) -> Event {
+    let id = Uuid::new_v4();
+    let mut body = json!({
+        "specversion": "1.0",
+        "id": id.to_string(),
+        "source": source,
+        "type": event_type,
+        "time": time.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "datacontenttype": "application/json",
+        "data": data,
+    });
+    if let Some(subject) = subject {
+        body["subject"] = Value::String(subject.to_owned());
+    }
+    Event {
+        id,
+        routing_key: routing_key.to_owned(),
+        body,
+    }
+}
+
+/// The `data` of a `case.failed` event.
+pub fn failed_data(
+    message_key: Option<&str>,
+    error: &IntakeError,
+    replay: Option<ReplayInfo>,
+) -> Value {
+    let mut data = json!({
+        "message_key": message_key,
+        "error": error,
+    });
+    add_replay(&mut data, replay);
+    data
+}
+
+/// Marks an event's data as coming from a replay of a failed intake.
+pub fn add_replay(data: &mut Value, replay: Option<ReplayInfo>) {
+    if let Some(replay) = replay {
+        data["replay"] = json!({ "replayed": true, "attempt": replay.attempt });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::error::ErrorCode;
+
+    #[test]
+    fn envelope_has_the_cloudevents_attributes() {
+        let time = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let e = envelope(
+            "urn:x",
+            CASE_CREATED,
+            "case.created",
+            Some("k1"),
+            time,
+            json!({"a": 1}),
+        );
+        assert_eq!(e.body["specversion"], "1.0");
+        assert_eq!(e.body["id"], e.id.to_string());
+        assert_eq!(e.body["type"], "case.created");
+        assert_eq!(e.body["subject"], "k1");
+        assert_eq!(e.body["time"], "2026-01-02T03:04:05.000000Z");
+        assert_eq!(e.body["data"]["a"], 1);
+    }
+
+    #[test]
+    fn failed_data_carries_code_and_replay() {
+        let err = IntakeError::new(ErrorCode::Unauthorized, "no");
+        let d = failed_data(
+            Some("k"),
+            &err,
+            Some(ReplayInfo {
+                attempt: 2,
+                failed_intake_id: 1,
+            }),
+        );
+        assert_eq!(d["error"]["code"], "unauthorized");
+        assert_eq!(d["replay"]["attempt"], 2);
+        assert!(d["error"].get("fields").is_none());
+    }
+
+    /// The errors a hostile body produces reach the event's data with no SSN and no control
+    /// character: from validation (an SSN or NUL as a key) and from decoding (a duplicated
+    /// SSN-shaped key, which the decoder quotes).
+    #[test]
+    fn failed_data_of_hostile_bodies_holds_no_ssn_and_no_controls() {
+        use crate::intake::decode::{BodyLimits, decode_body};
+        let limits = BodyLimits {
+            max_body_bytes: 4096,
+            max_depth: 8,
+        };
+        let today = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        let bodies: [&[u8]; 3] = [
+            br#"{"first_name": "A", "last_name": "B", "123-45-6789": 1, "a\u0000\u001b": 2}"#,
+            br#"{"first_name": "A", "last_name": "B", "ssn": {"x\u0000": "987654321"}}"#,
+            br#"{"123-45-6789": 1, "123-45-6789": 2}"#,
+        ];
+        for body in bodies {
+            let error = match decode_body(body, &limits) {
+                Ok(map) => crate::intake::validate::validate(&map, today)
+                    .map(|_| ())
+                    .map_err(IntakeError::validation)
+                    .expect_err("hostile body fails"),
+                Err(e) => e,
+            };
+            let data = failed_data(Some("k"), &error, None).to_string();
+            for leak in ["123-45", "12345", "98765", "\\u0000", "\\u001b"] {
+                assert!(!data.contains(leak), "{leak} in {data}");
+            }
+        }
+    }
+}

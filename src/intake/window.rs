@@ -1,0 +1,705 @@
+//! The spine of the service: a window of intakes processed in one transaction.
+//!
+//! decode → validate (pure, before the transaction) → in one transaction: authenticate,
+//! look up the message keys, check references, lock households, place each case (pure rules),
+//! write cases, outcomes (which claims the keys), failed intakes and outbox events with one
+//! statement per table → commit (a key taken meanwhile by a concurrent window: roll back and
+//! run again, claiming the keys first). A bad message never rolls back its neighbours: every
+//! per-message problem is decided in memory and becomes that message's failed outcome. Only a
+//! database error aborts the window, and the caller decides from its class what to do (retry,
+//! split, hand back).
+
+use std::collections::{HashMap, HashSet, hash_map::Entry};
+
+use chrono::{NaiveDate, Utc};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::intake::decode::{BodyLimits, decode_body, payload_hash, too_large};
+use crate::intake::envelope::Envelope;
+use crate::intake::error::{ErrorCode, FieldErrors, IntakeError};
+use crate::intake::event::{self, Event, ReplayInfo};
+use crate::intake::household::{Placement, place};
+use crate::intake::validate::{Validated, validate};
+use crate::store::auth::Caller;
+use crate::store::{
+    self, CaseRow, ClaimedKey, FailedRow, NewHousehold, OutboxBody, OutboxRow, OutcomeRow,
+};
+
+/// The unauthenticated namespace of message keys (no network can be id 0).
+pub const NO_NETWORK: i64 = 0;
+
+/// What the pipeline needs besides the intakes.
+#[derive(Debug, Clone)]
+pub struct WindowContext {
+    pub source: String,
+    pub created_routing_key: String,
+    pub failed_routing_key: String,
+    pub limits: BodyLimits,
+    /// Seals SSNs and failed payloads before they are written.
+    pub vault: std::sync::Arc<crate::store::crypto::Vault>,
+    /// Where a committed window hands its outbox rows to this process's relay (`None` where
+    /// no relay runs, as in a command-line replay: a worker's sweep publishes those rows).
+    pub handoff: Option<std::sync::Arc<crate::outbox::relay::Handoff>>,
+}
+
+/// What became of one intake; the consumer logs it, tests assert on it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Created {
+        case_id: i64,
+        household_id: i64,
+        event_id: Uuid,
+    },
+    Failed {
+        code: ErrorCode,
+        event_id: Uuid,
+    },
+    /// The key was seen before with the same body: its original event was queued again.
+    Duplicate {
+        event_id: Uuid,
+    },
+}
+
+impl Outcome {
+    pub fn event_id(&self) -> Uuid {
+        match self {
+            Outcome::Created { event_id, .. }
+            | Outcome::Failed { event_id, .. }
+            | Outcome::Duplicate { event_id } => *event_id,
+        }
+    }
+}
+
+/// The decision for one message before the database is consulted.
+struct Prepared<'a> {
+    env: &'a Envelope,
+    hash: [u8; 32],
+    body: Result<Validated, IntakeError>,
+    /// The county and household ids the body names (when they are well-formed ids), checked
+    /// against the caller's network even when other fields are invalid, so that a failed
+    /// intake reports every field error at once.
+    county: Option<i64>,
+    household: Option<i64>,
+}
+
+/// Decodes and validates outside the transaction: CPU work that needs no lock.
+fn prepare<'a>(env: &'a Envelope, ctx: &WindowContext, today: NaiveDate) -> Prepared<'a> {
+    // An oversized body arrives cut to a prefix: refused by its published size, keyed by the
+    // hash of what was published.
+    let (decoded, hash) = match env.oversize {
+        Some(o) => (Err(too_large(o.bytes, ctx.limits.max_body_bytes)), o.sha256),
+        None => {
+            let decoded = decode_body(&env.body, &ctx.limits);
+            let hash = payload_hash(&env.body, decoded.as_ref().ok());
+            (decoded, hash)
+        }
+    };
+    let id_of = |field: &str| {
+        let map = decoded.as_ref().ok()?;
+        map.get(field)?.as_i64().filter(|id| *id > 0)
+    };
+    let (county, household) = (id_of("street_county"), id_of("household"));
+    let body = decoded.and_then(|map| validate(&map, today).map_err(IntakeError::validation));
+    Prepared {
+        env,
+        hash,
+        body,
+        county,
+        household,
+    }
+}
+
+/// How a claimed key's outcome gets decided.
+enum Slot {
+    /// No valid message key: fails without a dedup row.
+    NoKey,
+    /// First occurrence of a key claimed by this transaction.
+    Fresh,
+    /// A later occurrence in this window of a key claimed at index `first`.
+    Follower { first: usize },
+    /// The key has a committed outcome from an earlier transaction.
+    Existing(store::StoredOutcome),
+}
+
+/// When a window takes its message keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// Look the keys up at the start and insert their outcome rows, complete, at the end (one
+    /// write per key). A key that a concurrent window wrote first makes the insert wait for
+    /// that window and then skip the row: this transaction is rolled back and the window runs
+    /// again with [`Claim::First`].
+    AtEnd,
+    /// Insert placeholder rows first (`ON CONFLICT DO NOTHING`, waiting for any concurrent
+    /// holder of a key) and fill them in at the end: no window can take a key meanwhile.
+    /// The named households are locked before that, so that such a window takes its locks in
+    /// the order an `AtEnd` window does (households, then keys) and the two cannot deadlock.
+    First,
+}
+
+/// Processes `envelopes` in one transaction; returns one outcome per envelope, in order.
+pub async fn process(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    envelopes: &[Envelope],
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let now = Utc::now();
+    let today = now.date_naive();
+    let prepared: Vec<Prepared> = envelopes.iter().map(|e| prepare(e, ctx, today)).collect();
+    // Almost every window has keys no other transaction holds: claiming them at the end
+    // saves a write per key. A lost race for a key (an intake re-published while its first
+    // copy is in another window) re-runs the window claiming its keys first, which cannot
+    // lose one.
+    if let Some(outcomes) = attempt(pool, ctx, &prepared, now, Claim::AtEnd).await? {
+        return Ok(outcomes);
+    }
+    tracing::debug!(
+        window = envelopes.len(),
+        "a message key was taken by a concurrent window; re-running the window"
+    );
+    // A window that claims first cannot lose a key; were it to happen (a bug), the error is
+    // of no transient or outage class, so the deliveries go back and the broker's delivery
+    // limit dead-letters them rather than the window spinning or holding as an outage.
+    attempt(pool, ctx, &prepared, now, Claim::First)
+        .await?
+        .ok_or_else(|| sqlx::Error::InvalidArgument("a message key claimed first was taken".into()))
+}
+
+/// One transaction over the window; `None` if a key was taken by a concurrent window
+/// (only with [`Claim::AtEnd`]; the transaction is rolled back).
+async fn attempt(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    prepared: &[Prepared<'_>],
+    now: chrono::DateTime<Utc>,
+    claim: Claim,
+) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+
+    // Authenticate every distinct token in one query.
+    let tokens: Vec<[u8; 32]> = unique(prepared.iter().filter_map(|p| p.env.token));
+    let callers = store::callers(&mut tx, &tokens).await?;
+    let caller_of = |p: &Prepared| p.env.token.and_then(|t| callers.get(&t).copied());
+    let namespace = |p: &Prepared| caller_of(p).map_or(NO_NETWORK, |c| c.network_id);
+
+    // Claim keys; find the first occurrence of each key within the window.
+    let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut slots: Vec<Slot> = Vec::with_capacity(prepared.len());
+    let mut claims: Vec<ClaimedKey> = Vec::new();
+    for (i, p) in prepared.iter().enumerate() {
+        let Some(key) = p.env.message_key.as_deref() else {
+            slots.push(Slot::NoKey);
+            continue;
+        };
+        match first_of.entry((namespace(p), key)) {
+            Entry::Occupied(first) => slots.push(Slot::Follower {
+                first: *first.get(),
+            }),
+            Entry::Vacant(v) => {
+                v.insert(i);
+                claims.push(ClaimedKey {
+                    network_id: namespace(p),
+                    message_key: key.to_owned(),
+                    payload_hash: p.hash.to_vec(),
+                });
+                slots.push(Slot::Fresh);
+            }
+        }
+    }
+    // A replay re-decides a key whose recorded outcome is a failure; a created case stays.
+    let replayed: Vec<(i64, String)> = prepared
+        .iter()
+        .filter(|p| p.env.replay.is_some())
+        .filter_map(|p| Some((namespace(p), p.env.message_key.clone()?)))
+        .collect();
+    // A window that claims first locks every household its intakes name before it claims.
+    let mut early_heads = match claim {
+        Claim::AtEnd => None,
+        Claim::First => {
+            let refs = prepared
+                .iter()
+                .filter(|p| p.env.forced_failure.is_none())
+                .filter_map(|p| Some((p.household?, caller_of(p)?.network_id)));
+            Some(store::lock_households(&mut tx, &unique(refs)).await?)
+        }
+    };
+    store::forget_failed_outcomes(&mut tx, &replayed).await?;
+    let lost = match claim {
+        Claim::First => store::claim_keys(&mut tx, &claims).await?,
+        Claim::AtEnd => claims
+            .iter()
+            .map(|c| (c.network_id, c.message_key.clone()))
+            .collect(),
+    };
+    if !lost.is_empty() {
+        let stored = store::stored_outcomes(&mut tx, &lost).await?;
+        for (i, p) in prepared.iter().enumerate() {
+            if let (Slot::Fresh, Some(key)) = (&slots[i], p.env.message_key.as_deref())
+                && let Some(s) = stored.get(&(namespace(p), key.to_owned()))
+            {
+                slots[i] = Slot::Existing(s.clone());
+            }
+        }
+    }
+
+    // Reference checks, scoped to each caller's network, and household row locks.
+    let mut county_refs = Vec::new();
+    let mut household_refs = Vec::new();
+    for (i, p) in prepared.iter().enumerate() {
+        if let (Slot::Fresh, Some(c), None) = (&slots[i], caller_of(p), &p.env.forced_failure) {
+            if let Some(county) = p.county {
+                county_refs.push((county, c.network_id));
+            }
+            if let Some(h) = p.household {
+                household_refs.push((h, c.network_id));
+            }
+        }
+    }
+    let counties = store::existing_counties(&mut tx, &unique(county_refs)).await?;
+
+    // Two phases. Intakes that create a household touch no existing household: they are
+    // decided and their households and cases written first, and the deferred household
+    // constraints checked for them, before any household lock is taken. Only then are the
+    // households that other intakes name locked (FOR UPDATE, in id order) and those intakes
+    // decided. Concurrent windows serialise on shared (hot) households for the second phase
+    // only, which is what limits throughput (docs/benchmarks.md).
+    let names_household = |p: &Prepared| {
+        p.household.is_some() || matches!(&p.body, Ok(v) if v.case.household.is_some())
+    };
+    let (locked, unlocked): (Vec<usize>, Vec<usize>) =
+        (0..prepared.len()).partition(|&i| names_household(&prepared[i]));
+    let mut heads: HashMap<i64, store::HouseholdState> = HashMap::new();
+    let mut plan = Plan::default();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; prepared.len()];
+    for (phase, indices) in [unlocked, locked].iter().enumerate() {
+        if phase == 1 {
+            plan.write_new_households(&mut tx, now, &ctx.vault).await?;
+            heads = match early_heads.take() {
+                Some(locked) => locked,
+                None => {
+                    let refs = unique(std::mem::take(&mut household_refs));
+                    store::lock_households(&mut tx, &refs).await?
+                }
+            };
+        }
+
+        // Decide each fresh intake: a failure, or a case to create.
+        let mut decisions: Vec<Option<Result<(Caller, &Validated), IntakeError>>> =
+            (0..prepared.len()).map(|_| None).collect();
+        for &i in indices {
+            let p = &prepared[i];
+            let decision = match (&slots[i], caller_of(p)) {
+                (Slot::NoKey, _) => Some(Err(p.env.forced_failure.clone().unwrap_or_else(|| {
+                    IntakeError::new(
+                        ErrorCode::MissingMessageKey,
+                        "the message_id property must hold a message key of 1 to 255 characters",
+                    )
+                }))),
+                (Slot::Fresh, _) if p.env.forced_failure.is_some() => {
+                    p.env.forced_failure.clone().map(Err)
+                }
+                (Slot::Fresh, None) => Some(Err(IntakeError::new(
+                    ErrorCode::Unauthorized,
+                    "a valid API token is required in the authorization header as `Token <api_token>`",
+                ))),
+                (Slot::Fresh, Some(caller)) => {
+                    let mut refs = check_references(p, caller, &counties, &heads);
+                    Some(match &p.body {
+                        Err(e) if e.code == ErrorCode::ValidationFailed => {
+                            for (field, messages) in &e.fields {
+                                refs.insert(field.clone(), messages.clone());
+                            }
+                            Err(IntakeError::validation(refs))
+                        }
+                        Err(e) => Err(e.clone()),
+                        Ok(v) if refs.is_empty() => Ok((caller, v)),
+                        Ok(_) => Err(IntakeError::validation(refs)),
+                    })
+                }
+                _ => None,
+            };
+            decisions[i] = decision;
+        }
+
+        let creates = decisions
+            .iter()
+            .filter(|d| matches!(d, Some(Ok(_))))
+            .count();
+        let new_households = decisions
+            .iter()
+            .filter(|d| matches!(d, Some(Ok((_, v))) if v.case.household.is_none()))
+            .count();
+        let (mut case_ids, mut household_ids) =
+            store::allocate_ids(&mut tx, creates, new_households).await?;
+        case_ids.reverse();
+        household_ids.reverse();
+
+        for &i in indices {
+            let p = &prepared[i];
+            let key = p.env.message_key.as_deref();
+            let replay = p.env.replay;
+            let outcome = match decisions[i].take() {
+                Some(Ok((caller, v))) => {
+                    let case_id = case_ids.pop().expect("one id allocated per create");
+                    let current = v
+                        .case
+                        .household
+                        .and_then(|h| heads.get(&h))
+                        .and_then(|s| s.head);
+                    let placement = place(v.case.household, v.case.head_of_household, current);
+                    let household_id = match placement {
+                        Placement::NewHousehold => {
+                            let id = household_ids
+                                .pop()
+                                .expect("one id allocated per new household");
+                            plan.households.push(NewHousehold {
+                                id,
+                                network_id: caller.network_id,
+                                head_case_id: case_id,
+                            });
+                            id
+                        }
+                        Placement::Join { household }
+                        | Placement::JoinAsOnlyCase { household }
+                        | Placement::ReplaceHead { household, .. } => household,
+                    };
+                    if placement.is_head() {
+                        let state = heads.entry(household_id).or_insert(store::HouseholdState {
+                            network_id: caller.network_id,
+                            head: None,
+                        });
+                        plan.set_head(household_id, case_id, state.head);
+                        state.head = Some(case_id);
+                    }
+                    let row = CaseRow::new(
+                        case_id,
+                        household_id,
+                        placement.is_head(),
+                        &caller,
+                        &v.case,
+                        now,
+                    );
+                    let mut data = store::case_json(&row, &v.case);
+                    let data_obj = data.as_object_mut().expect("case_json returns an object");
+                    data_obj.insert("household_id".into(), household_id.into());
+                    data_obj.insert(
+                        "household_created".into(),
+                        matches!(placement, Placement::NewHousehold).into(),
+                    );
+                    data_obj.insert("head_of_household".into(), placement.is_head().into());
+                    data_obj.insert(
+                        "previous_head_case_id".into(),
+                        placement.previous_head().into(),
+                    );
+                    data_obj.insert("message_key".into(), key.into());
+                    data_obj.insert(
+                        "warnings".into(),
+                        serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
+                    );
+                    event::add_replay(&mut data, replay);
+                    let ev = event::envelope(
+                        &ctx.source,
+                        event::CASE_CREATED,
+                        &ctx.created_routing_key,
+                        key,
+                        now,
+                        data,
+                    );
+                    plan.cases.push(row);
+                    let outcome = Outcome::Created {
+                        case_id,
+                        household_id,
+                        event_id: ev.id,
+                    };
+                    plan.record(caller.network_id, key, &p.hash, Some(case_id), None, &ev);
+                    plan.publish(i, &ev, p.env);
+                    outcome
+                }
+                Some(Err(error)) => {
+                    let caller = caller_of(p);
+                    let ev = failed_event(ctx, key, &error, replay, now);
+                    if key.is_some() {
+                        plan.record(namespace(p), key, &p.hash, None, Some(error.code), &ev);
+                    }
+                    plan.fail(p, caller, &error, &ev);
+                    plan.publish(i, &ev, p.env);
+                    Outcome::Failed {
+                        code: error.code,
+                        event_id: ev.id,
+                    }
+                }
+                None => continue,
+            };
+            outcomes[i] = Some(outcome);
+        }
+    }
+
+    // Keys seen before (in an earlier transaction or earlier in this window).
+    for (i, p) in prepared.iter().enumerate() {
+        let original = match &slots[i] {
+            Slot::Existing(s) => Some((s.payload_hash.as_slice() == p.hash, s.event.clone())),
+            Slot::Follower { first } => match &slots[*first] {
+                Slot::Existing(s) => Some((s.payload_hash.as_slice() == p.hash, s.event.clone())),
+                _ => {
+                    let same = prepared[*first].hash == p.hash;
+                    let id = outcomes[*first].as_ref().map(Outcome::event_id);
+                    id.and_then(|id| plan.event(id)).map(|ev| (same, ev))
+                }
+            },
+            _ => None,
+        };
+        let Some((same_body, original)) = original else {
+            continue;
+        };
+        outcomes[i] = Some(if same_body {
+            plan.publish(i, &original, p.env);
+            Outcome::Duplicate {
+                event_id: original.id,
+            }
+        } else {
+            let error = IntakeError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "this message key was already used with a different body; nothing was changed",
+            );
+            let ev = failed_event(ctx, p.env.message_key.as_deref(), &error, p.env.replay, now);
+            plan.fail(p, caller_of(p), &error, &ev);
+            plan.publish(i, &ev, p.env);
+            Outcome::Failed {
+                code: error.code,
+                event_id: ev.id,
+            }
+        });
+    }
+
+    let resolved: Vec<i64> = prepared
+        .iter()
+        .filter_map(|p| p.env.replay.map(|r| r.failed_intake_id))
+        .collect();
+    store::resolve_failed(&mut tx, &resolved, now).await?;
+    let Some(outbox_ids) = plan.write(&mut tx, now, &ctx.vault, claim).await? else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    tx.commit().await?;
+    if let Some(handoff) = &ctx.handoff {
+        handoff.push(&outbox_ids);
+    }
+    Ok(Some(
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every envelope is decided"))
+            .collect(),
+    ))
+}
+
+fn failed_event(
+    ctx: &WindowContext,
+    key: Option<&str>,
+    error: &IntakeError,
+    replay: Option<ReplayInfo>,
+    now: chrono::DateTime<Utc>,
+) -> Event {
+    event::envelope(
+        &ctx.source,
+        event::CASE_FAILED,
+        &ctx.failed_routing_key,
+        key,
+        now,
+        event::failed_data(key, error, replay),
+    )
+}
+
+/// The county and household must exist in the caller's network. A reference into another
+/// network gets the same message as a missing one, so nothing about that network leaks.
+fn check_references(
+    p: &Prepared,
+    caller: Caller,
+    counties: &HashSet<(i64, i64)>,
+    households: &HashMap<i64, store::HouseholdState>,
+) -> FieldErrors {
+    let mut fields = FieldErrors::new();
+    if let Some(county) = p.county
+        && !counties.contains(&(county, caller.network_id))
+    {
+        fields.insert(
+            "street_county".into(),
+            vec!["is not a county of your network".into()],
+        );
+    }
+    if let Some(h) = p.household
+        && households
+            .get(&h)
+            .is_none_or(|s| s.network_id != caller.network_id)
+    {
+        fields.insert(
+            "household".into(),
+            vec!["is not a household of your network".into()],
+        );
+    }
+    fields
+}
+
+fn unique<T: std::hash::Hash + Eq + Ord + Copy>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = items
+        .into_iter()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    // Sorted, so that concurrent windows lock rows in the same order and cannot deadlock.
+    v.sort_unstable();
+    v
+}
+
+/// Every write of a window, gathered in memory and flushed with one statement per table.
+#[derive(Default)]
+struct Plan {
+    households: Vec<NewHousehold>,
+    cases: Vec<CaseRow>,
+    /// Existing cases that lost their head flag.
+    unflag: Vec<i64>,
+    /// Existing households whose head changed: household → new head.
+    head_updates: HashMap<i64, i64>,
+    outcomes: Vec<OutcomeRow>,
+    failed: Vec<FailedRow>,
+    /// Events with the index of their intake: written in delivery order.
+    outbox: Vec<(usize, OutboxRow)>,
+    events: HashMap<Uuid, Event>,
+    /// Events recorded as the outcome of a key in this window: event id → (namespace, key).
+    /// Their outbox rows refer to the outcome row instead of repeating the body.
+    recorded: HashMap<Uuid, (i64, String)>,
+}
+
+impl Plan {
+    /// Makes `case_id` the head of `household`, demoting `previous` (which may be a case
+    /// created earlier in this same window, or an existing one).
+    fn set_head(&mut self, household: i64, case_id: i64, previous: Option<i64>) {
+        if let Some(prev) = previous {
+            match self.cases.iter_mut().find(|c| c.id == prev) {
+                Some(c) => c.head_of_household = false,
+                None => self.unflag.push(prev),
+            }
+        }
+        if !self.households.iter().any(|h| h.id == household) {
+            self.head_updates.insert(household, case_id);
+        }
+    }
+
+    fn record(
+        &mut self,
+        network_id: i64,
+        key: Option<&str>,
+        payload_hash: &[u8; 32],
+        case_id: Option<i64>,
+        code: Option<ErrorCode>,
+        ev: &Event,
+    ) {
+        let Some(key) = key else { return };
+        self.outcomes.push(OutcomeRow {
+            network_id,
+            message_key: key.to_owned(),
+            payload_hash: payload_hash.to_vec(),
+            case_id,
+            error_code: code.map(|c| c.as_str().to_owned()),
+            event_id: ev.id,
+            event: ev.body.to_string(),
+            routing_key: ev.routing_key.clone(),
+        });
+        self.events.insert(ev.id, ev.clone());
+        self.recorded.insert(ev.id, (network_id, key.to_owned()));
+    }
+
+    fn fail(&mut self, p: &Prepared, caller: Option<Caller>, error: &IntakeError, ev: &Event) {
+        self.failed.push(FailedRow {
+            network_id: caller.map(|c| c.network_id),
+            message_key: p.env.message_key.clone(),
+            correlation_id: p.env.correlation_id.clone(),
+            token_hash: p.env.token.map(|t| t.to_vec()),
+            payload: p.env.body.clone(),
+            payload_bytes: p.env.oversize.map_or(p.env.body.len(), |o| o.bytes) as i64,
+            payload_sha256: p
+                .env
+                .oversize
+                .map_or_else(|| Sha256::digest(&p.env.body).into(), |o| o.sha256)
+                .to_vec(),
+            truncated: p.env.oversize.is_some(),
+            error_code: error.code.as_str().to_owned(),
+            error: serde_json::to_string(error).unwrap_or_default(),
+            attempts: p.env.replay.map_or(1, |r| r.attempt),
+            event_id: ev.id,
+        });
+    }
+
+    /// Queues `ev` for publishing as the outcome of the `index`-th intake of the window.
+    fn publish(&mut self, index: usize, ev: &Event, env: &Envelope) {
+        self.outbox.push((
+            index,
+            OutboxRow {
+                event_id: ev.id,
+                routing_key: ev.routing_key.clone(),
+                body: match self.recorded.get(&ev.id) {
+                    Some((network_id, key)) => OutboxBody::Outcome {
+                        network_id: *network_id,
+                        message_key: key.clone(),
+                    },
+                    None => OutboxBody::Inline(ev.body.to_string()),
+                },
+                correlation_id: env.correlation_id.clone(),
+            },
+        ));
+    }
+
+    fn event(&self, id: Uuid) -> Option<Event> {
+        self.events.get(&id).cloned()
+    }
+
+    /// Writes the households and cases planned so far (phase one: new households only) and
+    /// checks their deferred constraints now, so that neither happens under household locks.
+    async fn write_new_households(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
+        now: chrono::DateTime<Utc>,
+        vault: &crate::store::crypto::Vault,
+    ) -> Result<(), sqlx::Error> {
+        if self.households.is_empty() && self.cases.is_empty() {
+            return Ok(());
+        }
+        store::insert_households(tx, &self.households, now).await?;
+        store::insert_cases(tx, &self.cases, vault).await?;
+        store::check_deferred_constraints(tx).await?;
+        self.households.clear();
+        self.cases.clear();
+        Ok(())
+    }
+
+    /// Writes everything left; returns the ids of the outbox rows, or `None` if a key's
+    /// outcome row could not be inserted because a concurrent window wrote it first.
+    async fn write(
+        self,
+        tx: &mut sqlx::PgConnection,
+        now: chrono::DateTime<Utc>,
+        vault: &crate::store::crypto::Vault,
+        claim: Claim,
+    ) -> Result<Option<Vec<i64>>, sqlx::Error> {
+        // Demote old heads before inserting new ones: the one-head index is not deferrable.
+        store::unflag_heads(tx, &self.unflag, now).await?;
+        store::insert_households(tx, &self.households, now).await?;
+        store::insert_cases(tx, &self.cases, vault).await?;
+        let updates: Vec<(i64, i64)> = self.head_updates.iter().map(|(h, c)| (*h, *c)).collect();
+        store::update_heads(tx, &updates, now).await?;
+        match claim {
+            Claim::First => store::record_outcomes(tx, &self.outcomes).await?,
+            Claim::AtEnd => {
+                if store::insert_outcomes(tx, &self.outcomes).await? < self.outcomes.len() {
+                    return Ok(None);
+                }
+            }
+        }
+        store::insert_failed(tx, &self.failed, now, vault).await?;
+        let mut outbox = self.outbox;
+        outbox.sort_by_key(|(i, _)| *i);
+        let rows: Vec<OutboxRow> = outbox.into_iter().map(|(_, r)| r).collect();
+        store::insert_outbox(tx, &rows, now).await.map(Some)
+    }
+}
