@@ -12,7 +12,7 @@ use serde_json::Value;
 use sqlx::{PgPool, Row};
 
 use crate::infra::redact;
-use crate::intake::classify::{ErrorClass, classify};
+use crate::intake::classify::{classify, retry_transient};
 use crate::intake::envelope::{Envelope, Oversize};
 use crate::intake::event::ReplayInfo;
 use crate::intake::window::{self, Outcome, WindowContext};
@@ -299,17 +299,14 @@ async fn process_retrying(
     if envelopes.is_empty() {
         return Ok(Vec::new());
     }
-    let mut attempt = 0;
-    loop {
-        match window::process(pool, ctx, envelopes).await {
-            Err(e) if classify(&e) == ErrorClass::Transient && attempt < 5 => {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(100 << attempt)).await;
-            }
-            other => return other,
-        }
-    }
+    retry_transient(REPLAY_TRANSIENT_RETRIES, classify, || {
+        window::process(pool, ctx, envelopes)
+    })
+    .await
 }
+
+/// Re-runs of a replay window after transient database errors.
+const REPLAY_TRANSIENT_RETRIES: usize = 5;
 
 #[cfg(test)]
 mod tests {

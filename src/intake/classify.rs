@@ -1,4 +1,9 @@
-//! Classifies a database error once, into the class that decides what happens to a window.
+//! Classifies a database error once, into the class that decides what happens to a window,
+//! and re-runs work that failed transiently: the one retry helper of the consumer and replay.
+
+use std::future::Future;
+
+use crate::infra::backoff::transient_backoff;
 
 /// How a failed window is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +49,60 @@ pub fn classify(error: &sqlx::Error) -> ErrorClass {
     }
 }
 
+/// Runs `run` and re-runs it, with exponential backoff and jitter, while `class_of` calls its
+/// error transient, `times` re-runs at most; any other result is returned as it is.
+pub async fn retry_transient<T, E, F, Fut>(
+    times: usize,
+    class_of: impl Fn(&E) -> ErrorClass,
+    mut run: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delays = transient_backoff(times);
+    loop {
+        match run().await {
+            Err(e) if class_of(&e) == ErrorClass::Transient => match delays.next() {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// A run that fails with `failures` in order, then succeeds; counts its calls.
+    async fn runs(failures: &[ErrorClass], times: usize) -> (Result<u32, ErrorClass>, u32) {
+        let calls = std::cell::Cell::new(0u32);
+        let result = retry_transient(
+            times,
+            |c| *c,
+            || {
+                let n = calls.get();
+                calls.set(n + 1);
+                let out = failures.get(n as usize).map_or(Ok(n), |c| Err(*c));
+                async move { out }
+            },
+        )
+        .await;
+        (result, calls.get())
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_re_run_a_bounded_number_of_times() {
+        use ErrorClass::*;
+        assert_eq!(runs(&[], 3).await, (Ok(0), 1));
+        assert_eq!(runs(&[Transient, Transient], 3).await, (Ok(2), 3));
+        // Out of re-runs: the last error.
+        assert_eq!(runs(&[Transient, Transient], 1).await, (Err(Transient), 2));
+        // Other classes are never re-run.
+        assert_eq!(runs(&[Outage, Transient], 3).await, (Err(Outage), 1));
+        assert_eq!(runs(&[Unknown], 3).await, (Err(Unknown), 1));
+    }
     use super::*;
 
     #[test]

@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::infra::backoff::{probe_backoff, transient_backoff};
+use crate::infra::backoff::probe_backoff;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::infra::metrics::{ConsumerState, Metrics};
 use crate::infra::settings::IntakeSettings;
 use crate::infra::throttle::Throttle;
-use crate::intake::classify::{ErrorClass, classify};
+use crate::intake::classify::{ErrorClass, classify, retry_transient};
 use crate::intake::delivery::{envelope_of, retries_of, retry_headers};
 use crate::intake::envelope::Envelope;
 use crate::intake::error::{ErrorCode, IntakeError};
@@ -363,33 +363,32 @@ impl IntakeConsumer {
         &self,
         envelopes: &[Envelope],
     ) -> Result<Vec<Outcome>, ErrorClass> {
-        let mut backoff = transient_backoff(self.settings.transient_retries);
-        loop {
-            let started = std::time::Instant::now();
-            let run = AssertUnwindSafe(window::process(&self.pool, &self.ctx, envelopes));
-            let class = match run.catch_unwind().await {
-                Ok(Ok(o)) => {
-                    self.metrics
-                        .record_window(envelopes.len(), started.elapsed().as_secs_f64());
-                    return Ok(o);
+        let times = self.settings.transient_retries;
+        retry_transient(times, |class| *class, || self.process_once(envelopes)).await
+    }
+
+    /// One run of the window, its failure logged and classified; a panic is a bug class.
+    async fn process_once(&self, envelopes: &[Envelope]) -> Result<Vec<Outcome>, ErrorClass> {
+        let started = std::time::Instant::now();
+        let run = AssertUnwindSafe(window::process(&self.pool, &self.ctx, envelopes));
+        match run.catch_unwind().await {
+            Ok(Ok(o)) => {
+                self.metrics
+                    .record_window(envelopes.len(), started.elapsed().as_secs_f64());
+                Ok(o)
+            }
+            Ok(Err(e)) => {
+                let class = classify(&e);
+                if let Some(suppressed) = WINDOW_FAILED.allow() {
+                    tracing::warn!(error = %e, ?class, window = envelopes.len(), suppressed, "window failed");
                 }
-                Ok(Err(e)) => {
-                    let class = classify(&e);
-                    if let Some(suppressed) = WINDOW_FAILED.allow() {
-                        tracing::warn!(error = %e, ?class, window = envelopes.len(), suppressed, "window failed");
-                    }
-                    class
-                }
-                Err(_) => {
-                    // A bug: never let it kill the consumer; the broker's delivery limit
-                    // dead-letters a message that keeps triggering it.
-                    tracing::error!(window = envelopes.len(), "window processing panicked");
-                    ErrorClass::Unknown
-                }
-            };
-            match (class, backoff.next()) {
-                (ErrorClass::Transient, Some(delay)) => tokio::time::sleep(delay).await,
-                (class, _) => return Err(class),
+                Err(class)
+            }
+            Err(_) => {
+                // A bug: never let it kill the consumer; the broker's delivery limit
+                // dead-letters a message that keeps triggering it.
+                tracing::error!(window = envelopes.len(), "window processing panicked");
+                Err(ErrorClass::Unknown)
             }
         }
     }
