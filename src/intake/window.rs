@@ -182,7 +182,7 @@ async fn attempt(
     let tokens: Vec<[u8; 32]> = unique(prepared.iter().filter_map(|p| p.env.token));
     let callers = store::callers(&mut tx, &tokens).await?;
     let caller_of = |p: &Prepared| p.env.token.and_then(|t| callers.get(&t).copied());
-    let namespace = |p: &Prepared| caller_of(p).map_or(NO_NETWORK, |c| c.network_id);
+    let namespace = |p: &Prepared| caller_of(p).map_or(NO_NETWORK, |c| c.network_id());
 
     // Claim keys; find the first occurrence of each key within the window.
     let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
@@ -221,7 +221,7 @@ async fn attempt(
             let refs = prepared
                 .iter()
                 .filter(|p| p.env.forced_failure.is_none())
-                .filter_map(|p| Some((p.household?, caller_of(p)?.network_id)));
+                .filter_map(|p| Some((p.household?, caller_of(p)?.network_id())));
             Some(store::lock_households(&mut tx, &unique(refs)).await?)
         }
     };
@@ -250,10 +250,10 @@ async fn attempt(
     for (i, p) in prepared.iter().enumerate() {
         if let (Slot::Fresh, Some(c), None) = (&slots[i], caller_of(p), &p.env.forced_failure) {
             if let Some(county) = p.county {
-                county_refs.push((county, c.network_id));
+                county_refs.push((county, c.network_id()));
             }
             if let Some(h) = p.household {
-                household_refs.push((h, c.network_id));
+                household_refs.push((h, c.network_id()));
             }
         }
     }
@@ -356,7 +356,7 @@ async fn attempt(
                                 .expect("one id allocated per new household");
                             plan.households.push(NewHousehold {
                                 id,
-                                network_id: caller.network_id,
+                                network_id: caller.network_id(),
                                 head_case_id: case_id,
                             });
                             id
@@ -367,7 +367,7 @@ async fn attempt(
                     };
                     if placement.is_head() {
                         let state = heads.entry(household_id).or_insert(store::HouseholdState {
-                            network_id: caller.network_id,
+                            network_id: caller.network_id(),
                             head: None,
                         });
                         plan.set_head(household_id, case_id, state.head);
@@ -413,7 +413,7 @@ async fn attempt(
                         household_id,
                         event_id: ev.id,
                     };
-                    plan.record(caller.network_id, key, &p.hash, Some(case_id), None, &ev);
+                    plan.record(caller.network_id(), key, &p.hash, Some(case_id), None, &ev);
                     plan.publish(i, &ev, p.env);
                     outcome
                 }
@@ -521,7 +521,7 @@ fn check_references(
 ) -> FieldErrors {
     let mut fields = FieldErrors::new();
     if let Some(county) = p.county
-        && !counties.contains(&(county, caller.network_id))
+        && !counties.contains(&(county, caller.network_id()))
     {
         fields.insert(
             "street_county".into(),
@@ -531,7 +531,7 @@ fn check_references(
     if let Some(h) = p.household
         && households
             .get(&h)
-            .is_none_or(|s| s.network_id != caller.network_id)
+            .is_none_or(|s| s.network_id != caller.network_id())
     {
         fields.insert(
             "household".into(),
@@ -612,7 +612,7 @@ impl Plan {
 
     fn fail(&mut self, p: &Prepared, caller: Option<Caller>, error: &IntakeError, ev: &Event) {
         self.failed.push(FailedRow {
-            network_id: caller.map(|c| c.network_id),
+            network_id: caller.map(|c| c.network_id()),
             message_key: p.env.message_key.clone(),
             correlation_id: p.env.correlation_id.clone(),
             token_hash: p.env.token.map(|t| t.to_vec()),

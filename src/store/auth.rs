@@ -4,14 +4,49 @@
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// An authenticated caller: the agent behind an API key, its group and its network. Only
-/// [`crate::store`] builds one, from a key that is not revoked and an agent that is active.
+/// An authenticated caller: the agent behind an API key, its group and its network. Its
+/// fields are private and its constructor visible to `store` only, which builds one from a key
+/// that is not revoked and an agent that is active: holding a `Caller` proves authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
-    pub network_id: i64,
-    pub group_id: i64,
-    pub agent_id: i64,
-    pub api_key_id: i64,
+    network_id: i64,
+    group_id: i64,
+    agent_id: i64,
+    api_key_id: i64,
+}
+
+impl Caller {
+    /// Only the authentication query (`store::callers`) makes callers.
+    pub(in crate::store) fn authenticated(
+        api_key_id: i64,
+        agent_id: i64,
+        group_id: i64,
+        network_id: i64,
+    ) -> Self {
+        Self {
+            network_id,
+            group_id,
+            agent_id,
+            api_key_id,
+        }
+    }
+
+    /// The network every query of this caller is scoped to.
+    pub fn network_id(&self) -> i64 {
+        self.network_id
+    }
+
+    pub fn group_id(&self) -> i64 {
+        self.group_id
+    }
+
+    pub fn agent_id(&self) -> i64 {
+        self.agent_id
+    }
+
+    pub fn api_key_id(&self) -> i64 {
+        self.api_key_id
+    }
 }
 
 /// SHA-256 of a token: the only form in which tokens are stored or compared. Equality of

@@ -48,12 +48,12 @@ pub async fn callers(
         };
         out.insert(
             hash,
-            Caller {
-                api_key_id: row.try_get(1)?,
-                agent_id: row.try_get(2)?,
-                group_id: row.try_get(3)?,
-                network_id: row.try_get(4)?,
-            },
+            Caller::authenticated(
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+            ),
         );
     }
     Ok(out)
@@ -296,10 +296,10 @@ impl CaseRow {
         Self {
             id,
             household_id,
-            network_id: caller.network_id,
+            network_id: caller.network_id(),
             head_of_household,
-            agent_id: caller.agent_id,
-            group_id: caller.group_id,
+            agent_id: caller.agent_id(),
+            group_id: caller.group_id(),
             created_at: now,
             fields: fields.clone(),
         }
