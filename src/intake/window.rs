@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet, hash_map::Entry};
 use chrono::{NaiveDate, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::intake::decode::{BodyLimits, decode_body, payload_hash, too_large};
@@ -23,7 +23,7 @@ use crate::intake::error::{ErrorCode, FieldErrors, IntakeError};
 use crate::intake::event::{self, Event, ReplayInfo};
 use crate::intake::household::{Placement, place};
 use crate::intake::validate::{Validated, validate};
-use crate::store::auth::Caller;
+use crate::store::auth::{Caller, TokenHash};
 use crate::store::{
     self, CaseRow, ClaimedKey, FailedRow, NewHousehold, OutboxBody, OutboxRow, OutcomeRow,
 };
@@ -169,6 +169,10 @@ pub async fn process(
 
 /// One transaction over the window; `None` if a key was taken by a concurrent window
 /// (only with [`Claim::AtEnd`]; the transaction is rolled back).
+///
+/// The spine: authenticate, claim the keys, check references, then two phases of decide and
+/// place (intakes that create a household first, before any household lock; then, with the
+/// named households locked, the others), answer the duplicates, write and commit.
 async fn attempt(
     pool: &PgPool,
     ctx: &WindowContext,
@@ -177,87 +181,10 @@ async fn attempt(
     claim: Claim,
 ) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-
-    // Authenticate every distinct token in one query.
-    let tokens: Vec<[u8; 32]> = unique(prepared.iter().filter_map(|p| p.env.token));
-    let callers = store::callers(&mut tx, &tokens).await?;
-    let caller_of = |p: &Prepared| p.env.token.and_then(|t| callers.get(&t).copied());
-    let namespace = |p: &Prepared| caller_of(p).map_or(NO_NETWORK, |c| c.network_id());
-
-    // Claim keys; find the first occurrence of each key within the window.
-    let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
-    let mut slots: Vec<Slot> = Vec::with_capacity(prepared.len());
-    let mut claims: Vec<ClaimedKey> = Vec::new();
-    for (i, p) in prepared.iter().enumerate() {
-        let Some(key) = p.env.message_key.as_deref() else {
-            slots.push(Slot::NoKey);
-            continue;
-        };
-        match first_of.entry((namespace(p), key)) {
-            Entry::Occupied(first) => slots.push(Slot::Follower {
-                first: *first.get(),
-            }),
-            Entry::Vacant(v) => {
-                v.insert(i);
-                claims.push(ClaimedKey {
-                    network_id: namespace(p),
-                    message_key: key.to_owned(),
-                    payload_hash: p.hash.to_vec(),
-                });
-                slots.push(Slot::Fresh);
-            }
-        }
-    }
-    // A replay re-decides a key whose recorded outcome is a failure; a created case stays.
-    let replayed: Vec<(i64, String)> = prepared
-        .iter()
-        .filter(|p| p.env.replay.is_some())
-        .filter_map(|p| Some((namespace(p), p.env.message_key.clone()?)))
-        .collect();
-    // A window that claims first locks every household its intakes name before it claims.
-    let mut early_heads = match claim {
-        Claim::AtEnd => None,
-        Claim::First => {
-            let refs = prepared
-                .iter()
-                .filter(|p| p.env.forced_failure.is_none())
-                .filter_map(|p| Some((p.household?, caller_of(p)?.network_id())));
-            Some(store::lock_households(&mut tx, &unique(refs)).await?)
-        }
-    };
-    store::forget_failed_outcomes(&mut tx, &replayed).await?;
-    let lost = match claim {
-        Claim::First => store::claim_keys(&mut tx, &claims).await?,
-        Claim::AtEnd => claims
-            .iter()
-            .map(|c| (c.network_id, c.message_key.clone()))
-            .collect(),
-    };
-    if !lost.is_empty() {
-        let stored = store::stored_outcomes(&mut tx, &lost).await?;
-        for (i, p) in prepared.iter().enumerate() {
-            if let (Slot::Fresh, Some(key)) = (&slots[i], p.env.message_key.as_deref())
-                && let Some(s) = stored.get(&(namespace(p), key.to_owned()))
-            {
-                slots[i] = Slot::Existing(s.clone());
-            }
-        }
-    }
-
-    // Reference checks, scoped to each caller's network, and household row locks.
-    let mut county_refs = Vec::new();
-    let mut household_refs = Vec::new();
-    for (i, p) in prepared.iter().enumerate() {
-        if let (Slot::Fresh, Some(c), None) = (&slots[i], caller_of(p), &p.env.forced_failure) {
-            if let Some(county) = p.county {
-                county_refs.push((county, c.network_id()));
-            }
-            if let Some(h) = p.household {
-                household_refs.push((h, c.network_id()));
-            }
-        }
-    }
-    let counties = store::existing_counties(&mut tx, &unique(county_refs)).await?;
+    let callers = authenticate(&mut tx, prepared).await?;
+    let (slots, early_heads) = claim_keys(&mut tx, prepared, &callers, claim).await?;
+    let refs = References::find(prepared, &slots, &callers);
+    let counties = store::existing_counties(&mut tx, &unique(refs.counties)).await?;
 
     // Two phases. Intakes that create a household touch no existing household: they are
     // decided and their households and cases written first, and the deferred household
@@ -265,220 +192,34 @@ async fn attempt(
     // households that other intakes name locked (FOR UPDATE, in id order) and those intakes
     // decided. Concurrent windows serialise on shared (hot) households for the second phase
     // only, which is what limits throughput (docs/benchmarks.md).
-    let names_household = |p: &Prepared| {
-        p.household.is_some() || matches!(&p.body, Ok(v) if v.case.household.is_some())
-    };
     let (locked, unlocked): (Vec<usize>, Vec<usize>) =
         (0..prepared.len()).partition(|&i| names_household(&prepared[i]));
-    let mut heads: HashMap<i64, store::HouseholdState> = HashMap::new();
-    let mut plan = Plan::default();
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; prepared.len()];
-    for (phase, indices) in [unlocked, locked].iter().enumerate() {
-        if phase == 1 {
-            plan.write_new_households(&mut tx, now, &ctx.vault).await?;
-            heads = match early_heads.take() {
-                Some(locked) => locked,
-                None => {
-                    let refs = unique(std::mem::take(&mut household_refs));
-                    store::lock_households(&mut tx, &refs).await?
-                }
-            };
-        }
-
-        // Decide each fresh intake: a failure, or a case to create.
-        let mut decisions: Vec<Option<Result<(Caller, &Validated), IntakeError>>> =
-            (0..prepared.len()).map(|_| None).collect();
-        for &i in indices {
-            let p = &prepared[i];
-            let decision = match (&slots[i], caller_of(p)) {
-                (Slot::NoKey, _) => Some(Err(p.env.forced_failure.clone().unwrap_or_else(|| {
-                    IntakeError::new(
-                        ErrorCode::MissingMessageKey,
-                        "the message_id property must hold a message key of 1 to 255 characters",
-                    )
-                }))),
-                (Slot::Fresh, _) if p.env.forced_failure.is_some() => {
-                    p.env.forced_failure.clone().map(Err)
-                }
-                (Slot::Fresh, None) => Some(Err(IntakeError::new(
-                    ErrorCode::Unauthorized,
-                    "a valid API token is required in the authorization header as `Token <api_token>`",
-                ))),
-                (Slot::Fresh, Some(caller)) => {
-                    let mut refs = check_references(p, caller, &counties, &heads);
-                    Some(match &p.body {
-                        Err(e) if e.code == ErrorCode::ValidationFailed => {
-                            for (field, messages) in &e.fields {
-                                refs.insert(field.clone(), messages.clone());
-                            }
-                            Err(IntakeError::validation(refs))
-                        }
-                        Err(e) => Err(e.clone()),
-                        Ok(v) if refs.is_empty() => Ok((caller, v)),
-                        Ok(_) => Err(IntakeError::validation(refs)),
-                    })
-                }
-                _ => None,
-            };
-            decisions[i] = decision;
-        }
-
-        let creates = decisions
-            .iter()
-            .filter(|d| matches!(d, Some(Ok(_))))
-            .count();
-        let new_households = decisions
-            .iter()
-            .filter(|d| matches!(d, Some(Ok((_, v))) if v.case.household.is_none()))
-            .count();
-        let (mut case_ids, mut household_ids) =
-            store::allocate_ids(&mut tx, creates, new_households).await?;
-        case_ids.reverse();
-        household_ids.reverse();
-
-        for &i in indices {
-            let p = &prepared[i];
-            let key = p.env.message_key.as_deref();
-            let replay = p.env.replay;
-            let outcome = match decisions[i].take() {
-                Some(Ok((caller, v))) => {
-                    let case_id = case_ids.pop().expect("one id allocated per create");
-                    let current = v
-                        .case
-                        .household
-                        .and_then(|h| heads.get(&h))
-                        .and_then(|s| s.head);
-                    let placement = place(v.case.household, v.case.head_of_household, current);
-                    let household_id = match placement {
-                        Placement::NewHousehold => {
-                            let id = household_ids
-                                .pop()
-                                .expect("one id allocated per new household");
-                            plan.households.push(NewHousehold {
-                                id,
-                                network_id: caller.network_id(),
-                                head_case_id: case_id,
-                            });
-                            id
-                        }
-                        Placement::Join { household }
-                        | Placement::JoinAsOnlyCase { household }
-                        | Placement::ReplaceHead { household, .. } => household,
-                    };
-                    if placement.is_head() {
-                        let state = heads.entry(household_id).or_insert(store::HouseholdState {
-                            network_id: caller.network_id(),
-                            head: None,
-                        });
-                        plan.set_head(household_id, case_id, state.head);
-                        state.head = Some(case_id);
-                    }
-                    let row = CaseRow::new(
-                        case_id,
-                        household_id,
-                        placement.is_head(),
-                        &caller,
-                        &v.case,
-                        now,
-                    );
-                    let mut data = store::case_json(&row, &v.case);
-                    let data_obj = data.as_object_mut().expect("case_json returns an object");
-                    data_obj.insert("household_id".into(), household_id.into());
-                    data_obj.insert(
-                        "household_created".into(),
-                        matches!(placement, Placement::NewHousehold).into(),
-                    );
-                    data_obj.insert("head_of_household".into(), placement.is_head().into());
-                    data_obj.insert(
-                        "previous_head_case_id".into(),
-                        placement.previous_head().into(),
-                    );
-                    data_obj.insert("message_key".into(), key.into());
-                    data_obj.insert(
-                        "warnings".into(),
-                        serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
-                    );
-                    event::add_replay(&mut data, replay);
-                    let ev = event::envelope(
-                        &ctx.source,
-                        event::CASE_CREATED,
-                        &ctx.created_routing_key,
-                        key,
-                        now,
-                        data,
-                    );
-                    plan.cases.push(row);
-                    let outcome = Outcome::Created {
-                        case_id,
-                        household_id,
-                        event_id: ev.id,
-                    };
-                    plan.record(caller.network_id(), key, &p.hash, Some(case_id), None, &ev);
-                    plan.publish(i, &ev, p.env);
-                    outcome
-                }
-                Some(Err(error)) => {
-                    let caller = caller_of(p);
-                    let ev = failed_event(ctx, key, &error, replay, now);
-                    if key.is_some() {
-                        plan.record(namespace(p), key, &p.hash, None, Some(error.code), &ev);
-                    }
-                    plan.fail(p, caller, &error, &ev);
-                    plan.publish(i, &ev, p.env);
-                    Outcome::Failed {
-                        code: error.code,
-                        event_id: ev.id,
-                    }
-                }
-                None => continue,
-            };
-            outcomes[i] = Some(outcome);
-        }
-    }
-
-    // Keys seen before (in an earlier transaction or earlier in this window).
-    for (i, p) in prepared.iter().enumerate() {
-        let original = match &slots[i] {
-            Slot::Existing(s) => Some((s.payload_hash.as_slice() == p.hash, s.event.clone())),
-            Slot::Follower { first } => match &slots[*first] {
-                Slot::Existing(s) => Some((s.payload_hash.as_slice() == p.hash, s.event.clone())),
-                _ => {
-                    let same = prepared[*first].hash == p.hash;
-                    let id = outcomes[*first].as_ref().map(Outcome::event_id);
-                    id.and_then(|id| plan.event(id)).map(|ev| (same, ev))
-                }
-            },
-            _ => None,
-        };
-        let Some((same_body, original)) = original else {
-            continue;
-        };
-        outcomes[i] = Some(if same_body {
-            plan.publish(i, &original, p.env);
-            Outcome::Duplicate {
-                event_id: original.id,
-            }
-        } else {
-            let error = IntakeError::new(
-                ErrorCode::IdempotencyKeyReused,
-                "this message key was already used with a different body; nothing was changed",
-            );
-            let ev = failed_event(ctx, p.env.message_key.as_deref(), &error, p.env.replay, now);
-            plan.fail(p, caller_of(p), &error, &ev);
-            plan.publish(i, &ev, p.env);
-            Outcome::Failed {
-                code: error.code,
-                event_id: ev.id,
-            }
-        });
-    }
+    let mut w = Written::new(prepared.len());
+    let phase = Phase {
+        ctx,
+        prepared,
+        slots: &slots,
+        callers: &callers,
+        counties: &counties,
+        now,
+    };
+    phase.decide_and_place(&mut tx, &unlocked, &mut w).await?;
+    w.plan
+        .write_new_households(&mut tx, now, &ctx.vault)
+        .await?;
+    w.heads = match early_heads {
+        Some(locked) => locked,
+        None => store::lock_households(&mut tx, &unique(refs.households)).await?,
+    };
+    phase.decide_and_place(&mut tx, &locked, &mut w).await?;
+    phase.answer_duplicates(&mut w);
 
     let resolved: Vec<i64> = prepared
         .iter()
         .filter_map(|p| p.env.replay.map(|r| r.failed_intake_id))
         .collect();
     store::resolve_failed(&mut tx, &resolved, now).await?;
-    let Some(outbox_ids) = plan.write(&mut tx, now, &ctx.vault, claim).await? else {
+    let Some(outbox_ids) = w.plan.write(&mut tx, now, &ctx.vault, claim).await? else {
         tx.rollback().await?;
         return Ok(None);
     };
@@ -487,11 +228,423 @@ async fn attempt(
         handoff.push(&outbox_ids);
     }
     Ok(Some(
-        outcomes
+        w.outcomes
             .into_iter()
             .map(|o| o.expect("every envelope is decided"))
             .collect(),
     ))
+}
+
+/// The window's authenticated callers, by token hash.
+struct Callers(HashMap<TokenHash, Caller>);
+
+impl Callers {
+    /// The caller of an intake, if its token authenticated.
+    fn of(&self, p: &Prepared) -> Option<Caller> {
+        p.env.token.and_then(|t| self.0.get(&t).copied())
+    }
+
+    /// The network whose key namespace an intake's key belongs to ([`NO_NETWORK`] without a
+    /// caller).
+    fn namespace(&self, p: &Prepared) -> i64 {
+        self.of(p).map_or(NO_NETWORK, |c| c.network_id())
+    }
+}
+
+/// Step 1: every distinct token of the window, authenticated in one query.
+async fn authenticate(
+    tx: &mut PgConnection,
+    prepared: &[Prepared<'_>],
+) -> Result<Callers, sqlx::Error> {
+    let tokens: Vec<[u8; 32]> = unique(prepared.iter().filter_map(|p| p.env.token));
+    Ok(Callers(store::callers(tx, &tokens).await?))
+}
+
+/// Step 2: the slot of each intake (first occurrence of its key, a follower, a key with an
+/// earlier outcome, no key), and, for a window that claims first, the households it locked
+/// before claiming.
+async fn claim_keys(
+    tx: &mut PgConnection,
+    prepared: &[Prepared<'_>],
+    callers: &Callers,
+    claim: Claim,
+) -> Result<(Vec<Slot>, Option<HashMap<i64, store::HouseholdState>>), sqlx::Error> {
+    let (mut slots, claims) = slots_in_window(prepared, callers);
+    // A replay re-decides a key whose recorded outcome is a failure; a created case stays.
+    let replayed: Vec<(i64, String)> = prepared
+        .iter()
+        .filter(|p| p.env.replay.is_some())
+        .filter_map(|p| Some((callers.namespace(p), p.env.message_key.clone()?)))
+        .collect();
+    // A window that claims first locks every household its intakes name before it claims.
+    let early_heads = match claim {
+        Claim::AtEnd => None,
+        Claim::First => {
+            let refs = prepared
+                .iter()
+                .filter(|p| p.env.forced_failure.is_none())
+                .filter_map(|p| Some((p.household?, callers.of(p)?.network_id())));
+            Some(store::lock_households(tx, &unique(refs)).await?)
+        }
+    };
+    store::forget_failed_outcomes(tx, &replayed).await?;
+    let lost = match claim {
+        Claim::First => store::claim_keys(tx, &claims).await?,
+        Claim::AtEnd => claims
+            .iter()
+            .map(|c| (c.network_id, c.message_key.clone()))
+            .collect(),
+    };
+    if !lost.is_empty() {
+        let stored = store::stored_outcomes(tx, &lost).await?;
+        for (i, p) in prepared.iter().enumerate() {
+            if let (Slot::Fresh, Some(key)) = (&slots[i], p.env.message_key.as_deref())
+                && let Some(s) = stored.get(&(callers.namespace(p), key.to_owned()))
+            {
+                slots[i] = Slot::Existing(s.clone());
+            }
+        }
+    }
+    Ok((slots, early_heads))
+}
+
+/// The first occurrence of each key within the window (per network) and the keys to claim.
+fn slots_in_window(prepared: &[Prepared<'_>], callers: &Callers) -> (Vec<Slot>, Vec<ClaimedKey>) {
+    let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut slots: Vec<Slot> = Vec::with_capacity(prepared.len());
+    let mut claims: Vec<ClaimedKey> = Vec::new();
+    for (i, p) in prepared.iter().enumerate() {
+        let Some(key) = p.env.message_key.as_deref() else {
+            slots.push(Slot::NoKey);
+            continue;
+        };
+        match first_of.entry((callers.namespace(p), key)) {
+            Entry::Occupied(first) => slots.push(Slot::Follower {
+                first: *first.get(),
+            }),
+            Entry::Vacant(v) => {
+                v.insert(i);
+                claims.push(ClaimedKey {
+                    network_id: callers.namespace(p),
+                    message_key: key.to_owned(),
+                    payload_hash: p.hash.to_vec(),
+                });
+                slots.push(Slot::Fresh);
+            }
+        }
+    }
+    (slots, claims)
+}
+
+/// Step 3: the counties and households the fresh intakes name, scoped to their callers'
+/// networks.
+struct References {
+    counties: Vec<(i64, i64)>,
+    households: Vec<(i64, i64)>,
+}
+
+impl References {
+    fn find(prepared: &[Prepared<'_>], slots: &[Slot], callers: &Callers) -> Self {
+        let mut refs = Self {
+            counties: Vec::new(),
+            households: Vec::new(),
+        };
+        for (i, p) in prepared.iter().enumerate() {
+            if let (Slot::Fresh, Some(c), None) = (&slots[i], callers.of(p), &p.env.forced_failure)
+            {
+                if let Some(county) = p.county {
+                    refs.counties.push((county, c.network_id()));
+                }
+                if let Some(h) = p.household {
+                    refs.households.push((h, c.network_id()));
+                }
+            }
+        }
+        refs
+    }
+}
+
+/// True when an intake names a household (joins one): it is decided in the second phase.
+fn names_household(p: &Prepared) -> bool {
+    p.household.is_some() || matches!(&p.body, Ok(v) if v.case.household.is_some())
+}
+
+/// What a window has decided and planned so far.
+struct Written {
+    /// Locked households by id (second phase), with the head each has now.
+    heads: HashMap<i64, store::HouseholdState>,
+    plan: Plan,
+    outcomes: Vec<Option<Outcome>>,
+}
+
+impl Written {
+    fn new(n: usize) -> Self {
+        Self {
+            heads: HashMap::new(),
+            plan: Plan::default(),
+            outcomes: vec![None; n],
+        }
+    }
+}
+
+/// What a fresh intake comes to: a case to create for a caller, or a failure.
+type Decision<'v> = Result<(Caller, &'v Validated), IntakeError>;
+
+/// Decides one intake, without I/O: `None` when its slot is decided elsewhere (a follower or
+/// a key with an earlier outcome).
+fn decide<'v>(
+    p: &'v Prepared<'_>,
+    slot: &Slot,
+    caller: Option<Caller>,
+    counties: &HashSet<(i64, i64)>,
+    heads: &HashMap<i64, store::HouseholdState>,
+) -> Option<Decision<'v>> {
+    match (slot, caller) {
+        (Slot::NoKey, _) => Some(Err(p.env.forced_failure.clone().unwrap_or_else(|| {
+            IntakeError::new(
+                ErrorCode::MissingMessageKey,
+                "the message_id property must hold a message key of 1 to 255 characters",
+            )
+        }))),
+        (Slot::Fresh, _) if p.env.forced_failure.is_some() => p.env.forced_failure.clone().map(Err),
+        (Slot::Fresh, None) => Some(Err(IntakeError::new(
+            ErrorCode::Unauthorized,
+            "a valid API token is required in the authorization header as `Token <api_token>`",
+        ))),
+        (Slot::Fresh, Some(caller)) => {
+            let mut refs = check_references(p, caller, counties, heads);
+            Some(match &p.body {
+                Err(e) if e.code == ErrorCode::ValidationFailed => {
+                    for (field, messages) in &e.fields {
+                        refs.insert(field.clone(), messages.clone());
+                    }
+                    Err(IntakeError::validation(refs))
+                }
+                Err(e) => Err(e.clone()),
+                Ok(v) if refs.is_empty() => Ok((caller, v)),
+                Ok(_) => Err(IntakeError::validation(refs)),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The window-wide inputs of the decide and place steps.
+struct Phase<'a, 'p> {
+    ctx: &'a WindowContext,
+    prepared: &'a [Prepared<'p>],
+    slots: &'a [Slot],
+    callers: &'a Callers,
+    counties: &'a HashSet<(i64, i64)>,
+    now: chrono::DateTime<Utc>,
+}
+
+impl Phase<'_, '_> {
+    /// Steps 4 and 5 for the intakes at `indices`: decide each, allocate the ids the creates
+    /// need in one query, place each case and plan its rows and event, or plan the failure.
+    async fn decide_and_place(
+        &self,
+        tx: &mut PgConnection,
+        indices: &[usize],
+        w: &mut Written,
+    ) -> Result<(), sqlx::Error> {
+        let mut decisions: Vec<(usize, Decision)> = Vec::with_capacity(indices.len());
+        for &i in indices {
+            let p = &self.prepared[i];
+            let caller = self.callers.of(p);
+            if let Some(d) = decide(p, &self.slots[i], caller, self.counties, &w.heads) {
+                decisions.push((i, d));
+            }
+        }
+        let creates = decisions.iter().filter(|(_, d)| d.is_ok()).count();
+        let new_households = decisions
+            .iter()
+            .filter(|(_, d)| matches!(d, Ok((_, v)) if v.case.household.is_none()))
+            .count();
+        let (mut case_ids, mut household_ids) =
+            store::allocate_ids(tx, creates, new_households).await?;
+        case_ids.reverse();
+        household_ids.reverse();
+        for (i, decision) in decisions {
+            let outcome = match decision {
+                Ok((caller, v)) => {
+                    let case_id = case_ids.pop().expect("one id allocated per create");
+                    self.place(i, caller, v, case_id, &mut household_ids, w)
+                }
+                Err(error) => self.fail(i, &error, w),
+            };
+            w.outcomes[i] = Some(outcome);
+        }
+        Ok(())
+    }
+
+    /// Places the case of intake `i` in its household and plans its rows and event.
+    fn place(
+        &self,
+        i: usize,
+        caller: Caller,
+        v: &Validated,
+        case_id: i64,
+        household_ids: &mut Vec<i64>,
+        w: &mut Written,
+    ) -> Outcome {
+        let p = &self.prepared[i];
+        let current = v
+            .case
+            .household
+            .and_then(|h| w.heads.get(&h))
+            .and_then(|s| s.head);
+        let placement = place(v.case.household, v.case.head_of_household, current);
+        let household_id = match placement {
+            Placement::NewHousehold => {
+                let id = household_ids
+                    .pop()
+                    .expect("one id allocated per new household");
+                w.plan.households.push(NewHousehold {
+                    id,
+                    network_id: caller.network_id(),
+                    head_case_id: case_id,
+                });
+                id
+            }
+            Placement::Join { household }
+            | Placement::JoinAsOnlyCase { household }
+            | Placement::ReplaceHead { household, .. } => household,
+        };
+        if placement.is_head() {
+            let state = w
+                .heads
+                .entry(household_id)
+                .or_insert(store::HouseholdState {
+                    network_id: caller.network_id(),
+                    head: None,
+                });
+            w.plan.set_head(household_id, case_id, state.head);
+            state.head = Some(case_id);
+        }
+        let row = CaseRow::new(
+            case_id,
+            household_id,
+            placement.is_head(),
+            &caller,
+            &v.case,
+            self.now,
+        );
+        let key = p.env.message_key.as_deref();
+        let ev = self.created_event(&row, v, &placement, key, p.env.replay);
+        w.plan.cases.push(row);
+        w.plan
+            .record(caller.network_id(), key, &p.hash, Some(case_id), None, &ev);
+        w.plan.publish(i, &ev, p.env);
+        Outcome::Created {
+            case_id,
+            household_id,
+            event_id: ev.id,
+        }
+    }
+
+    /// The `case.created` event of a planned case.
+    fn created_event(
+        &self,
+        row: &CaseRow,
+        v: &Validated,
+        placement: &Placement,
+        key: Option<&str>,
+        replay: Option<ReplayInfo>,
+    ) -> Event {
+        let mut data = store::case_json(row, &v.case);
+        let data_obj = data.as_object_mut().expect("case_json returns an object");
+        data_obj.insert("household_id".into(), row.household_id.into());
+        data_obj.insert(
+            "household_created".into(),
+            matches!(placement, Placement::NewHousehold).into(),
+        );
+        data_obj.insert("head_of_household".into(), placement.is_head().into());
+        data_obj.insert(
+            "previous_head_case_id".into(),
+            placement.previous_head().into(),
+        );
+        data_obj.insert("message_key".into(), key.into());
+        data_obj.insert(
+            "warnings".into(),
+            serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
+        );
+        event::add_replay(&mut data, replay);
+        event::envelope(
+            &self.ctx.source,
+            event::CASE_CREATED,
+            &self.ctx.created_routing_key,
+            key,
+            self.now,
+            data,
+        )
+    }
+
+    /// Plans the failure of intake `i`: its outcome row (when it has a key), its failed
+    /// intake and its `case.failed` event.
+    fn fail(&self, i: usize, error: &IntakeError, w: &mut Written) -> Outcome {
+        let p = &self.prepared[i];
+        let key = p.env.message_key.as_deref();
+        let ev = failed_event(self.ctx, key, error, p.env.replay, self.now);
+        if key.is_some() {
+            let network = self.callers.namespace(p);
+            w.plan
+                .record(network, key, &p.hash, None, Some(error.code), &ev);
+        }
+        w.plan.fail(p, self.callers.of(p), error, &ev);
+        w.plan.publish(i, &ev, p.env);
+        Outcome::Failed {
+            code: error.code,
+            event_id: ev.id,
+        }
+    }
+
+    /// Step 6: keys seen before (in an earlier transaction or earlier in this window) answer
+    /// their original event again, or fail `idempotency_key_reused` with another body.
+    fn answer_duplicates(&self, w: &mut Written) {
+        for (i, p) in self.prepared.iter().enumerate() {
+            let Some((same_body, original)) = self.original_of(i, w) else {
+                continue;
+            };
+            w.outcomes[i] = Some(if same_body {
+                w.plan.publish(i, &original, p.env);
+                Outcome::Duplicate {
+                    event_id: original.id,
+                }
+            } else {
+                let error = IntakeError::new(
+                    ErrorCode::IdempotencyKeyReused,
+                    "this message key was already used with a different body; nothing was changed",
+                );
+                let key = p.env.message_key.as_deref();
+                let ev = failed_event(self.ctx, key, &error, p.env.replay, self.now);
+                w.plan.fail(p, self.callers.of(p), &error, &ev);
+                w.plan.publish(i, &ev, p.env);
+                Outcome::Failed {
+                    code: error.code,
+                    event_id: ev.id,
+                }
+            });
+        }
+    }
+
+    /// For an intake whose key was decided before it: whether its body is the same, and the
+    /// original event.
+    fn original_of(&self, i: usize, w: &Written) -> Option<(bool, Event)> {
+        let p = &self.prepared[i];
+        match &self.slots[i] {
+            Slot::Existing(s) => Some((s.payload_hash.as_slice() == p.hash, s.event.clone())),
+            Slot::Follower { first } => match &self.slots[*first] {
+                Slot::Existing(s) => Some((s.payload_hash.as_slice() == p.hash, s.event.clone())),
+                _ => {
+                    let same = self.prepared[*first].hash == p.hash;
+                    let id = w.outcomes[*first].as_ref().map(Outcome::event_id);
+                    id.and_then(|id| w.plan.event(id)).map(|ev| (same, ev))
+                }
+            },
+            _ => None,
+        }
+    }
 }
 
 fn failed_event(
@@ -701,5 +854,136 @@ impl Plan {
         outbox.sort_by_key(|(i, _)| *i);
         let rows: Vec<OutboxRow> = outbox.into_iter().map(|(_, r)| r).collect();
         store::insert_outbox(tx, &rows, now).await.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::error::ErrorCode;
+
+    const NETWORK: i64 = 7;
+    const COUNTY: i64 = 3;
+
+    fn envelope(key: Option<&str>, body: Value) -> Envelope {
+        Envelope {
+            message_key: key.map(str::to_owned),
+            correlation_id: None,
+            token: None,
+            body: serde_json::to_vec(&body).unwrap(),
+            oversize: None,
+            replay: None,
+            forced_failure: None,
+        }
+    }
+
+    fn seed() -> Value {
+        let mut v: Value =
+            serde_json::from_str(include_str!("../../harness/fixtures/seed-body.json")).unwrap();
+        v["street_county"] = COUNTY.into();
+        v
+    }
+
+    fn prepared(env: &Envelope) -> Prepared<'_> {
+        let limits = BodyLimits {
+            max_body_bytes: 65536,
+            max_depth: 32,
+        };
+        let today = NaiveDate::from_ymd_opt(2026, 6, 1).unwrap();
+        let decoded = decode_body(&env.body, &limits);
+        let county = decoded
+            .as_ref()
+            .ok()
+            .and_then(|m| m.get("street_county")?.as_i64());
+        Prepared {
+            env,
+            hash: payload_hash(&env.body, decoded.as_ref().ok()),
+            body: decoded.and_then(|m| validate(&m, today).map_err(IntakeError::validation)),
+            county,
+            household: None,
+        }
+    }
+
+    fn code(d: Option<Decision>) -> ErrorCode {
+        d.expect("decided").expect_err("a failure").code
+    }
+
+    fn ours() -> HashSet<(i64, i64)> {
+        HashSet::from([(COUNTY, NETWORK)])
+    }
+
+    #[test]
+    fn an_intake_without_a_key_fails_with_its_envelope_problem() {
+        let env = envelope(None, seed());
+        let p = prepared(&env);
+        let heads = HashMap::new();
+        let caller = Some(Caller::for_tests(NETWORK));
+        assert_eq!(
+            code(decide(&p, &Slot::NoKey, caller, &ours(), &heads)),
+            ErrorCode::MissingMessageKey
+        );
+        let mut env = envelope(None, seed());
+        env.forced_failure = Some(crate::intake::envelope::unsafe_text("message_id"));
+        let p = prepared(&env);
+        assert_eq!(
+            code(decide(&p, &Slot::NoKey, caller, &ours(), &heads)),
+            ErrorCode::InvalidEnvelope
+        );
+    }
+
+    #[test]
+    fn forced_failures_and_missing_callers_fail_before_the_body_is_read() {
+        let heads = HashMap::new();
+        let mut env = envelope(Some("k"), seed());
+        env.forced_failure = Some(IntakeError::new(ErrorCode::DeadLettered, "dead"));
+        let p = prepared(&env);
+        let caller = Some(Caller::for_tests(NETWORK));
+        assert_eq!(
+            code(decide(&p, &Slot::Fresh, caller, &ours(), &heads)),
+            ErrorCode::DeadLettered
+        );
+        let env = envelope(Some("k"), seed());
+        let p = prepared(&env);
+        assert_eq!(
+            code(decide(&p, &Slot::Fresh, None, &ours(), &heads)),
+            ErrorCode::Unauthorized
+        );
+    }
+
+    #[test]
+    fn references_outside_the_network_join_the_field_errors() {
+        let heads = HashMap::new();
+        let caller = Some(Caller::for_tests(NETWORK));
+        let env = envelope(Some("k"), seed());
+        let p = prepared(&env);
+        assert!(matches!(
+            decide(&p, &Slot::Fresh, caller, &ours(), &heads),
+            Some(Ok((c, _))) if c.network_id() == NETWORK
+        ));
+        // The same county id in another network is no county of this caller's.
+        let theirs = HashSet::from([(COUNTY, NETWORK + 1)]);
+        let e = decide(&p, &Slot::Fresh, caller, &theirs, &heads)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::ValidationFailed);
+        assert!(e.fields.contains_key("street_county"));
+        // Body errors and reference errors are reported together.
+        let mut body = seed();
+        body["email"] = "not an e-mail".into();
+        let env = envelope(Some("k"), body);
+        let p = prepared(&env);
+        let e = decide(&p, &Slot::Fresh, caller, &theirs, &heads)
+            .unwrap()
+            .unwrap_err();
+        assert!(e.fields.contains_key("street_county") && e.fields.contains_key("email"));
+    }
+
+    #[test]
+    fn followers_and_earlier_outcomes_are_not_decided_again() {
+        let env = envelope(Some("k"), seed());
+        let p = prepared(&env);
+        let caller = Some(Caller::for_tests(NETWORK));
+        let heads = HashMap::new();
+        assert!(decide(&p, &Slot::Follower { first: 0 }, caller, &ours(), &heads).is_none());
     }
 }

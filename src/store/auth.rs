@@ -31,6 +31,12 @@ impl Caller {
         }
     }
 
+    /// A caller for the pipeline's unit tests, which decide intakes without a database.
+    #[cfg(test)]
+    pub(crate) fn for_tests(network_id: i64) -> Self {
+        Self::authenticated(1, 1, 1, network_id)
+    }
+
     /// The network every query of this caller is scoped to.
     pub fn network_id(&self) -> i64 {
         self.network_id
