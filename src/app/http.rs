@@ -9,11 +9,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
 use serde_json::json;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::infra::metrics::{ConsumerState, Metrics};
+use crate::store;
 use crate::store::auth::{TOKEN_HEADERS, hash_token, parse_token_header};
 
 /// What the handlers share.
@@ -67,7 +67,7 @@ async fn healthz(State(s): State<HttpState>) -> Response {
 
 async fn database_ok(pool: &PgPool) -> bool {
     matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await,
+        tokio::time::timeout(PROBE_TIMEOUT, store::ping(pool)).await,
         Ok(Ok(_))
     )
 }
@@ -92,14 +92,8 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    let query = sqlx::query(
-        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::bigint
-           FROM outbox",
-    )
-    .fetch_one(&s.pool);
-    if let Ok(Ok(row)) = tokio::time::timeout(PROBE_TIMEOUT, query).await {
-        let backlog: i64 = row.try_get(0).unwrap_or(0);
-        let oldest: i64 = row.try_get(1).unwrap_or(0);
+    let query = store::outbox_backlog(&s.pool);
+    if let Ok(Ok((backlog, oldest))) = tokio::time::timeout(PROBE_TIMEOUT, query).await {
         s.metrics.set_outbox(backlog, oldest);
     }
     (
@@ -110,13 +104,6 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         s.metrics.render(),
     )
         .into_response()
-}
-
-#[derive(Serialize)]
-struct County {
-    id: i64,
-    name: String,
-    state: Option<String>,
 }
 
 fn unauthorized() -> Response {
@@ -141,52 +128,21 @@ async fn counties(State(s): State<HttpState>, headers: HeaderMap) -> Response {
     let Some(token) = token else {
         return unauthorized();
     };
-    let rows = sqlx::query(
-        "SELECT c.id, c.name, c.state FROM counties c
-           JOIN api_keys k ON k.network_id = c.network_id
-           JOIN agents a ON a.id = k.agent_id AND a.network_id = k.network_id
-          WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND a.active
-          ORDER BY c.name, c.id",
-    )
-    .bind(hash_token(token).to_vec())
-    .fetch_all(&s.pool)
-    .await;
-    let rows = match rows {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %e, "counties query failed");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"error": {"code": "unavailable", "message": "try again later"}})),
-            )
-                .into_response();
-        }
+    let unavailable = |e: sqlx::Error| {
+        tracing::warn!(error = %e, "counties query failed");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": {"code": "unavailable", "message": "try again later"}})),
+        )
+            .into_response()
     };
-    // An empty list is ambiguous between "no counties" and "bad token": tell them apart.
-    if rows.is_empty() && !token_is_valid(&s.pool, token).await {
-        return unauthorized();
+    let caller = match store::caller_of(&s.pool, hash_token(token)).await {
+        Ok(Some(caller)) => caller,
+        Ok(None) => return unauthorized(),
+        Err(e) => return unavailable(e),
+    };
+    match store::counties(&s.pool, &caller).await {
+        Ok(counties) => Json(counties).into_response(),
+        Err(e) => unavailable(e),
     }
-    let counties: Vec<County> = rows
-        .iter()
-        .filter_map(|r| {
-            Some(County {
-                id: r.try_get(0).ok()?,
-                name: r.try_get(1).ok()?,
-                state: r.try_get(2).ok()?,
-            })
-        })
-        .collect();
-    Json(counties).into_response()
-}
-
-async fn token_is_valid(pool: &PgPool, token: &str) -> bool {
-    sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM api_keys k
-                          JOIN agents a ON a.id = k.agent_id AND a.network_id = k.network_id
-                         WHERE k.token_hash = $1 AND k.revoked_at IS NULL AND a.active)",
-    )
-    .bind(hash_token(token).to_vec())
-    .fetch_one(pool)
-    .await
-    .unwrap_or(false)
 }

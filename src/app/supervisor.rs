@@ -111,7 +111,7 @@ pub async fn prepare_database(settings: &Settings, shutdown: &CancellationToken)
 async fn await_database(pool: &PgPool, shutdown: &CancellationToken) {
     let mut delays = probe_backoff();
     loop {
-        if sqlx::query("SELECT 1").execute(pool).await.is_ok() {
+        if crate::store::ping(pool).await.is_ok() {
             tracing::info!("database reachable again; resuming intake");
             return;
         }

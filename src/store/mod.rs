@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::{PgConnection, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::intake::event::Event;
@@ -57,6 +57,55 @@ pub async fn callers(
         );
     }
     Ok(out)
+}
+
+/// The caller behind one token, through the pipeline's authentication query (`callers`):
+/// `None` for an unknown or revoked key or an inactive agent.
+pub async fn caller_of(pool: &PgPool, token: TokenHash) -> Result<Option<Caller>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    Ok(callers(&mut conn, &[token]).await?.remove(&token))
+}
+
+/// A county as the HTTP surface lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct County {
+    pub id: i64,
+    pub name: String,
+    pub state: Option<String>,
+}
+
+/// The counties of the caller's network, by name.
+pub async fn counties(pool: &PgPool, caller: &Caller) -> Result<Vec<County>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT id, name, state FROM counties WHERE network_id = $1 ORDER BY name, id")
+            .bind(caller.network_id())
+            .fetch_all(pool)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(County {
+                id: r.try_get(0)?,
+                name: r.try_get(1)?,
+                state: r.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
+/// The outbox's backlog: how many events wait, and the age in seconds of the oldest.
+pub async fn outbox_backlog(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::bigint
+           FROM outbox",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// Whether PostgreSQL answers.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }
 
 /// A message key to claim in a network namespace.
