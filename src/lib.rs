@@ -3,15 +3,17 @@
 //! `case.failed` events through a transactional outbox.
 //!
 //! The folders are layers, each using only the ones below it (ARCHITECTURE.md):
-//! `app` (supervisor, HTTP, telemetry) and `admin` (operator commands) on top; then `intake`
-//! (the pipeline) and `outbox` (relay, topology); then `store` (SQL, authentication, sealing);
-//! `infra` (settings, metrics, database connections, small utilities) at the bottom.
+//! `cli` (the command line) on top; `app` (supervisor, HTTP, telemetry) and `admin` (operator
+//! commands) below it; then `intake` (the pipeline) and `outbox` (relay, topology); then
+//! `store` (SQL, authentication, sealing); `infra` (settings, metrics, database connections,
+//! small utilities) at the bottom.
 // `unsafe` is denied everywhere but `infra::nodelay`, which must borrow a raw socket
 // descriptor.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod infra;
 pub mod intake;
 pub mod outbox;

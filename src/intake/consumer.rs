@@ -29,6 +29,7 @@ use crate::infra::settings::IntakeSettings;
 use crate::infra::throttle::Throttle;
 use crate::intake::classify::{ErrorClass, classify, retry_transient};
 use crate::intake::delivery::{envelope_of, retries_of, retry_headers};
+use crate::intake::disposition::{self, Disposition};
 use crate::intake::envelope::Envelope;
 use crate::intake::error::{ErrorCode, IntakeError};
 use crate::intake::window::{self, Outcome, WindowContext};
@@ -54,17 +55,6 @@ pub enum Mode {
     /// The dead-letter queue: every delivery becomes a failed `dead_lettered` intake (unless
     /// its key already has an outcome), so that even a poison message ends in one outcome.
     DeadLetter,
-}
-
-/// What happens to one delivery after its window.
-#[derive(Debug, Clone, PartialEq)]
-enum Disposition {
-    /// Committed: ack.
-    Done(Outcome),
-    /// Transient errors outlasted the in-process retries: go through the retry queue.
-    Retry,
-    /// Unknown error: hand back to the broker (its delivery limit bounds this).
-    Requeue,
 }
 
 /// One consumer: a channel, its consumer stream and the window loop.
@@ -152,7 +142,8 @@ impl IntakeConsumer {
     }
 
     /// Runs windows until shutdown (then cancels the consumer; unprocessed prefetched
-    /// deliveries return to the queue when the channel closes) or a fault.
+    /// deliveries return to the queue when the channel closes) or a fault. Each window:
+    /// envelopes, their results, a disposition each (`disposition`), then acks and nacks.
     pub async fn run(
         mut self,
         shutdown: &CancellationToken,
@@ -167,89 +158,111 @@ impl IntakeConsumer {
                     .await?;
                 return Ok(());
             }
-            let max_body = self.ctx.limits.max_body_bytes;
-            let mut envelopes: Vec<Envelope> = window
-                .iter_mut()
-                .map(|d| envelope_of(d, max_body))
-                .collect();
-            if self.mode == Mode::DeadLetter {
-                for env in &mut envelopes {
-                    env.forced_failure = Some(IntakeError::new(
-                        ErrorCode::DeadLettered,
-                        "the broker dead-lettered this intake after repeated failed deliveries; \
-                         replay it once the cause is fixed",
-                    ));
-                }
-            }
-            match self.process(&envelopes, shutdown).await {
-                Ok(dispositions) => {
-                    self.settle(&window, &envelopes, dispositions, shutdown)
-                        .await?;
-                }
-                Err(()) => {
-                    // PostgreSQL stayed away longer than the hold time: hand the deliveries
-                    // back (their transaction did not commit) and let the supervisor pause.
-                    nack(&window, true).await?;
-                    outage.cancel();
-                    return Ok(());
-                }
-            }
+            let envelopes = self.envelopes(&mut window);
+            let Some(results) = self.results(&envelopes, shutdown).await else {
+                // PostgreSQL stayed away longer than the hold time: hand the deliveries
+                // back (their transaction did not commit) and let the supervisor pause.
+                nack(&window, true).await?;
+                outage.cancel();
+                return Ok(());
+            };
+            let dispositions = self.dispose(&window, &envelopes, results, shutdown).await;
+            self.record(&envelopes, &dispositions);
+            self.settle(&window, &envelopes, &dispositions).await?;
         }
     }
 
-    /// Acks, retries or requeues each delivery of a processed window.
-    async fn settle(
+    /// Reads each delivery into its envelope; the dead-letter consumer marks every one to
+    /// fail `dead_lettered`.
+    fn envelopes(&self, window: &mut [Delivery]) -> Vec<Envelope> {
+        let max_body = self.ctx.limits.max_body_bytes;
+        let mut envelopes: Vec<Envelope> = window
+            .iter_mut()
+            .map(|d| envelope_of(d, max_body))
+            .collect();
+        if self.mode == Mode::DeadLetter {
+            for env in &mut envelopes {
+                env.forced_failure = Some(IntakeError::new(
+                    ErrorCode::DeadLettered,
+                    "the broker dead-lettered this intake after repeated failed deliveries; \
+                     replay it once the cause is fixed",
+                ));
+            }
+        }
+        envelopes
+    }
+
+    /// Decides each delivery's disposition from its result and its retry count, and records
+    /// the exhausted ones as failed `retries_exhausted` (a window of their own).
+    async fn dispose(
         &self,
         window: &[Delivery],
         envelopes: &[Envelope],
-        dispositions: Vec<Disposition>,
+        results: Vec<Result<Outcome, ErrorClass>>,
         shutdown: &CancellationToken,
-    ) -> Result<(), ConsumerError> {
-        if dispositions
-            .iter()
-            .all(|d| matches!(d, Disposition::Done(_)))
-        {
-            self.record(envelopes, &dispositions);
-            return ack(window, true).await;
+    ) -> Vec<Disposition> {
+        let max_attempts = self.settings.max_attempts;
+        let mut dispositions: Vec<Disposition> = results
+            .into_iter()
+            .zip(window)
+            .map(|(result, delivery)| {
+                let retries = || retries_of(&delivery.properties, &self.ctx.vault);
+                disposition::decide(result, retries, max_attempts)
+            })
+            .collect();
+        let exhausted: Vec<usize> = (0..dispositions.len())
+            .filter(|&i| dispositions[i] == Disposition::Exhausted)
+            .collect();
+        if exhausted.is_empty() {
+            return dispositions;
         }
-        let mut exhausted = Vec::new();
-        for (i, d) in dispositions.iter().enumerate() {
-            let retries = retries_of(&window[i].properties, &self.ctx.vault);
-            if *d == Disposition::Retry && retries + 1 >= self.settings.max_attempts {
+        let failing: Vec<Envelope> = exhausted
+            .iter()
+            .map(|&i| {
                 let mut env = envelopes[i].clone();
                 env.forced_failure = Some(IntakeError::new(
                     ErrorCode::RetriesExhausted,
                     "transient database errors persisted through every retry; replay it later",
                 ));
-                exhausted.push((i, env));
-            }
+                env
+            })
+            .collect();
+        let results = self.results(&failing, shutdown).await;
+        for (k, &i) in exhausted.iter().enumerate() {
+            dispositions[i] = match &results {
+                Some(results) => disposition::after_exhausted(results[k].clone()),
+                None => Disposition::Requeue,
+            };
         }
-        let mut dispositions = dispositions;
-        if !exhausted.is_empty() {
-            let envs: Vec<Envelope> = exhausted.iter().map(|(_, e)| e.clone()).collect();
-            match self.process(&envs, shutdown).await {
-                Ok(done) => {
-                    for ((i, _), d) in exhausted.iter().zip(done) {
-                        dispositions[*i] = d;
-                    }
-                }
-                Err(()) => {
-                    for (i, _) in &exhausted {
-                        dispositions[*i] = Disposition::Requeue;
-                    }
-                }
-            }
+        dispositions
+    }
+
+    /// Carries out the dispositions of a window: one multiple-ack when every delivery is
+    /// done, else an ack, a trip through the retry queue or a nack each.
+    async fn settle(
+        &self,
+        window: &[Delivery],
+        envelopes: &[Envelope],
+        dispositions: &[Disposition],
+    ) -> Result<(), ConsumerError> {
+        if dispositions
+            .iter()
+            .all(|d| matches!(d, Disposition::Done(_)))
+        {
+            return ack(window, true).await;
         }
-        self.record(envelopes, &dispositions);
-        for ((delivery, d), env) in window.iter().zip(&dispositions).zip(envelopes) {
+        for ((delivery, d), env) in window.iter().zip(dispositions).zip(envelopes) {
+            let one = std::slice::from_ref(delivery);
             match d {
-                Disposition::Done(_) => ack(std::slice::from_ref(delivery), false).await?,
+                Disposition::Done(_) => ack(one, false).await?,
                 Disposition::Retry => {
                     self.metrics.record_retry();
                     self.send_to_retry(delivery, &env.body).await?;
-                    ack(std::slice::from_ref(delivery), false).await?;
+                    ack(one, false).await?;
                 }
-                Disposition::Requeue => nack(std::slice::from_ref(delivery), false).await?,
+                // `dispose` leaves no exhausted delivery; were one left, the broker's
+                // delivery limit still bounds it.
+                Disposition::Exhausted | Disposition::Requeue => nack(one, false).await?,
             }
         }
         Ok(())
@@ -299,35 +312,36 @@ impl IntakeConsumer {
         }
     }
 
-    /// Processes a window. Outage: hold it and retry when PostgreSQL answers again (no
-    /// attempt is spent); `Err(())` once the hold time is over. Transient or unknown errors
-    /// that outlast the in-process retries split the window so that each message gets its own
-    /// disposition and one bad message cannot hold back the others.
-    async fn process(
+    /// The window's result for each message; `None` when PostgreSQL stayed away longer than
+    /// the hold time (an outage spends no attempt). Transient or unknown errors that outlast the
+    /// in-process retries split the window so that each message gets its own result and one
+    /// bad message cannot hold back the others.
+    async fn results(
         &self,
         envelopes: &[Envelope],
         shutdown: &CancellationToken,
-    ) -> Result<Vec<Disposition>, ()> {
-        match self.process_held(envelopes, shutdown).await {
-            Ok(outcomes) => Ok(outcomes.into_iter().map(Disposition::Done).collect()),
-            Err(ErrorClass::Outage) => Err(()),
-            Err(class) if envelopes.len() == 1 => Ok(vec![disposition_for(class)]),
+    ) -> Option<Vec<Result<Outcome, ErrorClass>>> {
+        match self.hold_through_outage(envelopes, shutdown).await {
+            Ok(outcomes) => Some(outcomes.into_iter().map(Ok).collect()),
+            Err(ErrorClass::Outage) => None,
+            Err(class) if envelopes.len() == 1 => Some(vec![Err(class)]),
             Err(_) => {
                 let mut all = Vec::with_capacity(envelopes.len());
                 for env in envelopes {
-                    match self.process_held(std::slice::from_ref(env), shutdown).await {
-                        Ok(mut o) => all.push(Disposition::Done(o.remove(0))),
-                        Err(ErrorClass::Outage) => return Err(()),
-                        Err(class) => all.push(disposition_for(class)),
+                    let one = std::slice::from_ref(env);
+                    match self.hold_through_outage(one, shutdown).await {
+                        Ok(mut o) => all.push(Ok(o.remove(0))),
+                        Err(ErrorClass::Outage) => return None,
+                        Err(class) => all.push(Err(class)),
                     }
                 }
-                Ok(all)
+                Some(all)
             }
         }
     }
 
-    /// `process_with_retries`, holding through a database outage for up to `outage_hold_ms`.
-    async fn process_held(
+    /// `retrying_transient`, holding through a database outage for up to `outage_hold_ms`.
+    async fn hold_through_outage(
         &self,
         envelopes: &[Envelope],
         shutdown: &CancellationToken,
@@ -336,7 +350,7 @@ impl IntakeConsumer {
         let started = tokio::time::Instant::now();
         let mut probe = probe_backoff();
         loop {
-            let result = self.process_with_retries(envelopes).await;
+            let result = self.retrying_transient(envelopes).await;
             if result.is_ok() && self.metrics.state() == ConsumerState::DatabaseOutage {
                 self.metrics.set_state(ConsumerState::Consuming);
             }
@@ -359,16 +373,14 @@ impl IntakeConsumer {
         }
     }
 
-    async fn process_with_retries(
-        &self,
-        envelopes: &[Envelope],
-    ) -> Result<Vec<Outcome>, ErrorClass> {
+    /// `run_window`, re-run while its error is transient (`intake.transient_retries` times).
+    async fn retrying_transient(&self, envelopes: &[Envelope]) -> Result<Vec<Outcome>, ErrorClass> {
         let times = self.settings.transient_retries;
-        retry_transient(times, |class| *class, || self.process_once(envelopes)).await
+        retry_transient(times, |class| *class, || self.run_window(envelopes)).await
     }
 
     /// One run of the window, its failure logged and classified; a panic is a bug class.
-    async fn process_once(&self, envelopes: &[Envelope]) -> Result<Vec<Outcome>, ErrorClass> {
+    async fn run_window(&self, envelopes: &[Envelope]) -> Result<Vec<Outcome>, ErrorClass> {
         let started = std::time::Instant::now();
         let run = AssertUnwindSafe(window::process(&self.pool, &self.ctx, envelopes));
         match run.catch_unwind().await {
@@ -391,13 +403,6 @@ impl IntakeConsumer {
                 Err(ErrorClass::Unknown)
             }
         }
-    }
-}
-
-fn disposition_for(class: ErrorClass) -> Disposition {
-    match class {
-        ErrorClass::Transient => Disposition::Retry,
-        _ => Disposition::Requeue,
     }
 }
 
@@ -432,7 +437,7 @@ fn log_outcomes(envelopes: &[Envelope], dispositions: &[Disposition]) {
                     tracing::warn!(suppressed, "transient failure; sent to the retry queue")
                 }
             }
-            Disposition::Requeue => {
+            Disposition::Exhausted | Disposition::Requeue => {
                 if let Some(suppressed) = REQUEUED.allow() {
                     tracing::warn!(suppressed, "unexpected failure; handed back to the broker")
                 }

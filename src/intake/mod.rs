@@ -1,14 +1,15 @@
 //! The intake pipeline and its contract: a delivery is read into an envelope (`delivery`,
 //! `envelope`), its body decoded and validated (`decode`, `validate`), a window of them decided
 //! and written in one transaction (`window`, with the household rules of `household`), and the
-//! consumer acks, retries or hands back each delivery (`consumer`, `classify`). `error` and
-//! `event` are what upstream systems see. May call `outbox` (to hand committed events to the
-//! relay), `store` and `infra`.
+//! consumer acks, retries or hands back each delivery as `disposition` decides (`consumer`,
+//! `classify`). `error` and `event` are what upstream systems see. May call `outbox` (to hand
+//! committed events to the relay), `store` and `infra`.
 
 pub mod classify;
 pub mod consumer;
 pub mod decode;
 pub mod delivery;
+pub mod disposition;
 pub mod envelope;
 pub mod error;
 pub mod event;

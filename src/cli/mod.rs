@@ -1,0 +1,160 @@
+//! The command line: parses the arguments of the `case-intake` binary, calls into `app` (the
+//! worker) and `admin` (operator commands), and renders what they return. On top of every
+//! other layer; only `main.rs` calls it.
+
+mod failed;
+mod parked;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{provision, rotate};
+use crate::app::supervisor;
+use crate::infra::db;
+use crate::infra::settings::Settings;
+use crate::store::crypto::Vault;
+
+use failed::{FailedCommand, Selection};
+use parked::ParkedCommand;
+
+/// What a command returns: its error is printed by `main` and sets a failing exit code.
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(name = "case-intake", version, about)]
+pub struct Cli {
+    /// A TOML configuration file layered over the built-in defaults.
+    #[arg(long, global = true, env = "CASE_INTAKE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the worker (the default): migrate, then consume intakes until SIGINT/SIGTERM.
+    Run,
+    /// Create the database if needed and apply pending migrations, then exit.
+    Migrate,
+    /// Create a network with a group, an agent, an API key and counties; prints JSON with the
+    /// token (shown once: only its hash is stored).
+    Provision {
+        #[arg(long)]
+        network: String,
+        #[arg(long, default_value = "Intake")]
+        group: String,
+        #[arg(long, default_value = "intake-api")]
+        agent: String,
+        /// A county of the network; repeat for several.
+        #[arg(long = "county")]
+        counties: Vec<String>,
+    },
+    /// Revoke an API key by id; it stops working for the next message.
+    RevokeKey { id: i64 },
+    /// Re-encrypt every SSN and failed-intake payload not sealed with `crypto.active_key`
+    /// (keep the old key configured until this has finished).
+    RotateKey,
+    /// Inspect failed intakes.
+    Failed {
+        #[command(subcommand)]
+        command: FailedCommand,
+    },
+    /// Inspect, drop or re-publish messages parked in `<intake_queue>.parked`: messages the
+    /// worker's AMQP client cannot even parse. Talks to RabbitMQ only, never to the database.
+    Parked {
+        #[command(subcommand)]
+        command: ParkedCommand,
+    },
+    /// Process failed intakes again under their original message keys. Their events go
+    /// through the outbox: a running worker publishes them.
+    Replay {
+        #[command(flatten)]
+        select: Selection,
+        /// Replay every open failed intake (required when no other filter is given).
+        #[arg(long)]
+        all: bool,
+        /// Print the totals as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one command.
+pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
+    match command {
+        Command::Run => run(settings).await,
+        Command::Migrate => {
+            db::migrate(&settings.database).await?.close().await;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Provision {
+            network,
+            group,
+            agent,
+            counties,
+        } => {
+            let pool = db::migrate(&settings.database).await?;
+            let p = provision::provision(&pool, &network, &group, &agent, &counties).await?;
+            println!("{}", serde_json::to_string_pretty(&p)?);
+            Ok(())
+        }
+        Command::Failed { command } => failed::failed_command(command, &settings).await,
+        Command::Replay { select, all, json } => {
+            failed::replay(&select, all, json, &settings).await
+        }
+        Command::RotateKey => rotate_key(&settings).await,
+        Command::Parked { command } => parked::parked_command(command, &settings).await,
+        Command::RevokeKey { id } => {
+            let pool = db::migrate(&settings.database).await?;
+            if provision::revoke_key(&pool, id).await? {
+                println!("revoked API key {id}");
+                Ok(())
+            } else {
+                Err(format!("no active API key with id {id}").into())
+            }
+        }
+    }
+}
+
+async fn rotate_key(settings: &Settings) -> CliResult {
+    let pool = db::migrate(&settings.database).await?;
+    let vault = Vault::from_settings(&settings.crypto)?;
+    let done = rotate::rotate(&pool, &vault, |r| {
+        eprintln!("re-sealed {} SSNs, {} payloads", r.ssns, r.payloads)
+    })
+    .await?;
+    println!(
+        "re-sealed {} SSNs and {} failed-intake payloads under key {:?}",
+        done.ssns,
+        done.payloads,
+        vault.active_key()
+    );
+    Ok(())
+}
+
+/// Runs the worker; the first SIGINT/SIGTERM starts a graceful stop bounded by
+/// `shutdown.timeout_ms`, a second one exits at once. Either way nothing is lost: whatever
+/// was not acked is redelivered by the broker and absorbed by the dedup table.
+async fn run(settings: Settings) -> CliResult {
+    let shutdown = CancellationToken::new();
+    let timeout = Duration::from_millis(settings.shutdown.timeout_ms);
+    let worker = tokio::spawn(supervisor::run(settings, shutdown.clone()));
+    supervisor::wait_for_signal().await?;
+    tracing::info!("shutdown requested: finishing in-flight intakes");
+    shutdown.cancel();
+    tokio::select! {
+        r = worker => { r??; }
+        _ = tokio::time::sleep(timeout) => {
+            tracing::warn!("shutdown timeout reached; exiting with work handed back to the broker");
+        }
+        _ = supervisor::wait_for_signal() => {
+            tracing::warn!("second signal: exiting now; unacked intakes will be redelivered");
+            std::process::exit(130);
+        }
+    }
+    Ok(())
+}
