@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::http::HttpState;
 use crate::infra::backoff::probe_backoff;
 use crate::infra::metrics::{ConsumerState, Metrics};
-use crate::infra::settings::Settings;
+use crate::infra::settings::{IntakeSettings, Settings};
 use crate::infra::throttle::Throttle;
 use crate::intake::consumer::{ConsumerError, ConsumerSpec, IntakeConsumer, Mode};
 use crate::intake::decode::BodyLimits;
@@ -353,11 +353,14 @@ struct Running {
     /// The relay's connection (intake sessions only).
     publishing: Option<Connection>,
     consumers: Vec<tokio::task::JoinHandle<Result<(), ConsumerError>>>,
-    relay: Option<(
-        CancellationToken,
-        tokio::task::JoinHandle<Result<(), RelayError>>,
-    )>,
+    relay: Option<RelayTask>,
 }
+
+/// The relay's own stop token and its task.
+type RelayTask = (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), RelayError>>,
+);
 
 /// One broker session. Setup is bounded in time, and any connection error ends the session.
 async fn session(
@@ -390,9 +393,6 @@ async fn session(
             };
         }
     };
-    if role != Role::DeadLetter {
-        metrics.set_state(ConsumerState::Consuming);
-    }
     {
         let (stop, outage) = (stop.clone(), outage.clone());
         tokio::spawn(async move {
@@ -483,6 +483,41 @@ async fn start(
     }
 }
 
+/// What a session's consumers read, how many run, and with what prefetch and settings.
+struct ConsumerPlan<'a> {
+    queue: &'a str,
+    mode: Mode,
+    count: usize,
+    prefetch: u16,
+    intake: IntakeSettings,
+}
+
+impl Role {
+    fn plan<'a>(self, settings: &'a Settings, dead: &'a str) -> ConsumerPlan<'a> {
+        let mut plan = ConsumerPlan {
+            queue: settings.amqp.intake_queue.as_str(),
+            mode: Mode::Intake,
+            count: settings.intake.consumers,
+            prefetch: settings.amqp.prefetch,
+            intake: settings.intake.clone(),
+        };
+        if self == (Role::Intake { careful: false }) {
+            return plan;
+        }
+        if self == Role::DeadLetter {
+            (plan.queue, plan.mode) = (dead, Mode::DeadLetter);
+        }
+        // One message in flight: a delivery that ends the connection is the only one whose
+        // delivery count rises.
+        plan.count = 1;
+        plan.prefetch = 1;
+        plan.intake.window_size = 1;
+        plan
+    }
+}
+
+/// Starts what a session runs on its connections: for intake the relay and the queue monitor,
+/// then the consumers.
 async fn populate(
     running: &mut Running,
     role: Role,
@@ -499,62 +534,31 @@ async fn populate(
         topology::declare(&ch, &settings.amqp).await?;
         ch.close(200, "OK".into()).await?;
     }
-    let intake = settings.amqp.intake_queue.as_str();
-    let dead = topology::dead_letter_queue(intake);
-    let retry = topology::retry_queue(intake);
-    let mut intake_settings = settings.intake.clone();
-    let mut prefetch = settings.amqp.prefetch;
-    let (queue, mode, count) = match role {
-        Role::Intake { careful: false } => (intake, Mode::Intake, settings.intake.consumers),
-        Role::Intake { careful: true } => (intake, Mode::Intake, 1),
-        Role::DeadLetter => (dead.as_str(), Mode::DeadLetter, 1),
-    };
-    if matches!(role, Role::Intake { careful: true } | Role::DeadLetter) {
-        // One message in flight: a delivery that ends the connection is the only one whose
-        // delivery count rises.
-        prefetch = 1;
-        intake_settings.window_size = 1;
-    }
-
+    let dead = topology::dead_letter_queue(&settings.amqp.intake_queue);
+    let retry = topology::retry_queue(&settings.amqp.intake_queue);
+    let plan = role.plan(settings, &dead);
     let mut ctx = window_context(settings);
     if matches!(role, Role::Intake { .. }) {
         let handoff = Arc::new(Handoff::default());
-        let relay = Relay::new(
-            pool.clone(),
-            publishing.create_channel().await?,
-            settings.amqp.events_exchange.clone(),
-            settings.outbox.clone(),
-            metrics.clone(),
-            handoff.clone(),
-        )
-        .await?;
-        let relay_stop = CancellationToken::new();
-        let task = {
-            let (relay_stop, stop) = (relay_stop.clone(), stop.clone());
-            tokio::spawn(async move {
-                let r = relay.run(&relay_stop).await;
-                if r.is_err() {
-                    stop.cancel();
-                }
-                r
-            })
-        };
-        running.relay = Some((relay_stop, task));
+        running.relay =
+            Some(start_relay(publishing, settings, pool, metrics, &handoff, stop).await?);
         ctx.handoff = Some(handoff);
         spawn_monitor(consuming, settings, metrics, stop).await?;
+        // Ready before the first consumer starts, so that an intake's event is never seen
+        // while `/readyz` still answers "not ready" (a failed start sets `Reconnecting`).
+        metrics.set_state(ConsumerState::Consuming);
     }
-
-    for i in 0..count {
+    for i in 0..plan.count {
         let channel = consuming.create_channel().await?;
         channel
-            .basic_qos(prefetch, BasicQosOptions::default())
+            .basic_qos(plan.prefetch, BasicQosOptions::default())
             .await?;
-        let tag = format!("case-intake-{}-{mode:?}-{i}", std::process::id());
+        let tag = format!("case-intake-{}-{:?}-{i}", std::process::id(), plan.mode);
         let spec = ConsumerSpec {
-            queue,
+            queue: plan.queue,
             retry_queue: &retry,
             tag: &tag,
-            mode,
+            mode: plan.mode,
         };
         let consumer = IntakeConsumer::start(
             channel,
@@ -562,7 +566,7 @@ async fn populate(
             spec,
             pool.clone(),
             ctx.clone(),
-            intake_settings.clone(),
+            plan.intake.clone(),
             metrics.clone(),
         )
         .await?;
@@ -575,6 +579,38 @@ async fn populate(
         }));
     }
     Ok(())
+}
+
+/// Starts the outbox relay on the publishing connection; its failure ends the session.
+async fn start_relay(
+    publishing: &Connection,
+    settings: &Settings,
+    pool: &PgPool,
+    metrics: &Arc<Metrics>,
+    handoff: &Arc<Handoff>,
+    stop: &CancellationToken,
+) -> Result<RelayTask, SessionError> {
+    let relay = Relay::new(
+        pool.clone(),
+        publishing.create_channel().await?,
+        settings.amqp.events_exchange.clone(),
+        settings.outbox.clone(),
+        metrics.clone(),
+        handoff.clone(),
+    )
+    .await?;
+    let relay_stop = CancellationToken::new();
+    let task = {
+        let (relay_stop, stop) = (relay_stop.clone(), stop.clone());
+        tokio::spawn(async move {
+            let r = relay.run(&relay_stop).await;
+            if r.is_err() {
+                stop.cancel();
+            }
+            r
+        })
+    };
+    Ok((relay_stop, task))
 }
 
 /// Closes a session's connections, each within a bound (a dead connection may not answer).

@@ -52,6 +52,29 @@ pub struct Metrics {
     waiting: AtomicI64,
 }
 
+/// Registers each metric under its name and hands it back for the worker to keep.
+struct Registrar(Registry);
+
+impl Registrar {
+    fn add<M: prometheus_client::registry::Metric + Clone>(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: M,
+    ) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
+    }
+
+    fn counter(&mut self, name: &str, help: &str) -> Counter {
+        self.add(name, help, Counter::default())
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> Gauge {
+        self.add(name, help, Gauge::default())
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -60,84 +83,59 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("case_intake");
-        let intakes = Family::<Labels, Counter>::default();
-        registry.register(
+        let mut r = Registrar(Registry::with_prefix("case_intake"));
+        let intakes = r.add(
             "intakes",
             "Intakes processed, by outcome (created, failed, duplicate) and error code",
-            intakes.clone(),
+            Family::<Labels, Counter>::default(),
         );
-        let retries = Counter::default();
-        registry.register(
+        let retries = r.counter(
             "retries",
             "Intakes sent through the delayed retry queue after transient errors",
-            retries.clone(),
         );
-        let dead_lettered = Counter::default();
-        registry.register(
+        let dead_lettered = r.counter(
             "dead_lettered",
             "Dead-lettered deliveries recorded from the dead-letter queue",
-            dead_lettered.clone(),
         );
-        let reconnects = Counter::default();
-        registry.register(
-            "broker_reconnects",
-            "Broker sessions rebuilt after a fault",
-            reconnects.clone(),
-        );
-        let events_published = Counter::default();
-        registry.register(
-            "events_published",
-            "Events confirmed by the broker",
-            events_published.clone(),
-        );
-        let window_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        registry.register(
+        let reconnects = r.counter("broker_reconnects", "Broker sessions rebuilt after a fault");
+        let events_published = r.counter("events_published", "Events confirmed by the broker");
+        let window_seconds = r.add(
             "window_seconds",
             "Time to process one window (transaction included)",
-            window_seconds.clone(),
+            Histogram::new(exponential_buckets(0.001, 2.0, 14)),
         );
-        let window_size = Histogram::new(exponential_buckets(1.0, 2.0, 11));
-        registry.register("window_size", "Deliveries per window", window_size.clone());
-        let outbox_backlog = Gauge::default();
-        registry.register(
+        let window_size = r.add(
+            "window_size",
+            "Deliveries per window",
+            Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+        );
+        let outbox_backlog = r.gauge(
             "outbox_backlog",
             "Events waiting in the outbox (read at scrape time)",
-            outbox_backlog.clone(),
         );
-        let outbox_oldest_seconds = Gauge::default();
-        registry.register(
+        let outbox_oldest_seconds = r.gauge(
             "outbox_oldest_age_seconds",
             "Age of the oldest unpublished event (read at scrape time)",
-            outbox_oldest_seconds.clone(),
         );
-        let consumer_state_gauge = Gauge::default();
-        registry.register(
+        let consumer_state_gauge = r.gauge(
             "consumer_state",
             "0 starting, 1 consuming, 2 database outage, 3 reconnecting, 4 shutting down",
-            consumer_state_gauge.clone(),
         );
-        let unparseable = Counter::default();
-        registry.register(
+        let unparseable = r.counter(
             "unparseable_deliveries",
             "Broker sessions ended by a delivery the AMQP client could not parse (such a message \
              is parked after its delivery limits)",
-            unparseable.clone(),
         );
-        let parked = Gauge::default();
-        registry.register(
+        let parked = r.gauge(
             "parked_messages",
             "Messages in the parking queue (read every health check)",
-            parked.clone(),
         );
-        let intake_waiting = Gauge::default();
-        registry.register(
+        let intake_waiting = r.gauge(
             "intake_queue_ready",
             "Messages ready in the intake queue (read every health check)",
-            intake_waiting.clone(),
         );
         Self {
-            registry: Mutex::new(registry),
+            registry: Mutex::new(r.0),
             intakes,
             retries,
             dead_lettered,

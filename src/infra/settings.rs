@@ -286,23 +286,7 @@ impl Settings {
     }
 
     fn check(&self) -> Result<(), SettingsError> {
-        let mut problems = Vec::new();
-        let url = self.database.url.expose_secret();
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            problems.push("database.url must start with postgres:// or postgresql://".into());
-        }
-        let amqp = self.amqp.url.expose_secret();
-        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
-            problems.push("amqp.url must start with amqp:// or amqps://".into());
-        }
-        // The deepest header the AMQP client may have to parse is bounded by the frame size;
-        // the io thread's stack is sized for frames of at most this (src/stack.rs).
-        if frame_max_of(amqp).is_some_and(|f| f == 0 || f > crate::infra::stack::FRAME_MAX) {
-            problems.push(format!(
-                "amqp.url frame_max must be between 1 and {}",
-                crate::infra::stack::FRAME_MAX
-            ));
-        }
+        let mut problems = self.url_problems();
         for (name, value) in [
             ("amqp.intake_queue", &self.amqp.intake_queue),
             ("amqp.events_exchange", &self.amqp.events_exchange),
@@ -314,29 +298,7 @@ impl Settings {
                 problems.push(format!("{name} must be 1 to 255 characters"));
             }
         }
-        let positive = [
-            (
-                "database.max_connections",
-                self.database.max_connections as u64,
-            ),
-            ("amqp.prefetch", self.amqp.prefetch as u64),
-            ("intake.window_size", self.intake.window_size as u64),
-            ("intake.consumers", self.intake.consumers as u64),
-            ("intake.max_body_bytes", self.intake.max_body_bytes as u64),
-            ("intake.max_depth", self.intake.max_depth as u64),
-            ("outbox.batch_size", self.outbox.batch_size.max(0) as u64),
-            ("outbox.confirm_timeout_ms", self.outbox.confirm_timeout_ms),
-            // The sweep is the relay's only way to rows no window handed it: 0 would spin.
-            ("outbox.poll_interval_ms", self.outbox.poll_interval_ms),
-            ("intake.max_attempts", self.intake.max_attempts as u64),
-            ("amqp.retry_delay_ms", self.amqp.retry_delay_ms),
-            ("intake.stall_limit_ms", self.intake.stall_limit_ms),
-            (
-                "intake.dedup_retention_days",
-                self.intake.dedup_retention_days as u64,
-            ),
-        ];
-        for (name, value) in positive {
+        for (name, value) in self.positive_numbers() {
             if value == 0 {
                 problems.push(format!("{name} must be greater than 0"));
             }
@@ -370,6 +332,54 @@ impl Settings {
         } else {
             Err(SettingsError::Invalid(problems.join("; ")))
         }
+    }
+
+    /// The connection URLs' schemes, and a frame_max the io thread's stack can take.
+    fn url_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let url = self.database.url.expose_secret();
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            problems.push("database.url must start with postgres:// or postgresql://".into());
+        }
+        let amqp = self.amqp.url.expose_secret();
+        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+            problems.push("amqp.url must start with amqp:// or amqps://".into());
+        }
+        // The deepest header the AMQP client may have to parse is bounded by the frame size;
+        // the io thread's stack is sized for frames of at most this (src/stack.rs).
+        if frame_max_of(amqp).is_some_and(|f| f == 0 || f > crate::infra::stack::FRAME_MAX) {
+            problems.push(format!(
+                "amqp.url frame_max must be between 1 and {}",
+                crate::infra::stack::FRAME_MAX
+            ));
+        }
+        problems
+    }
+
+    /// Settings where 0 means nothing works (a queue without consumers, a sweep that spins).
+    fn positive_numbers(&self) -> [(&'static str, u64); 13] {
+        [
+            (
+                "database.max_connections",
+                self.database.max_connections as u64,
+            ),
+            ("amqp.prefetch", self.amqp.prefetch as u64),
+            ("intake.window_size", self.intake.window_size as u64),
+            ("intake.consumers", self.intake.consumers as u64),
+            ("intake.max_body_bytes", self.intake.max_body_bytes as u64),
+            ("intake.max_depth", self.intake.max_depth as u64),
+            ("outbox.batch_size", self.outbox.batch_size.max(0) as u64),
+            ("outbox.confirm_timeout_ms", self.outbox.confirm_timeout_ms),
+            // The sweep is the relay's only way to rows no window handed it: 0 would spin.
+            ("outbox.poll_interval_ms", self.outbox.poll_interval_ms),
+            ("intake.max_attempts", self.intake.max_attempts as u64),
+            ("amqp.retry_delay_ms", self.amqp.retry_delay_ms),
+            ("intake.stall_limit_ms", self.intake.stall_limit_ms),
+            (
+                "intake.dedup_retention_days",
+                self.intake.dedup_retention_days as u64,
+            ),
+        ]
     }
 }
 

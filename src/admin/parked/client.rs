@@ -211,67 +211,11 @@ impl Client {
             dead: false,
         };
         c.write(wire::PROTOCOL_HEADER).await?;
-        let locale = match c.wait(0, "Connection.Start").await? {
-            Method::ConnectionStart {
-                mechanisms,
-                locales,
-            } => {
-                if !mechanisms.split(|b| *b == b' ').any(|m| m == b"PLAIN") {
-                    return Err(ClientError::Protocol(
-                        "the broker does not offer PLAIN authentication".into(),
-                    ));
-                }
-                locales
-                    .split(|b| *b == b' ')
-                    .next()
-                    .filter(|l| !l.is_empty())
-                    .unwrap_or(b"en_US")
-                    .to_vec()
-            }
-            m => return Err(unexpected(&m, "Connection.Start")),
-        };
+        let locale = c.await_start().await?;
         c.send_method(0, &out::start_ok(&t.user, &t.password, &locale)?)
             .await?;
-        let (channel_max, frame_max) = match c.wait(0, "Connection.Tune").await {
-            Ok(Method::ConnectionTune {
-                channel_max,
-                frame_max,
-                ..
-            }) => (channel_max, frame_max),
-            Ok(Method::ConnectionSecure) => {
-                return Err(ClientError::Protocol(
-                    "the broker asked for a SASL challenge; only PLAIN is supported".into(),
-                ));
-            }
-            Ok(m) => return Err(unexpected(&m, "Connection.Tune")),
-            // RabbitMQ closes the socket after a failed login (with a Close first when
-            // authentication_failure_close is on).
-            Err(ClientError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                return Err(ClientError::Protocol(
-                    "the broker closed the connection during login (wrong user or password?)"
-                        .into(),
-                ));
-            }
-            Err(e) => return Err(e),
-        };
-        // 0 means "no limit" from the server; answer with our own ceiling then.
-        let frame_max = match frame_max {
-            0 => OUR_FRAME_MAX,
-            n => n.min(OUR_FRAME_MAX),
-        };
-        if frame_max < FRAME_MIN_SIZE {
-            return Err(ClientError::Protocol(format!(
-                "the broker's frame_max {frame_max} is below the protocol minimum 4096"
-            )));
-        }
-        if channel_max != 0 && channel_max < CHANNEL {
-            return Err(ClientError::Protocol("the broker allows no channel".into()));
-        }
+        let (channel_max, frame_max) = c.await_tune().await?;
+        let frame_max = negotiate(channel_max, frame_max)?;
         c.send_method(0, &out::tune_ok(channel_max, frame_max, 0))
             .await?;
         c.frame_max = frame_max;
@@ -286,6 +230,59 @@ impl Client {
             m => return Err(unexpected(&m, "Channel.OpenOk")),
         }
         Ok(c)
+    }
+
+    /// Waits for Connection.Start; returns the locale to answer with (the broker's first).
+    async fn await_start(&mut self) -> Result<Vec<u8>> {
+        match self.wait(0, "Connection.Start").await? {
+            Method::ConnectionStart {
+                mechanisms,
+                locales,
+            } => {
+                if !mechanisms.split(|b| *b == b' ').any(|m| m == b"PLAIN") {
+                    return Err(ClientError::Protocol(
+                        "the broker does not offer PLAIN authentication".into(),
+                    ));
+                }
+                Ok(locales
+                    .split(|b| *b == b' ')
+                    .next()
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or(b"en_US")
+                    .to_vec())
+            }
+            m => Err(unexpected(&m, "Connection.Start")),
+        }
+    }
+
+    /// Waits for Connection.Tune (the answer to our login); returns the broker's channel_max
+    /// and frame_max.
+    async fn await_tune(&mut self) -> Result<(u16, u32)> {
+        match self.wait(0, "Connection.Tune").await {
+            Ok(Method::ConnectionTune {
+                channel_max,
+                frame_max,
+                ..
+            }) => Ok((channel_max, frame_max)),
+            Ok(Method::ConnectionSecure) => Err(ClientError::Protocol(
+                "the broker asked for a SASL challenge; only PLAIN is supported".into(),
+            )),
+            Ok(m) => Err(unexpected(&m, "Connection.Tune")),
+            // RabbitMQ closes the socket after a failed login (with a Close first when
+            // authentication_failure_close is on).
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Err(ClientError::Protocol(
+                    "the broker closed the connection during login (wrong user or password?)"
+                        .into(),
+                ))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The negotiated frame_max.
@@ -390,12 +387,7 @@ impl Client {
         let frame = self
             .read_frame(Instant::now() + self.timeout, "a content header")
             .await?;
-        if frame.kind != FRAME_HEADER || frame.channel != CHANNEL {
-            return Err(ClientError::Protocol(format!(
-                "expected a content header, got frame type {} on channel {}",
-                frame.kind, frame.channel
-            )));
-        }
+        expect_content(&frame, FRAME_HEADER, "a content header")?;
         let header_raw = frame.payload;
         // The body size is read on its own so that a header whose properties are unreadable
         // still lets the body be consumed (and the message be listed and requeued).
@@ -417,12 +409,7 @@ impl Client {
             let frame = self
                 .read_frame(Instant::now() + self.timeout, "a content body")
                 .await?;
-            if frame.kind != FRAME_BODY || frame.channel != CHANNEL {
-                return Err(ClientError::Protocol(format!(
-                    "expected a body frame, got frame type {} on channel {}",
-                    frame.kind, frame.channel
-                )));
-            }
+            expect_content(&frame, FRAME_BODY, "a body frame")?;
             if body.len() as u64 + frame.payload.len() as u64 > body_size {
                 return Err(ClientError::Protocol(
                     "body frames exceed the announced body size".into(),
@@ -594,6 +581,35 @@ impl Client {
 }
 
 /// Names the method only: its arguments (routing keys, texts) are the broker's data.
+/// The frame_max to use: the broker's, capped by ours (0 from the broker means "no limit");
+/// refused below the protocol minimum, and a broker that allows no channel is refused.
+fn negotiate(channel_max: u16, frame_max: u32) -> Result<u32> {
+    let frame_max = match frame_max {
+        0 => OUR_FRAME_MAX,
+        n => n.min(OUR_FRAME_MAX),
+    };
+    if frame_max < FRAME_MIN_SIZE {
+        return Err(ClientError::Protocol(format!(
+            "the broker's frame_max {frame_max} is below the protocol minimum 4096"
+        )));
+    }
+    if channel_max != 0 && channel_max < CHANNEL {
+        return Err(ClientError::Protocol("the broker allows no channel".into()));
+    }
+    Ok(frame_max)
+}
+
+/// Refuses a frame of another kind or channel than the content that must come next.
+fn expect_content(frame: &Frame, kind: u8, what: &str) -> Result<()> {
+    if frame.kind != kind || frame.channel != CHANNEL {
+        return Err(ClientError::Protocol(format!(
+            "expected {what}, got frame type {} on channel {}",
+            frame.kind, frame.channel
+        )));
+    }
+    Ok(())
+}
+
 fn unexpected(m: &Method, what: &str) -> ClientError {
     ClientError::Protocol(format!("unexpected {} while waiting for {what}", m.name()))
 }

@@ -144,6 +144,11 @@ impl Writer {
     fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
+    /// A field value's type tag and its big-endian bytes.
+    fn tagged(&mut self, tag: u8, bytes: &[u8]) {
+        self.buf.push(tag);
+        self.buf.extend_from_slice(bytes);
+    }
 
     fn short_str(&mut self, s: &[u8], what: &str) -> Result<(), WireError> {
         let Ok(n) = u8::try_from(s.len()) else {
@@ -400,49 +405,18 @@ const ENCODE_DEPTH: usize = 64;
 
 fn write_value(w: &mut Writer, v: &FieldValue, budget: usize) -> Result<(), WireError> {
     match v {
-        FieldValue::Bool(b) => {
-            w.u8(b't');
-            w.u8(u8::from(*b));
-        }
-        FieldValue::I8(x) => {
-            w.u8(b'b');
-            w.u8(*x as u8);
-        }
-        FieldValue::U8(x) => {
-            w.u8(b'B');
-            w.u8(*x);
-        }
-        FieldValue::I16(x) => {
-            w.u8(b's');
-            w.u16(*x as u16);
-        }
-        FieldValue::U16(x) => {
-            w.u8(b'u');
-            w.u16(*x);
-        }
-        FieldValue::I32(x) => {
-            w.u8(b'I');
-            w.u32(*x as u32);
-        }
-        FieldValue::U32(x) => {
-            w.u8(b'i');
-            w.u32(*x);
-        }
-        FieldValue::I64(x) => {
-            w.u8(b'l');
-            w.u64(*x as u64);
-        }
-        FieldValue::F32(x) => {
-            w.u8(b'f');
-            w.u32(x.to_bits());
-        }
-        FieldValue::F64(x) => {
-            w.u8(b'd');
-            w.u64(x.to_bits());
-        }
+        FieldValue::Bool(b) => w.tagged(b't', &[u8::from(*b)]),
+        FieldValue::I8(x) => w.tagged(b'b', &x.to_be_bytes()),
+        FieldValue::U8(x) => w.tagged(b'B', &[*x]),
+        FieldValue::I16(x) => w.tagged(b's', &x.to_be_bytes()),
+        FieldValue::U16(x) => w.tagged(b'u', &x.to_be_bytes()),
+        FieldValue::I32(x) => w.tagged(b'I', &x.to_be_bytes()),
+        FieldValue::U32(x) => w.tagged(b'i', &x.to_be_bytes()),
+        FieldValue::I64(x) => w.tagged(b'l', &x.to_be_bytes()),
+        FieldValue::F32(x) => w.tagged(b'f', &x.to_be_bytes()),
+        FieldValue::F64(x) => w.tagged(b'd', &x.to_be_bytes()),
         FieldValue::Decimal { scale, value } => {
-            w.u8(b'D');
-            w.u8(*scale);
+            w.tagged(b'D', &[*scale]);
             w.u32(*value);
         }
         FieldValue::LongStr(s) => {
@@ -453,10 +427,7 @@ fn write_value(w: &mut Writer, v: &FieldValue, budget: usize) -> Result<(), Wire
             w.u8(b'x');
             w.long_str(s, "a byte array")?;
         }
-        FieldValue::Timestamp(t) => {
-            w.u8(b'T');
-            w.u64(*t);
-        }
+        FieldValue::Timestamp(t) => w.tagged(b'T', &t.to_be_bytes()),
         FieldValue::Void => w.u8(b'V'),
         FieldValue::Deep { raw, .. } => {
             // Only verbatim bytes that scan as one container are written.
@@ -854,8 +825,25 @@ pub fn parse_method(payload: &[u8]) -> Result<Method, WireError> {
     let mut r = Reader::new(payload);
     let class = r.u16("class id")?;
     let method = r.u16("method id")?;
-    let m = match (class, method) {
-        (CONNECTION, 10) => {
+    let parsed = match class {
+        CONNECTION => connection_method(method, &mut r)?,
+        CHANNEL => channel_method(method, &mut r)?,
+        QUEUE => queue_method(method, &mut r)?,
+        BASIC => basic_method(method, &mut r)?,
+        CONFIRM if method == 11 => Some(Method::ConfirmSelectOk),
+        _ => None,
+    };
+    // Arguments of methods this client does not use are not checked.
+    let Some(m) = parsed else {
+        return Ok(Method::Other { class, method });
+    };
+    r.finish("the method arguments")?;
+    Ok(m)
+}
+
+fn connection_method(method: u16, r: &mut Reader) -> Result<Option<Method>, WireError> {
+    Ok(Some(match method {
+        10 => {
             let _major = r.u8("version")?;
             let _minor = r.u8("version")?;
             // Server properties are not needed; the length prefix lets them be skipped.
@@ -867,80 +855,109 @@ pub fn parse_method(payload: &[u8]) -> Result<Method, WireError> {
                 locales,
             }
         }
-        (CONNECTION, 20) => {
+        20 => {
             r.long_bytes("challenge")?;
             Method::ConnectionSecure
         }
-        (CONNECTION, 30) => Method::ConnectionTune {
+        30 => Method::ConnectionTune {
             channel_max: r.u16("channel_max")?,
             frame_max: r.u32("frame_max")?,
             heartbeat: r.u16("heartbeat")?,
         },
-        (CONNECTION, 41) => {
+        41 => {
             r.short_str("known hosts")?;
             Method::ConnectionOpenOk
         }
-        (CONNECTION, 50) => Method::ConnectionClose {
-            code: r.u16("reply code")?,
-            text: r.short_str("reply text")?,
-            class: r.u16("class id")?,
-            method: r.u16("method id")?,
-        },
-        (CONNECTION, 51) => Method::ConnectionCloseOk,
-        (CHANNEL, 11) => {
+        50 => {
+            let (code, text, class, method) = close_arguments(r)?;
+            Method::ConnectionClose {
+                code,
+                text,
+                class,
+                method,
+            }
+        }
+        51 => Method::ConnectionCloseOk,
+        _ => return Ok(None),
+    }))
+}
+
+fn channel_method(method: u16, r: &mut Reader) -> Result<Option<Method>, WireError> {
+    Ok(Some(match method {
+        11 => {
             r.long_bytes("channel id")?;
             Method::ChannelOpenOk
         }
-        (CHANNEL, 40) => Method::ChannelClose {
-            code: r.u16("reply code")?,
-            text: r.short_str("reply text")?,
-            class: r.u16("class id")?,
-            method: r.u16("method id")?,
-        },
-        (CHANNEL, 41) => Method::ChannelCloseOk,
-        (QUEUE, 11) => {
+        40 => {
+            let (code, text, class, method) = close_arguments(r)?;
+            Method::ChannelClose {
+                code,
+                text,
+                class,
+                method,
+            }
+        }
+        41 => Method::ChannelCloseOk,
+        _ => return Ok(None),
+    }))
+}
+
+/// The arguments of Connection.Close and Channel.Close: reply code and text, and the method
+/// that caused the close.
+fn close_arguments(r: &mut Reader) -> Result<(u16, Vec<u8>, u16, u16), WireError> {
+    Ok((
+        r.u16("reply code")?,
+        r.short_str("reply text")?,
+        r.u16("class id")?,
+        r.u16("method id")?,
+    ))
+}
+
+fn queue_method(method: u16, r: &mut Reader) -> Result<Option<Method>, WireError> {
+    Ok(Some(match method {
+        11 => {
             r.short_str("queue")?;
             let message_count = r.u32("message count")?;
             r.u32("consumer count")?;
             Method::QueueDeclareOk { message_count }
         }
-        (QUEUE, 41) => Method::QueueDeleteOk {
+        41 => Method::QueueDeleteOk {
             message_count: r.u32("message count")?,
         },
-        (BASIC, 71) => Method::BasicGetOk {
+        _ => return Ok(None),
+    }))
+}
+
+fn basic_method(method: u16, r: &mut Reader) -> Result<Option<Method>, WireError> {
+    Ok(Some(match method {
+        71 => Method::BasicGetOk {
             delivery_tag: r.u64("delivery tag")?,
             redelivered: r.u8("redelivered")? & 1 != 0,
             exchange: r.short_str("exchange")?,
             routing_key: r.short_str("routing key")?,
             message_count: r.u32("message count")?,
         },
-        (BASIC, 72) => {
+        72 => {
             r.short_str("cluster id")?;
             Method::BasicGetEmpty
         }
-        (BASIC, 80) => Method::BasicAck {
+        80 => Method::BasicAck {
             delivery_tag: r.u64("delivery tag")?,
             multiple: r.u8("multiple")? & 1 != 0,
         },
-        (BASIC, 120) => Method::BasicNack {
+        120 => Method::BasicNack {
             delivery_tag: r.u64("delivery tag")?,
             multiple: r.u8("bits")? & 1 != 0,
         },
-        (BASIC, 50) => {
+        50 => {
             let code = r.u16("reply code")?;
             let text = r.short_str("reply text")?;
             r.short_str("exchange")?;
             r.short_str("routing key")?;
             Method::BasicReturn { code, text }
         }
-        (CONFIRM, 11) => Method::ConfirmSelectOk,
-        _ => {
-            // Arguments of methods this client does not use are not checked.
-            return Ok(Method::Other { class, method });
-        }
-    };
-    r.finish("the method arguments")?;
-    Ok(m)
+        _ => return Ok(None),
+    }))
 }
 
 /// Builders of the method frames this client sends.
