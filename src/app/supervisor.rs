@@ -362,6 +362,17 @@ type RelayTask = (
     tokio::task::JoinHandle<Result<(), RelayError>>,
 );
 
+/// What a session's setup works with: its role, the settings and pool, and its two tokens
+/// (`stop` ends the session; `outage` says it ended for a database outage).
+struct Session<'a> {
+    role: Role,
+    settings: &'a Settings,
+    pool: &'a PgPool,
+    metrics: &'a Arc<Metrics>,
+    stop: &'a CancellationToken,
+    outage: &'a CancellationToken,
+}
+
 /// One broker session. Setup is bounded in time, and any connection error ends the session.
 async fn session(
     role: Role,
@@ -374,7 +385,15 @@ async fn session(
     let outage = CancellationToken::new();
     let fault = ConnectionFault::default();
     let setup_limit = Duration::from_millis(settings.amqp.connect_timeout_ms.saturating_mul(2));
-    let setup = start(role, settings, pool, metrics, &stop, &outage, &fault);
+    let session = Session {
+        role,
+        settings,
+        pool,
+        metrics,
+        stop: &stop,
+        outage: &outage,
+    };
+    let setup = start(&session, &fault);
     let running = tokio::select! {
         r = tokio::time::timeout(setup_limit, setup) => match r {
             Ok(r) => r,
@@ -438,15 +457,13 @@ async fn session(
 
 /// Connects and starts a session's consumers (and, for intake, the relay and the queue
 /// monitor). On failure the connections opened so far are closed.
-async fn start(
-    role: Role,
-    settings: &Settings,
-    pool: &PgPool,
-    metrics: &Arc<Metrics>,
-    stop: &CancellationToken,
-    outage: &CancellationToken,
-    fault: &ConnectionFault,
-) -> Result<Running, SessionError> {
+async fn start(s: &Session<'_>, fault: &ConnectionFault) -> Result<Running, SessionError> {
+    let Session {
+        role,
+        settings,
+        stop,
+        ..
+    } = *s;
     let name = match role {
         Role::Intake { .. } => "case-intake consumer",
         Role::DeadLetter => "case-intake dead-letter",
@@ -473,7 +490,7 @@ async fn start(
             }
         }
     }
-    match populate(&mut running, role, settings, pool, metrics, stop, outage).await {
+    match populate(&mut running, s).await {
         Ok(()) => Ok(running),
         Err(e) => {
             stop.cancel();
@@ -518,15 +535,15 @@ impl Role {
 
 /// Starts what a session runs on its connections: for intake the relay and the queue monitor,
 /// then the consumers.
-async fn populate(
-    running: &mut Running,
-    role: Role,
-    settings: &Settings,
-    pool: &PgPool,
-    metrics: &Arc<Metrics>,
-    stop: &CancellationToken,
-    outage: &CancellationToken,
-) -> Result<(), SessionError> {
+async fn populate(running: &mut Running, s: &Session<'_>) -> Result<(), SessionError> {
+    let Session {
+        role,
+        settings,
+        pool,
+        metrics,
+        stop,
+        outage,
+    } = *s;
     let consuming = &running.consuming;
     let publishing = running.publishing.as_ref().unwrap_or(consuming);
     if settings.amqp.declare_topology {

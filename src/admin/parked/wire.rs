@@ -1050,16 +1050,18 @@ pub mod out {
     }
 
     pub fn queue_delete(queue: &[u8]) -> Result<Vec<u8>, WireError> {
-        let mut w = method(QUEUE, 40);
-        w.u16(0);
-        w.short_str(queue, "the queue name")?;
-        w.u8(0);
-        Ok(w.buf)
+        on_queue(QUEUE, 40, queue)
     }
 
     /// Basic.Get without auto-ack: the message stays the broker's until acked or rejected.
     pub fn basic_get(queue: &[u8]) -> Result<Vec<u8>, WireError> {
-        let mut w = method(BASIC, 70);
+        on_queue(BASIC, 70, queue)
+    }
+
+    /// A method whose arguments are a reserved short, a queue name and one octet of flags,
+    /// all off (Queue.Delete without if-unused/if-empty, Basic.Get without no-ack).
+    fn on_queue(class: u16, id: u16, queue: &[u8]) -> Result<Vec<u8>, WireError> {
+        let mut w = method(class, id);
         w.u16(0);
         w.short_str(queue, "the queue name")?;
         w.u8(0);
