@@ -327,6 +327,13 @@ async fn retention_purges_old_keys_and_resolved_failures_but_not_what_the_outbox
     env.cleanup().await;
 }
 
+/// The message with which loading the configuration file `file` is refused.
+fn load_error(file: &std::path::Path) -> String {
+    case_intake::infra::settings::Settings::load(Some(file))
+        .unwrap_err()
+        .to_string()
+}
+
 #[test]
 fn invalid_configuration_is_refused_with_a_clear_message() {
     let dir = std::env::temp_dir().join(format!("case-intake-cfg-{}", std::process::id()));
@@ -337,30 +344,22 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
         "[intake]\nwindow_size = 0\n[amqp]\nurl = \"http://nope\"\n",
     )
     .unwrap();
-    let err = case_intake::infra::settings::Settings::load(Some(&file))
-        .unwrap_err()
-        .to_string();
+    let err = load_error(&file);
     assert!(
         err.contains("intake.window_size must be greater than 0"),
         "{err}"
     );
     assert!(err.contains("amqp.url must start with amqp://"), "{err}");
     std::fs::write(&file, "[intake]\nwindw_size = 3\n").unwrap();
-    let err = case_intake::infra::settings::Settings::load(Some(&file))
-        .unwrap_err()
-        .to_string();
+    let err = load_error(&file);
     assert!(err.contains("windw_size"), "{err}");
     // Keys of earlier versions are refused, not silently ignored (README, configuration).
     std::fs::write(&file, "[outbox]\nlease_ms = 30000\n").unwrap();
-    let err = case_intake::infra::settings::Settings::load(Some(&file))
-        .unwrap_err()
-        .to_string();
+    let err = load_error(&file);
     assert!(err.contains("lease_ms"), "{err}");
     // Without its sweep the relay would never find rows no window handed it.
     std::fs::write(&file, "[outbox]\npoll_interval_ms = 0\n").unwrap();
-    let err = case_intake::infra::settings::Settings::load(Some(&file))
-        .unwrap_err()
-        .to_string();
+    let err = load_error(&file);
     assert!(
         err.contains("outbox.poll_interval_ms must be greater than 0"),
         "{err}"

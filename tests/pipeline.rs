@@ -427,8 +427,6 @@ async fn concurrent_windows_on_hot_households_keep_exactly_one_head() {
 #[tokio::test]
 async fn new_households_are_written_before_the_window_waits_for_a_household_lock() {
     let env = TestEnv::new().await;
-    let county = env.a.county_ids[0];
-    let token = env.a.token.clone();
     let (_, household) = created(&process_seed(&env, "existing", &env.a).await);
 
     // Another transaction holds the household's row lock.
@@ -441,10 +439,14 @@ async fn new_households_are_written_before_the_window_waits_for_a_household_lock
         .unwrap();
 
     // A window with a new household and a join of the locked one.
-    let join = with(seed_body(county), "household", json!(household));
+    let join = with(
+        seed_body(env.a.county_ids[0]),
+        "household",
+        json!(household),
+    );
     let envelopes = vec![
         seed_envelope(&env, "new", &env.a),
-        env.envelope("join", Some(&token), &join),
+        env.envelope("join", Some(&env.a.token), &join),
     ];
     let (pool, ctx) = (
         env.pool.clone(),
