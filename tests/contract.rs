@@ -6,28 +6,23 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use case_intake::admin::failed::{self, Filter};
+use case_intake::admin::failed::Filter;
 use case_intake::infra::settings::Settings;
 use case_intake::intake::delivery::{RETRIES_HEADER, RETRIES_TAG_HEADER};
 use case_intake::intake::envelope::MAX_KEY_CHARS;
 use case_intake::intake::error::{ALL_CODES, ErrorCode, IntakeError};
 use case_intake::intake::event::{CASE_CREATED, CASE_FAILED, CONTENT_TYPE};
-use case_intake::intake::validate::validate;
+use case_intake::intake::validate::{KNOWN_FIELDS, READ_ONLY_FIELDS, validate};
 use case_intake::intake::window::Outcome;
 use case_intake::store::auth::TOKEN_HEADERS;
 use case_intake_harness::support::{TestEnv, seed_body};
+use case_intake_harness::testkit::{created, replay, with};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-/// Fields of a created case that the system sets, and the placement fields the event adds:
-/// everything in `case.created` data that is not an intake field.
-const NOT_INTAKE_FIELDS: [&str; 14] = [
-    "id",
-    "roi_exp_date",
-    "entry_agent",
-    "mod_agent",
-    "group",
-    "import_id",
+/// The placement fields `case.created` data adds to a case: with the fields the system sets
+/// (`READ_ONLY_FIELDS`), everything in it that is not an intake field.
+const PLACEMENT_FIELDS: [&str; 8] = [
     "created_at",
     "updated_at",
     "household_id",
@@ -150,11 +145,6 @@ fn seed_example(c: &Contract) -> Value {
         .find(|e| e["name"] == "seed")
         .expect("a `seed` example")["payload"]
         .clone()
-}
-
-fn with(mut body: Value, field: &str, value: Value) -> Value {
-    body[field] = value;
-    body
 }
 
 fn without(mut body: Value, field: &str) -> Value {
@@ -348,6 +338,33 @@ fn the_intake_schema_agrees_with_validate() {
     let seed_fields: BTreeSet<&String> = object(&seed).keys().collect();
     assert_eq!(properties, seed_fields);
     assert_eq!(properties.len(), 25);
+    // The fields validate accepts are the schema's; the ones it refuses as set by the system
+    // are those the schema's description names.
+    let known: BTreeSet<&String> = KNOWN_FIELDS
+        .iter()
+        .map(|f| {
+            properties
+                .get(&f.to_string())
+                .copied()
+                .unwrap_or_else(|| panic!("{f} is not in the schema"))
+        })
+        .collect();
+    assert_eq!(known, properties);
+    let description = c.schema("IntakeBody")["description"].as_str().unwrap();
+    let description = description.split_whitespace().collect::<Vec<_>>().join(" ");
+    let named = description
+        .split("the fields the system sets:")
+        .nth(1)
+        .expect("the read-only fields are named");
+    let named: BTreeSet<&str> = named
+        .split('.')
+        .next()
+        .unwrap()
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    assert_eq!(named, READ_ONLY_FIELDS.into_iter().collect());
     for field in &properties {
         // Null is "not given" for every optional field; the required names get a value.
         let mut body = json!({"first_name": "A", "last_name": "B"});
@@ -467,17 +484,6 @@ fn raw(
     e
 }
 
-fn created(outcome: &Outcome) -> (i64, i64) {
-    match outcome {
-        Outcome::Created {
-            case_id,
-            household_id,
-            ..
-        } => (*case_id, *household_id),
-        other => panic!("expected a created case, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn real_events_match_the_event_schemas() {
     let c = Contract::load();
@@ -576,15 +582,12 @@ async fn real_events_match_the_event_schemas() {
     let missing_county: i64 = 990_001;
     let body = with(seed_body(county), "street_county", json!(missing_county));
     env.process(&[env.envelope("replayed", t, &body)]).await;
-    let ctx = case_intake::app::supervisor::window_context(&env.settings);
     let only = Filter {
         key: Some("replayed".into()),
         limit: 0,
         ..Filter::default()
     };
-    let r = failed::replay(&env.pool, &ctx, &only, 10, |_| {})
-        .await
-        .unwrap();
+    let r = replay(&env, &only).await;
     assert_eq!(r.failed, 1);
     sqlx::query("INSERT INTO counties (id, network_id, name) VALUES ($1, $2, 'Late County')")
         .bind(missing_county)
@@ -592,9 +595,7 @@ async fn real_events_match_the_event_schemas() {
         .execute(&env.pool)
         .await
         .unwrap();
-    let r = failed::replay(&env.pool, &ctx, &only, 10, |_| {})
-        .await
-        .unwrap();
+    let r = replay(&env, &only).await;
     assert_eq!(r.created, 1);
 
     // Every event ever queued, and every event stored beside its key.
@@ -663,7 +664,7 @@ async fn real_events_match_the_event_schemas() {
     let case_fields: BTreeSet<&str> = object(created_data[0])
         .keys()
         .map(String::as_str)
-        .filter(|k| !NOT_INTAKE_FIELDS.contains(k))
+        .filter(|k| !READ_ONLY_FIELDS.contains(k) && !PLACEMENT_FIELDS.contains(k))
         .collect();
     let intake_fields: BTreeSet<&str> = object(&c.schema("IntakeBody")["properties"])
         .keys()

@@ -2,20 +2,15 @@
 //! the event arrives on the events exchange.
 
 use case_intake_harness::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
+use case_intake_harness::testkit::{broker_and_worker, publish_as, seed_envelope, to_bytes};
 use serde_json::json;
 
 #[tokio::test]
 async fn intake_message_becomes_a_case_and_a_created_event() {
     let env = TestEnv::new().await;
-    let mut broker = Broker::connect(&env).await;
-    let worker = RunningWorker::start(&env.settings);
-    broker.declare_topology(&env).await;
-
-    let (h, v) = token_header(&env.a.token);
-    let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
-    broker
-        .publish(Some("e2e-1"), &[(h, &v)], Some("corr-1"), &body)
-        .await;
+    let (mut broker, worker) = broker_and_worker(&env).await;
+    let body = to_bytes(&seed_body(env.a.county_ids[0]));
+    publish_as(&broker, &env.a.token, Some("e2e-1"), Some("corr-1"), &body).await;
     let (routing_key, props, event) = broker.next_event().await;
     assert_eq!(routing_key, "case.created");
     assert_eq!(event["type"], "case.created");
@@ -36,7 +31,7 @@ async fn intake_message_becomes_a_case_and_a_created_event() {
     assert_eq!(props.delivery_mode(), &Some(2));
 
     // The seed's `Authorize` header name works too, in any case.
-    let body2 = serde_json::to_vec(&json!({"first_name": "Ann", "last_name": "Lee"})).unwrap();
+    let body2 = to_bytes(&json!({"first_name": "Ann", "last_name": "Lee"}));
     let value = format!("Token {}", env.a.token);
     broker
         .publish(Some("e2e-2"), &[("AUTHORIZE", &value)], None, &body2)
@@ -55,11 +50,9 @@ async fn intake_message_becomes_a_case_and_a_created_event() {
 #[tokio::test]
 async fn bad_input_gets_failed_events_and_duplicates_repeat_the_original() {
     let env = TestEnv::new().await;
-    let mut broker = Broker::connect(&env).await;
-    let worker = RunningWorker::start(&env.settings);
-    broker.declare_topology(&env).await;
+    let (mut broker, worker) = broker_and_worker(&env).await;
     let (h, v) = token_header(&env.a.token);
-    let good = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    let good = to_bytes(&seed_body(env.a.county_ids[0]));
 
     broker
         .publish(Some("bad-json"), &[(h, &v)], None, b"not json")
@@ -102,7 +95,7 @@ async fn events_committed_before_a_crash_are_published_after_restart() {
     // Commit two intakes without any relay running: as if the worker died right after commit.
     let out = env
         .process(&[
-            env.envelope("c1", Some(&env.a.token), &seed_body(env.a.county_ids[0])),
+            seed_envelope(&env, "c1", &env.a),
             env.envelope("c2", Some(&env.a.token), &json!({"last_name": "x"})),
         ])
         .await;
@@ -126,12 +119,9 @@ async fn shutdown_stops_consuming_and_leaves_the_rest_queued() {
     let env = TestEnv::new().await;
     let mut broker = Broker::connect(&env).await;
     broker.declare_topology(&env).await;
-    let (h, v) = token_header(&env.a.token);
-    let good = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    let good = to_bytes(&seed_body(env.a.county_ids[0]));
     for i in 0..50 {
-        broker
-            .publish(Some(&format!("s{i}")), &[(h, &v)], None, &good)
-            .await;
+        publish_as(&broker, &env.a.token, Some(&format!("s{i}")), None, &good).await;
     }
     let worker = RunningWorker::start(&env.settings);
     // Wait for the first event, then stop while the rest may still be in flight.

@@ -4,7 +4,11 @@
 use case_intake::admin::failed::{self, Filter};
 use case_intake::intake::error::ErrorCode;
 use case_intake::intake::window::Outcome;
-use case_intake_harness::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
+use case_intake_harness::support::{TestEnv, seed_body, token_header};
+use case_intake_harness::testkit::{
+    broker_and_worker, created, failed as failed_code, message_count, process_seed, publish_as,
+    replay, to_bytes, with,
+};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use serde_json::json;
@@ -18,13 +22,7 @@ async fn replay_succeeds_once_the_missing_county_exists() {
     let out = env
         .process(&[env.envelope("needs-county", Some(&token), &body)])
         .await;
-    assert!(matches!(
-        out[0],
-        Outcome::Failed {
-            code: ErrorCode::ValidationFailed,
-            ..
-        }
-    ));
+    assert_eq!(failed_code(&out[0]), ErrorCode::ValidationFailed);
 
     let listed = failed::list(
         &env.pool,
@@ -53,14 +51,11 @@ async fn replay_succeeds_once_the_missing_county_exists() {
     );
 
     // Replaying before the fix fails again, as attempt 2.
-    let ctx = case_intake::app::supervisor::window_context(&env.settings);
     let all = Filter {
         limit: 0,
         ..Filter::default()
     };
-    let r = failed::replay(&env.pool, &ctx, &all, 50, |_| {})
-        .await
-        .unwrap();
+    let r = replay(&env, &all).await;
     assert_eq!((r.selected, r.failed), (1, 1));
 
     sqlx::query("INSERT INTO counties (id, network_id, name) VALUES (424242, $1, 'Late County')")
@@ -69,6 +64,7 @@ async fn replay_succeeds_once_the_missing_county_exists() {
         .await
         .unwrap();
     let mut progress_calls = 0;
+    let ctx = case_intake::app::supervisor::window_context(&env.settings);
     let r = failed::replay(&env.pool, &ctx, &all, 50, |_| progress_calls += 1)
         .await
         .unwrap();
@@ -84,10 +80,7 @@ async fn replay_succeeds_once_the_missing_county_exists() {
     assert_eq!(event["data"]["replay"]["attempt"], 3);
 
     // Nothing is left to replay; the history keeps every attempt.
-    let r = failed::replay(&env.pool, &ctx, &all, 50, |_| {})
-        .await
-        .unwrap();
-    assert_eq!(r.selected, 0);
+    assert_eq!(replay(&env, &all).await.selected, 0);
     let history = failed::show(&env.pool, &vault, "needs-county", None)
         .await
         .unwrap();
@@ -131,14 +124,11 @@ async fn replaying_a_key_that_has_since_succeeded_creates_nothing() {
     let out = env.process(&[env_ok]).await;
     assert!(matches!(out[0], Outcome::Created { .. }));
     // The failed intake carries the wrong token's hash, so replaying it fails again...
-    let ctx = case_intake::app::supervisor::window_context(&env.settings);
     let by_key = Filter {
         key: Some("later-ok".into()),
         ..Filter::default()
     };
-    let r = failed::replay(&env.pool, &ctx, &by_key, 10, |_| {})
-        .await
-        .unwrap();
+    let r = replay(&env, &by_key).await;
     assert_eq!((r.selected, r.failed), (1, 1));
     // ...and a failed intake replayed with the right caller finds the existing case.
     sqlx::query("UPDATE failed_intakes SET token_hash = $1 WHERE resolved_at IS NULL")
@@ -146,9 +136,7 @@ async fn replaying_a_key_that_has_since_succeeded_creates_nothing() {
         .execute(&env.pool)
         .await
         .unwrap();
-    let r = failed::replay(&env.pool, &ctx, &by_key, 10, |_| {})
-        .await
-        .unwrap();
+    let r = replay(&env, &by_key).await;
     assert_eq!((r.selected, r.duplicate, r.created), (1, 1, 0));
     assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 1);
     env.cleanup().await;
@@ -180,48 +168,20 @@ fn fast_retries(env: &mut TestEnv, max_attempts: u32) {
 async fn a_lock_past_the_timeout_goes_through_the_retry_queue_and_then_succeeds() {
     let mut env = TestEnv::new().await;
     fast_retries(&mut env, 1000);
-    let (_, household) = match env
-        .process(&[env.envelope("head", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
-        .await[0]
-    {
-        Outcome::Created {
-            case_id,
-            household_id,
-            ..
-        } => (case_id, household_id),
-        ref o => panic!("{o:?}"),
-    };
-    let mut broker = Broker::connect(&env).await;
-    broker.declare_topology(&env).await;
-    let worker = RunningWorker::start(&env.settings);
+    let (_, household) = created(&process_seed(&env, "head", &env.a).await);
+    let (mut broker, worker) = broker_and_worker(&env).await;
     let lock = lock_households(&env).await;
-    let mut join = seed_body(env.a.county_ids[0]);
-    join["household"] = json!(household);
-    let (h, v) = token_header(&env.a.token);
-    broker
-        .publish(
-            Some("join"),
-            &[(h, &v)],
-            None,
-            &serde_json::to_vec(&join).unwrap(),
-        )
-        .await;
+    let join = with(
+        seed_body(env.a.county_ids[0]),
+        "household",
+        json!(household),
+    );
+    publish_as(&broker, &env.a.token, Some("join"), None, &to_bytes(&join)).await;
     // Wait until the intake has been through the retry queue at least once, then release.
     let retried_queue = case_intake::outbox::topology::retry_queue(&env.settings.amqp.intake_queue);
     let ch = broker.conn.create_channel().await.unwrap();
     loop {
-        let q = ch
-            .queue_declare(
-                retried_queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .unwrap();
-        if q.message_count() > 0 {
+        if message_count(&ch, &retried_queue).await > 0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -239,28 +199,23 @@ async fn a_lock_past_the_timeout_goes_through_the_retry_queue_and_then_succeeds(
 async fn a_lock_that_never_ends_fails_the_intake_with_retries_exhausted() {
     let mut env = TestEnv::new().await;
     fast_retries(&mut env, 2);
-    let household = match env
-        .process(&[env.envelope("head", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
-        .await[0]
-    {
-        Outcome::Created { household_id, .. } => household_id,
-        ref o => panic!("{o:?}"),
-    };
-    let mut broker = Broker::connect(&env).await;
-    broker.declare_topology(&env).await;
+    let (_, household) = created(&process_seed(&env, "head", &env.a).await);
     let lock = lock_households(&env).await;
-    let worker = RunningWorker::start(&env.settings);
-    let mut join = seed_body(env.a.county_ids[0]);
-    join["household"] = json!(household);
-    let (h, v) = token_header(&env.a.token);
-    broker
-        .publish(
-            Some("stuck"),
-            &[(h, &v)],
-            Some("c-stuck"),
-            &serde_json::to_vec(&join).unwrap(),
-        )
-        .await;
+    let (mut broker, worker) = broker_and_worker(&env).await;
+    let join = with(
+        seed_body(env.a.county_ids[0]),
+        "household",
+        json!(household),
+    );
+    let stuck = to_bytes(&join);
+    publish_as(
+        &broker,
+        &env.a.token,
+        Some("stuck"),
+        Some("c-stuck"),
+        &stuck,
+    )
+    .await;
     let (routing_key, props, event) = broker.next_event_for("stuck").await;
     assert_eq!(routing_key, "case.failed");
     assert_eq!(event["data"]["error"]["code"], "retries_exhausted");
@@ -271,14 +226,11 @@ async fn a_lock_that_never_ends_fails_the_intake_with_retries_exhausted() {
     lock.close().await.unwrap();
     worker.stop().await;
     // Kept for replay, which succeeds now that the lock is gone.
-    let ctx = case_intake::app::supervisor::window_context(&env.settings);
     let code = Filter {
         code: Some("retries_exhausted".into()),
         ..Filter::default()
     };
-    let r = failed::replay(&env.pool, &ctx, &code, 10, |_| {})
-        .await
-        .unwrap();
+    let r = replay(&env, &code).await;
     assert_eq!((r.selected, r.created), (1, 1));
     env.cleanup().await;
 }
@@ -286,12 +238,8 @@ async fn a_lock_that_never_ends_fails_the_intake_with_retries_exhausted() {
 #[tokio::test]
 async fn dead_lettered_intakes_become_failed_intakes_unless_already_done() {
     let env = TestEnv::new().await;
-    let mut broker = Broker::connect(&env).await;
-    broker.declare_topology(&env).await;
-    let done = env
-        .process(&[env.envelope("done", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
-        .await;
-    let worker = RunningWorker::start(&env.settings);
+    let done = process_seed(&env, "done", &env.a).await;
+    let (mut broker, worker) = broker_and_worker(&env).await;
     let dead = case_intake::outbox::topology::dead_letter_queue(&env.settings.amqp.intake_queue);
     let (h, v) = token_header(&env.a.token);
     let mut headers = lapin::types::FieldTable::default();
@@ -299,7 +247,7 @@ async fn dead_lettered_intakes_become_failed_intakes_unless_already_done() {
         h.into(),
         lapin::types::AMQPValue::LongString(v.as_bytes().to_vec().into()),
     );
-    let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    let body = to_bytes(&seed_body(env.a.county_ids[0]));
     for key in ["poison", "done"] {
         broker
             .publish
@@ -325,7 +273,7 @@ async fn dead_lettered_intakes_become_failed_intakes_unless_already_done() {
     assert_eq!(poison.2["data"]["error"]["code"], "dead_lettered");
     // A key that already had an outcome keeps it: its original event is repeated.
     let again = events.iter().find(|e| e.2["subject"] == "done").unwrap();
-    assert_eq!(again.2["id"], done[0].event_id().to_string());
+    assert_eq!(again.2["id"], done.event_id().to_string());
     worker.stop().await;
     let kept = env
         .scalar_i64("SELECT count(*) FROM failed_intakes WHERE error_code = 'dead_lettered'")
@@ -375,11 +323,15 @@ async fn retention_purges_old_keys_and_resolved_failures_but_not_what_the_outbox
         .unwrap();
     assert_eq!(unsent.as_deref(), Some("case.created"));
     // After the window a re-published key is a new intake (documented in the README).
-    let out = env
-        .process(&[env.envelope("old", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
-        .await;
-    assert!(matches!(out[0], Outcome::Created { .. }));
+    created(&process_seed(&env, "old", &env.a).await);
     env.cleanup().await;
+}
+
+/// The message with which loading the configuration file `file` is refused.
+fn load_error(file: &std::path::Path) -> String {
+    case_intake::infra::settings::Settings::load(Some(file))
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -392,30 +344,22 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
         "[intake]\nwindow_size = 0\n[amqp]\nurl = \"http://nope\"\n",
     )
     .unwrap();
-    let err = case_intake::infra::settings::Settings::load(Some(&file))
-        .unwrap_err()
-        .to_string();
+    let err = load_error(&file);
     assert!(
         err.contains("intake.window_size must be greater than 0"),
         "{err}"
     );
     assert!(err.contains("amqp.url must start with amqp://"), "{err}");
     std::fs::write(&file, "[intake]\nwindw_size = 3\n").unwrap();
-    let err = case_intake::infra::settings::Settings::load(Some(&file))
-        .unwrap_err()
-        .to_string();
+    let err = load_error(&file);
     assert!(err.contains("windw_size"), "{err}");
     // Keys of earlier versions are refused, not silently ignored (README, configuration).
     std::fs::write(&file, "[outbox]\nlease_ms = 30000\n").unwrap();
-    let err = case_intake::infra::settings::Settings::load(Some(&file))
-        .unwrap_err()
-        .to_string();
+    let err = load_error(&file);
     assert!(err.contains("lease_ms"), "{err}");
     // Without its sweep the relay would never find rows no window handed it.
     std::fs::write(&file, "[outbox]\npoll_interval_ms = 0\n").unwrap();
-    let err = case_intake::infra::settings::Settings::load(Some(&file))
-        .unwrap_err()
-        .to_string();
+    let err = load_error(&file);
     assert!(
         err.contains("outbox.poll_interval_ms must be greater than 0"),
         "{err}"

@@ -5,8 +5,10 @@
 
 use case_intake::admin::failed::{self, Filter};
 use case_intake::intake::error::ErrorCode;
-use case_intake::intake::window::Outcome;
-use case_intake_harness::support::{Broker, RunningWorker, TestEnv, token_header};
+use case_intake_harness::support::TestEnv;
+use case_intake_harness::testkit::{
+    broker_and_worker, failed as failed_code, publish_as, to_bytes,
+};
 use serde_json::{Value, json};
 
 /// SSNs of the test body, each in a different place; no two share their first five digits.
@@ -54,9 +56,7 @@ fn assert_no_raw_controls(what: &str, text: &str) {
 #[tokio::test]
 async fn ssns_anywhere_in_a_body_are_masked_in_the_event_the_stored_error_and_failed_show() {
     let env = TestEnv::new().await;
-    let mut broker = Broker::connect(&env).await;
-    let worker = RunningWorker::start(&env.settings);
-    broker.declare_topology(&env).await;
+    let (mut broker, worker) = broker_and_worker(&env).await;
 
     let mut body = json!({
         "first_name": "Ann",
@@ -67,15 +67,8 @@ async fn ssns_anywhere_in_a_body_are_masked_in_the_event_the_stored_error_and_fa
     });
     body[SSN_AS_KEY] = json!(1);
     body["\u{1b}[31mX\u{7}"] = json!("\u{9b}2J\u{202e}");
-    let (h, v) = token_header(&env.a.token);
-    broker
-        .publish(
-            Some("hygiene-ssn"),
-            &[(h, &v)],
-            Some("corr-hygiene"),
-            &serde_json::to_vec(&body).unwrap(),
-        )
-        .await;
+    let (key, correlation) = (Some("hygiene-ssn"), Some("corr-hygiene"));
+    publish_as(&broker, &env.a.token, key, correlation, &to_bytes(&body)).await;
 
     // The published event.
     let (routing_key, _, event) = broker.next_event_for("hygiene-ssn").await;
@@ -162,30 +155,18 @@ async fn a_nul_in_an_unknown_field_name_fails_validation_on_the_first_delivery()
     let out = env
         .process(&[env.envelope("nul-direct", Some(&env.a.token), &body)])
         .await;
-    assert!(
-        matches!(
-            out[0],
-            Outcome::Failed {
-                code: ErrorCode::ValidationFailed,
-                ..
-            }
-        ),
-        "{out:?}"
-    );
+    assert_eq!(failed_code(&out[0]), ErrorCode::ValidationFailed);
 
     // Over the broker: the first delivery gets the failed event, and only one failure is kept.
-    let mut broker = Broker::connect(&env).await;
-    let worker = RunningWorker::start(&env.settings);
-    broker.declare_topology(&env).await;
-    let (h, v) = token_header(&env.a.token);
-    broker
-        .publish(
-            Some("nul-key"),
-            &[(h, &v)],
-            None,
-            &serde_json::to_vec(&body).unwrap(),
-        )
-        .await;
+    let (mut broker, worker) = broker_and_worker(&env).await;
+    publish_as(
+        &broker,
+        &env.a.token,
+        Some("nul-key"),
+        None,
+        &to_bytes(&body),
+    )
+    .await;
     let (routing_key, _, event) = broker.next_event_for("nul-key").await;
     worker.stop().await;
     assert_eq!(routing_key, "case.failed");

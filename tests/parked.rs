@@ -139,6 +139,14 @@ async fn park_hostile(q: &Queues) {
     c.close().await;
 }
 
+/// Parks the hostile messages and returns their ids, once all four are in the parking queue.
+async fn park_hostile_with_ids(q: &Queues) -> std::collections::HashMap<String, String> {
+    park_hostile(q).await;
+    let ids = ids(q).await;
+    assert_count(&q.parked, 4).await;
+    ids
+}
+
 async fn count(queue: &str) -> u32 {
     let mut c = client().await;
     let n = c.message_count(queue).await.unwrap();
@@ -289,9 +297,7 @@ async fn list_escapes_masks_and_puts_everything_back() {
 #[tokio::test]
 async fn drop_by_id_removes_exactly_one_and_all_needs_yes() {
     let q = Queues::new().await;
-    park_hostile(&q).await;
-    let ids = ids(&q).await;
-    assert_count(&q.parked, 4).await;
+    let ids = park_hostile_with_ids(&q).await;
 
     let out = run(&q, &["parked", "drop", "--id", &ids["ssn"]]).await;
     assert!(out.status.success(), "{out:?}");
@@ -326,9 +332,7 @@ async fn drop_by_id_removes_exactly_one_and_all_needs_yes() {
 #[tokio::test]
 async fn republish_by_id_moves_one_sanitized_copy() {
     let q = Queues::new().await;
-    park_hostile(&q).await;
-    let ids = ids(&q).await;
-    assert_count(&q.parked, 4).await;
+    let ids = park_hostile_with_ids(&q).await;
 
     for app in ["bad-id", "bad-name", "deep"] {
         let out = run(&q, &["parked", "republish", "--id", &ids[app]]).await;

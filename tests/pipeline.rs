@@ -2,38 +2,11 @@
 //! failures and the invariants under concurrent windows.
 
 use case_intake::intake::error::ErrorCode;
+use case_intake::intake::validate::{KNOWN_FIELDS, READ_ONLY_FIELDS};
 use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{TestEnv, seed_body};
+use case_intake_harness::testkit::{created, event_of, failed, process_seed, seed_envelope, with};
 use serde_json::{Value, json};
-
-fn created(o: &Outcome) -> (i64, i64) {
-    match o {
-        Outcome::Created {
-            case_id,
-            household_id,
-            ..
-        } => (*case_id, *household_id),
-        other => panic!("expected a created case, got {other:?}"),
-    }
-}
-
-fn failed(o: &Outcome) -> ErrorCode {
-    match o {
-        Outcome::Failed { code, .. } => *code,
-        other => panic!("expected a failure, got {other:?}"),
-    }
-}
-
-async fn event_of(env: &TestEnv, key: &str, network: i64) -> Value {
-    sqlx::query_scalar(
-        "SELECT event FROM intake_outcomes WHERE network_id = $1 AND message_key = $2",
-    )
-    .bind(network)
-    .bind(key)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap()
-}
 
 #[tokio::test]
 async fn household_rules_create_join_and_replace_heads() {
@@ -42,18 +15,14 @@ async fn household_rules_create_join_and_replace_heads() {
     let token = env.a.token.clone();
 
     // No household: one is created and the case heads it, even with head_of_household false.
-    let out = env
-        .process(&[env.envelope("k1", Some(&token), &seed_body(county))])
-        .await;
-    let (first, household) = created(&out[0]);
+    let (first, household) = created(&process_seed(&env, "k1", &env.a).await);
     let ev = event_of(&env, "k1", env.a.network_id).await;
     assert_eq!(ev["data"]["household_created"], true);
     assert_eq!(ev["data"]["head_of_household"], true);
     assert_eq!(ev["data"]["household_id"], household);
 
     // Joining with false keeps the head.
-    let mut join = seed_body(county);
-    join["household"] = json!(household);
+    let join = with(seed_body(county), "household", json!(household));
     let out = env
         .process(&[env.envelope("k2", Some(&token), &join)])
         .await;
@@ -65,8 +34,7 @@ async fn household_rules_create_join_and_replace_heads() {
     assert_eq!(ev["data"]["previous_head_case_id"], Value::Null);
 
     // Joining with true replaces the head and names the previous one.
-    let mut replace = join.clone();
-    replace["head_of_household"] = json!(true);
+    let replace = with(join.clone(), "head_of_household", json!(true));
     let out = env
         .process(&[env.envelope("k3", Some(&token), &replace)])
         .await;
@@ -98,13 +66,9 @@ async fn replacements_within_one_window_keep_one_head() {
     let env = TestEnv::new().await;
     let county = env.a.county_ids[0];
     let token = env.a.token.clone();
-    let out = env
-        .process(&[env.envelope("h", Some(&token), &seed_body(county))])
-        .await;
-    let (_, household) = created(&out[0]);
-    let mut body = seed_body(county);
-    body["household"] = json!(household);
-    body["head_of_household"] = json!(true);
+    let (_, household) = created(&process_seed(&env, "h", &env.a).await);
+    let body = with(seed_body(county), "household", json!(household));
+    let body = with(body, "head_of_household", json!(true));
     let window: Vec<_> = (0..5)
         .map(|i| {
             let mut b = body.clone();
@@ -194,22 +158,8 @@ async fn same_key_with_another_body_is_rejected_and_changes_nothing() {
 #[tokio::test]
 async fn the_same_key_in_another_network_is_another_intake() {
     let env = TestEnv::new().await;
-    let a = env
-        .process(&[env.envelope(
-            "shared",
-            Some(&env.a.token),
-            &seed_body(env.a.county_ids[0]),
-        )])
-        .await;
-    let b = env
-        .process(&[env.envelope(
-            "shared",
-            Some(&env.b.token),
-            &seed_body(env.b.county_ids[0]),
-        )])
-        .await;
-    let (case_a, _) = created(&a[0]);
-    let (case_b, _) = created(&b[0]);
+    let (case_a, _) = created(&process_seed(&env, "shared", &env.a).await);
+    let (case_b, _) = created(&process_seed(&env, "shared", &env.b).await);
     assert_ne!(case_a, case_b);
     let networks: Vec<i64> = sqlx::query_scalar("SELECT network_id FROM cases ORDER BY id")
         .fetch_all(&env.pool)
@@ -222,14 +172,13 @@ async fn the_same_key_in_another_network_is_another_intake() {
 #[tokio::test]
 async fn references_into_another_network_look_like_missing_ones() {
     let env = TestEnv::new().await;
-    let (_, household_a) = created(
-        &env.process(&[env.envelope("a1", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
-            .await[0],
+    let (_, household_a) = created(&process_seed(&env, "a1", &env.a).await);
+    let foreign = with(
+        seed_body(env.a.county_ids[0]),
+        "household",
+        json!(household_a),
     );
-    let mut foreign = seed_body(env.a.county_ids[0]);
-    foreign["household"] = json!(household_a);
-    let mut missing = seed_body(999_999);
-    missing["household"] = json!(999_999);
+    let missing = with(seed_body(999_999), "household", json!(999_999));
     let out = env
         .process(&[
             env.envelope("b1", Some(&env.b.token), &foreign),
@@ -352,10 +301,7 @@ async fn bad_messages_fail_alone_with_stable_codes() {
 #[tokio::test]
 async fn created_event_holds_every_field_with_the_ssn_masked() {
     let env = TestEnv::new().await;
-    let out = env
-        .process(&[env.envelope("f", Some(&env.a.token), &seed_body(env.a.county_ids[0]))])
-        .await;
-    let (case_id, household) = created(&out[0]);
+    let (case_id, household) = created(&process_seed(&env, "f", &env.a).await);
     let ev = event_of(&env, "f", env.a.network_id).await;
     let data = &ev["data"];
     assert_eq!(data["id"], case_id);
@@ -368,32 +314,9 @@ async fn created_event_holds_every_field_with_the_ssn_masked() {
     assert_eq!(data["import_id"], Value::Null);
     assert_eq!(data["yearly_income"], 15350);
     assert_eq!(data["message_key"], "f");
-    for field in [
-        "first_name",
-        "middle_name",
-        "last_name",
-        "suffix",
-        "nickname",
-        "date_of_birth",
-        "email",
-        "mailing_address",
-        "mailing_apt_number",
-        "mailing_city",
-        "mailing_state",
-        "mailing_zip_code",
-        "street_address",
-        "street_apt_number",
-        "street_city",
-        "street_state",
-        "street_zip_code",
-        "street_county",
-        "yearly_expenses",
-        "deceased",
-        "private",
-        "created_at",
-        "updated_at",
-        "warnings",
-    ] {
+    // Every field the API accepts or the system sets, and the times and warnings.
+    let system = ["created_at", "updated_at", "warnings"];
+    for field in KNOWN_FIELDS.iter().chain(&READ_ONLY_FIELDS).chain(&system) {
         assert!(data.get(field).is_some(), "missing {field}");
     }
     assert_eq!(ev["specversion"], "1.0");
@@ -439,10 +362,8 @@ async fn concurrent_windows_on_hot_households_keep_exactly_one_head() {
     let county = env.a.county_ids[0];
     let mut households = Vec::new();
     for i in 0..3 {
-        let out = env
-            .process(&[env.envelope(&format!("seed{i}"), Some(&token), &seed_body(county))])
-            .await;
-        households.push(created(&out[0]).1);
+        let out = process_seed(&env, &format!("seed{i}"), &env.a).await;
+        households.push(created(&out).1);
     }
     let env = std::sync::Arc::new(env);
     let mut tasks = Vec::new();
@@ -506,12 +427,7 @@ async fn concurrent_windows_on_hot_households_keep_exactly_one_head() {
 #[tokio::test]
 async fn new_households_are_written_before_the_window_waits_for_a_household_lock() {
     let env = TestEnv::new().await;
-    let county = env.a.county_ids[0];
-    let token = env.a.token.clone();
-    let out = env
-        .process(&[env.envelope("existing", Some(&token), &seed_body(county))])
-        .await;
-    let (_, household) = created(&out[0]);
+    let (_, household) = created(&process_seed(&env, "existing", &env.a).await);
 
     // Another transaction holds the household's row lock.
     let mut blocker = env.pool.acquire().await.unwrap();
@@ -523,11 +439,14 @@ async fn new_households_are_written_before_the_window_waits_for_a_household_lock
         .unwrap();
 
     // A window with a new household and a join of the locked one.
-    let mut join = seed_body(county);
-    join["household"] = json!(household);
+    let join = with(
+        seed_body(env.a.county_ids[0]),
+        "household",
+        json!(household),
+    );
     let envelopes = vec![
-        env.envelope("new", Some(&token), &seed_body(county)),
-        env.envelope("join", Some(&token), &join),
+        seed_envelope(&env, "new", &env.a),
+        env.envelope("join", Some(&env.a.token), &join),
     ];
     let (pool, ctx) = (
         env.pool.clone(),
@@ -590,8 +509,6 @@ async fn new_households_are_written_before_the_window_waits_for_a_household_lock
 async fn a_key_written_by_a_concurrent_window_meanwhile_reruns_the_window_and_creates_nothing_twice()
  {
     let env = TestEnv::new().await;
-    let county = env.a.county_ids[0];
-    let token = env.a.token.clone();
 
     // Another transaction (as a concurrent window would) writes the outcome of key "raced"
     // and has not committed yet: the window below cannot see it when it looks its keys up.
@@ -609,8 +526,8 @@ async fn a_key_written_by_a_concurrent_window_meanwhile_reruns_the_window_and_cr
     .unwrap();
 
     let envelopes = vec![
-        env.envelope("raced", Some(&token), &seed_body(county)),
-        env.envelope("alone", Some(&token), &seed_body(county)),
+        seed_envelope(&env, "raced", &env.a),
+        seed_envelope(&env, "alone", &env.a),
     ];
     let (pool, ctx) = (
         env.pool.clone(),

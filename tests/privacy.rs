@@ -6,6 +6,7 @@ use case_intake::intake::error::ErrorCode;
 use case_intake::intake::window::Outcome;
 use case_intake::store::crypto::{Purpose, Vault};
 use case_intake_harness::support::{TestEnv, seed_body};
+use case_intake_harness::testkit::{created, event_of, failed, process_seed, seed_envelope, with};
 use secrecy::SecretString;
 use serde_json::json;
 use sqlx::Row;
@@ -13,15 +14,10 @@ use sqlx::Row;
 #[tokio::test]
 async fn failed_payloads_are_sealed_and_keys_rotate() {
     let mut env = TestEnv::new().await;
-    let mut bad = seed_body(env.a.county_ids[0]);
-    bad["last_name"] = json!(null);
+    let bad = with(seed_body(env.a.county_ids[0]), "last_name", json!(null));
     env.process(&[
         env.envelope("sealed-1", Some(&env.a.token), &bad),
-        env.envelope(
-            "sealed-2",
-            Some(&env.a.token),
-            &seed_body(env.a.county_ids[0]),
-        ),
+        seed_envelope(&env, "sealed-2", &env.a),
     ])
     .await;
     let row = sqlx::query("SELECT payload_sealed, payload_key_id FROM failed_intakes")
@@ -87,46 +83,25 @@ async fn failed_payloads_are_sealed_and_keys_rotate() {
 async fn network_a_can_learn_nothing_about_network_b() {
     let env = TestEnv::new().await;
     // B has a case, a household and counties; A tries to reach them.
-    let b_out = env
-        .process(&[env.envelope("b-key", Some(&env.b.token), &seed_body(env.b.county_ids[0]))])
-        .await;
-    let Outcome::Created {
-        household_id: b_household,
-        ..
-    } = b_out[0]
-    else {
-        panic!("{b_out:?}")
-    };
-    let mut into_b = seed_body(env.b.county_ids[0]);
-    into_b["household"] = json!(b_household);
-    let mut nowhere = seed_body(9_999_999);
-    nowhere["household"] = json!(9_999_999);
+    let (_, b_household) = created(&process_seed(&env, "b-key", &env.b).await);
+    let into_b = with(
+        seed_body(env.b.county_ids[0]),
+        "household",
+        json!(b_household),
+    );
+    let nowhere = with(seed_body(9_999_999), "household", json!(9_999_999));
     let out = env
         .process(&[
             env.envelope("a-1", Some(&env.a.token), &into_b),
             env.envelope("a-2", Some(&env.a.token), &nowhere),
             // The same key as B's: a separate intake, no collision, no reuse error.
-            env.envelope("b-key", Some(&env.a.token), &seed_body(env.a.county_ids[0])),
+            seed_envelope(&env, "b-key", &env.a),
         ])
         .await;
-    let error_of = |key: &str| {
-        let pool = env.pool.clone();
-        let key = key.to_owned();
-        let network = env.a.network_id;
-        async move {
-            let ev: serde_json::Value = sqlx::query_scalar(
-                "SELECT event FROM intake_outcomes WHERE network_id = $1 AND message_key = $2",
-            )
-            .bind(network)
-            .bind(key)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            ev["data"]["error"].clone()
-        }
-    };
     // Same error for B's county and household as for ids that exist nowhere.
-    assert_eq!(error_of("a-1").await, error_of("a-2").await);
+    let a1 = event_of(&env, "a-1", env.a.network_id).await;
+    let a2 = event_of(&env, "a-2", env.a.network_id).await;
+    assert_eq!(a1["data"]["error"], a2["data"]["error"]);
     assert!(matches!(out[2], Outcome::Created { .. }), "{out:?}");
     // B's household was not touched.
     let members: i64 = sqlx::query_scalar("SELECT count(*) FROM cases WHERE household_id = $1")
@@ -136,8 +111,7 @@ async fn network_a_can_learn_nothing_about_network_b() {
         .unwrap();
     assert_eq!(members, 1);
     // B's listing shows B's failures only, and A's events never name B's data.
-    let mut bad_b = seed_body(env.b.county_ids[0]);
-    bad_b["email"] = json!("nope");
+    let bad_b = with(seed_body(env.b.county_ids[0]), "email", json!("nope"));
     env.process(&[env.envelope("b-bad", Some(&env.b.token), &bad_b)])
         .await;
     let b_failed = failed::list(
@@ -178,13 +152,7 @@ async fn a_token_of_one_network_never_authenticates_as_another() {
     let out = env
         .process(&[env.envelope("x", Some(&env.b.token), &seed_body(env.a.county_ids[0]))])
         .await;
-    assert!(matches!(
-        out[0],
-        Outcome::Failed {
-            code: ErrorCode::ValidationFailed,
-            ..
-        }
-    ));
+    assert_eq!(failed(&out[0]), ErrorCode::ValidationFailed);
     let network: Option<i64> =
         sqlx::query_scalar("SELECT network_id FROM failed_intakes WHERE message_key = 'x'")
             .fetch_one(&env.pool)

@@ -10,6 +10,7 @@ use case_intake::infra::metrics::Metrics;
 use case_intake::intake::window::{self, Outcome};
 use case_intake::outbox::relay::{Handoff, Relay};
 use case_intake_harness::support::{Broker, TestEnv, amqp_connect, seed_body};
+use case_intake_harness::testkit::{message_count, process_seed, seed_envelope};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio::task::JoinHandle;
@@ -86,29 +87,19 @@ async fn rows_handed_over_by_a_window_are_published_without_a_sweep() {
     let mut broker = Broker::connect(&env).await;
     // Committed before the relay starts: only its first sweep can publish it. No second
     // sweep comes within the test (an hour apart).
-    let before = env
-        .process(&[env.envelope(
-            "before",
-            Some(&env.a.token),
-            &seed_body(env.a.county_ids[0]),
-        )])
-        .await;
+    let before = process_seed(&env, "before", &env.a).await;
     let relay = RunningRelay::start(&env, 3_600_000, 500).await;
     let (_, _, first) = broker.next_event().await;
-    assert_eq!(first["id"], before[0].event_id().to_string());
+    assert_eq!(first["id"], before.event_id().to_string());
 
     // A window that hands its rows over: its event can only leave through the handoff.
     let ctx = window::WindowContext {
         handoff: Some(relay.handoff.clone()),
         ..supervisor::window_context(&env.settings)
     };
-    let out = window::process(
-        &env.pool,
-        &ctx,
-        &[env.envelope("after", Some(&env.a.token), &seed_body(env.a.county_ids[0]))],
-    )
-    .await
-    .unwrap();
+    let out = window::process(&env.pool, &ctx, &[seed_envelope(&env, "after", &env.a)])
+        .await
+        .unwrap();
     assert!(matches!(out[0], Outcome::Created { .. }));
     let (routing_key, props, event) = broker.next_event().await;
     assert_eq!(event["id"], out[0].event_id().to_string());
@@ -128,13 +119,7 @@ async fn an_unroutable_event_is_put_back_with_a_pause_and_published_once_routabl
     let env = TestEnv::new().await;
     // The exchange exists but no queue is bound: the broker returns the event (mandatory).
     declare_events_exchange(&env).await;
-    let out = env
-        .process(&[env.envelope(
-            "lonely",
-            Some(&env.a.token),
-            &seed_body(env.a.county_ids[0]),
-        )])
-        .await;
+    let lonely = process_seed(&env, "lonely", &env.a).await;
     let relay = RunningRelay::start(&env, 100, 500).await;
     wait_for(
         &env,
@@ -151,7 +136,7 @@ async fn an_unroutable_event_is_put_back_with_a_pause_and_published_once_routabl
     // Once a queue is bound, a later sweep publishes it, once, with its original id.
     let mut broker = Broker::connect(&env).await;
     let (_, _, event) = broker.next_event().await;
-    assert_eq!(event["id"], out[0].event_id().to_string());
+    assert_eq!(event["id"], lonely.event_id().to_string());
     wait_for(&env, "SELECT count(*) FROM outbox", 0).await;
     relay.stop().await;
     env.cleanup().await;
@@ -194,18 +179,7 @@ async fn two_relays_on_one_outbox_publish_each_row_exactly_once() {
     // Both stopped: every publication either happened before a commit or not at all.
     one.stop().await;
     two.stop().await;
-    let queued = ch
-        .queue_declare(
-            tap.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(queued.message_count(), 1_200);
+    assert_eq!(message_count(&ch, &tap).await, 1_200);
     ch.queue_delete(tap.as_str().into(), Default::default())
         .await
         .unwrap();

@@ -25,7 +25,7 @@ pub(crate) const READ_ONLY: &str = "is read-only and set by the system";
 pub(crate) const UNRECOGNIZED: &str = "is not a recognized field";
 
 /// Fields the create-a-case API accepts.
-pub(crate) const KNOWN_FIELDS: [&str; 25] = [
+pub const KNOWN_FIELDS: [&str; 25] = [
     "first_name",
     "middle_name",
     "last_name",
@@ -55,7 +55,7 @@ pub(crate) const KNOWN_FIELDS: [&str; 25] = [
 
 /// Fields a case has but the system sets; submitting them is a mistake worth telling apart
 /// from a typo, because the submitter may expect them to be honoured (e.g. a third-party id).
-pub(crate) const READ_ONLY_FIELDS: [&str; 6] = [
+pub const READ_ONLY_FIELDS: [&str; 6] = [
     "id",
     "roi_exp_date",
     "entry_agent",

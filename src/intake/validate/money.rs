@@ -128,73 +128,103 @@ mod tests {
         Money::from_json(&value)
     }
 
+    /// What a reader of money text gives: cents, or the field-error message.
+    type Expected = Result<i64, &'static str>;
+
+    /// Runs each (text, expected) case through `read`, naming the text that fails.
+    fn check(read: fn(&str) -> Result<Money, &'static str>, cases: &[(&str, Expected)]) {
+        for &(text, expected) in cases {
+            assert_eq!(read(text), expected.map(Money), "{text}");
+        }
+    }
+
     #[test]
     fn whole_and_fractional_amounts() {
-        assert_eq!(from_text("15350"), Ok(Money(1_535_000)));
-        assert_eq!(from_text("0"), Ok(Money(0)));
-        assert_eq!(from_text("15350.5"), Ok(Money(1_535_050)));
-        assert_eq!(from_text("15350.50"), Ok(Money(1_535_050)));
-        assert_eq!(from_text("0.01"), Ok(Money(1)));
-        assert_eq!(from_text("100.0"), Ok(Money(10_000)));
-        assert_eq!(from_text("-0"), Ok(Money(0)));
-        assert_eq!(from_text("-0.0"), Ok(Money(0)));
+        check(
+            from_text,
+            &[
+                ("15350", Ok(1_535_000)),
+                ("0", Ok(0)),
+                ("15350.5", Ok(1_535_050)),
+                ("15350.50", Ok(1_535_050)),
+                ("0.01", Ok(1)),
+                ("100.0", Ok(10_000)),
+                ("-0", Ok(0)),
+                ("-0.0", Ok(0)),
+            ],
+        );
     }
 
     #[test]
     fn decimals_that_floats_get_wrong_are_exact() {
-        // 0.29 * 100.0 == 28.999999999999996 in f64.
-        assert_eq!(from_text("0.29"), Ok(Money(29)));
-        assert_eq!(from_text("1.15"), Ok(Money(115)));
-        assert_eq!(from_text("4.35"), Ok(Money(435)));
-        // 0.1 + 0.2 as a submitter's float serializes with 17 decimals: rejected, not rounded.
-        assert_eq!(from_text("0.30000000000000004"), Err(TOO_MANY_DECIMALS));
+        // 0.29 * 100.0 == 28.999999999999996 in f64; 0.1 + 0.2 as a submitter's float
+        // serializes with 17 decimals: rejected, not rounded.
+        let cases = [
+            ("0.29", Ok(29)),
+            ("1.15", Ok(115)),
+            ("4.35", Ok(435)),
+            ("0.30000000000000004", Err(TOO_MANY_DECIMALS)),
+        ];
+        check(from_text, &cases);
     }
 
     #[test]
     fn exponent_forms() {
-        assert_eq!(from_text("1e2"), Ok(Money(10_000)));
-        assert_eq!(from_text("1.5E3"), Ok(Money(150_000)));
-        assert_eq!(from_text("125e-2"), Ok(Money(125)));
-        assert_eq!(from_text("1e-2"), Ok(Money(1)));
-        assert_eq!(from_text("1e-3"), Err(TOO_MANY_DECIMALS));
-        assert_eq!(from_text("1.234e1"), Ok(Money(1234)));
-        assert_eq!(from_text("1.2345e1"), Err(TOO_MANY_DECIMALS));
-        assert_eq!(from_text("1e11"), Ok(Money(10_000_000_000_000)));
-        assert_eq!(from_text("1e12"), Err(TOO_LARGE));
-        assert_eq!(from_text("1e300"), Err(TOO_LARGE));
-        assert_eq!(from_text("0e400"), Ok(Money(0)));
+        let cases = [
+            ("1e2", Ok(10_000)),
+            ("1.5E3", Ok(150_000)),
+            ("125e-2", Ok(125)),
+            ("1e-2", Ok(1)),
+            ("1e-3", Err(TOO_MANY_DECIMALS)),
+            ("1.234e1", Ok(1234)),
+            ("1.2345e1", Err(TOO_MANY_DECIMALS)),
+            ("1e11", Ok(10_000_000_000_000)),
+            ("1e12", Err(TOO_LARGE)),
+            ("1e300", Err(TOO_LARGE)),
+            ("0e400", Ok(0)),
+        ];
+        check(from_text, &cases);
     }
 
     #[test]
     fn direct_text_parsing_handles_forms_serde_json_would_normalise() {
-        assert_eq!(parse_decimal("1E+2"), Ok(Money(10_000)));
-        assert_eq!(parse_decimal("12.3400"), Ok(Money(1234)));
-        assert_eq!(
-            parse_decimal("1e99999999999999999999999999999999999999999"),
-            Err(TOO_LARGE)
+        let huge_exponent = "1e99999999999999999999999999999999999999999";
+        let tiny_exponent = "1e-99999999999999999999999999999999999999999";
+        check(
+            parse_decimal,
+            &[
+                ("1E+2", Ok(10_000)),
+                ("12.3400", Ok(1234)),
+                (huge_exponent, Err(TOO_LARGE)),
+                (tiny_exponent, Err(TOO_MANY_DECIMALS)),
+                ("12345678901234567890123", Err(TOO_LARGE)),
+                (".5", Err(NOT_A_NUMBER)),
+                ("1.x", Err(NOT_A_NUMBER)),
+            ],
         );
-        assert_eq!(
-            parse_decimal("1e-99999999999999999999999999999999999999999"),
-            Err(TOO_MANY_DECIMALS)
-        );
-        assert_eq!(parse_decimal("12345678901234567890123"), Err(TOO_LARGE));
-        assert_eq!(parse_decimal(".5"), Err(NOT_A_NUMBER));
-        assert_eq!(parse_decimal("1.x"), Err(NOT_A_NUMBER));
     }
 
     #[test]
     fn upper_limit() {
-        assert_eq!(from_text("999999999999.99"), Ok(Money(MAX_CENTS)));
-        assert_eq!(from_text("999999999999"), Ok(Money(99_999_999_999_900)));
-        assert_eq!(from_text("1000000000000"), Err(TOO_LARGE));
-        assert_eq!(from_text("18446744073709551615"), Err(TOO_LARGE));
+        check(
+            from_text,
+            &[
+                ("999999999999.99", Ok(MAX_CENTS)),
+                ("999999999999", Ok(99_999_999_999_900)),
+                ("1000000000000", Err(TOO_LARGE)),
+                ("18446744073709551615", Err(TOO_LARGE)),
+            ],
+        );
     }
 
     #[test]
     fn negative_amounts() {
-        assert_eq!(from_text("-1"), Err(NEGATIVE));
-        assert_eq!(from_text("-0.01"), Err(NEGATIVE));
-        assert_eq!(from_text("-9223372036854775808"), Err(NEGATIVE));
+        let cases = [
+            ("-1", Err(NEGATIVE)),
+            ("-0.01", Err(NEGATIVE)),
+            ("-9223372036854775808", Err(NEGATIVE)),
+        ];
+        check(from_text, &cases);
     }
 
     #[test]

@@ -1,0 +1,109 @@
+//! Small helpers the integration tests share, built on `support`'s public names: reading a
+//! window's outcomes, a key's stored event, seed intakes of one network, a worker with its
+//! broker, publishing with a caller's token, replaying failed intakes and counting a queue.
+
+use case_intake::admin::failed::{self, Filter, ReplayReport};
+use case_intake::admin::provision::Provisioned;
+use case_intake::app::supervisor;
+use case_intake::intake::envelope::Envelope;
+use case_intake::intake::error::ErrorCode;
+use case_intake::intake::window::Outcome;
+use lapin::Channel;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+use crate::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
+
+/// The case and household of an outcome that must be a created case.
+pub fn created(outcome: &Outcome) -> (i64, i64) {
+    match outcome {
+        Outcome::Created {
+            case_id,
+            household_id,
+            ..
+        } => (*case_id, *household_id),
+        other => panic!("expected a created case, got {other:?}"),
+    }
+}
+
+/// The error code of an outcome that must be a failure.
+pub fn failed(outcome: &Outcome) -> ErrorCode {
+    match outcome {
+        Outcome::Failed { code, .. } => *code,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+/// `body` with `field` set to `value`.
+pub fn with(mut body: Value, field: &str, value: Value) -> Value {
+    body[field] = value;
+    body
+}
+
+/// The event stored beside `key` in `network`'s outcomes.
+pub async fn event_of(env: &TestEnv, key: &str, network: i64) -> Value {
+    sqlx::query_scalar(
+        "SELECT event FROM intake_outcomes WHERE network_id = $1 AND message_key = $2",
+    )
+    .bind(network)
+    .bind(key)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// The seed body under `key`, sent by `caller` with its own token and first county.
+pub fn seed_envelope(env: &TestEnv, key: &str, caller: &Provisioned) -> Envelope {
+    env.envelope(key, Some(&caller.token), &seed_body(caller.county_ids[0]))
+}
+
+/// Processes the seed intake of `caller` under `key` alone in a window; its outcome.
+pub async fn process_seed(env: &TestEnv, key: &str, caller: &Provisioned) -> Outcome {
+    let mut out = env.process(&[seed_envelope(env, key, caller)]).await;
+    out.remove(0)
+}
+
+/// A broker client with the test's topology declared, and a worker started on it.
+pub async fn broker_and_worker(env: &TestEnv) -> (Broker, RunningWorker) {
+    let broker = Broker::connect(env).await;
+    broker.declare_topology(env).await;
+    (broker, RunningWorker::start(&env.settings))
+}
+
+/// Publishes `body` with confirms, authorized by `token`.
+pub async fn publish_as(
+    broker: &Broker,
+    token: &str,
+    key: Option<&str>,
+    correlation_id: Option<&str>,
+    body: &[u8],
+) {
+    let (name, value) = token_header(token);
+    broker
+        .publish(key, &[(name, &value)], correlation_id, body)
+        .await;
+}
+
+/// A JSON body as the bytes a publisher sends.
+pub fn to_bytes(body: &Value) -> Vec<u8> {
+    serde_json::to_vec(body).expect("a JSON value serializes")
+}
+
+/// Replays the failed intakes `filter` selects, in windows of 10, as the operator command does.
+pub async fn replay(env: &TestEnv, filter: &Filter) -> ReplayReport {
+    let ctx = supervisor::window_context(&env.settings);
+    failed::replay(&env.pool, &ctx, filter, 10, |_| {})
+        .await
+        .expect("replay runs")
+}
+
+/// Messages ready in `queue`, which must exist (a passive declare).
+pub async fn message_count(ch: &Channel, queue: &str) -> u32 {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = ch.queue_declare(queue.into(), passive, FieldTable::default());
+    declared.await.expect("the queue exists").message_count()
+}
