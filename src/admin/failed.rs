@@ -4,64 +4,23 @@
 //! What `list` and `show` return is for display: SSN-shaped text masked and control, bidi and
 //! invisible characters escaped (see [`redact`]) in payloads, errors, keys and correlation ids,
 //! so printing a hostile intake can neither leak an SSN nor drive the operator's terminal.
-//! Replay reads the stored values, never these.
+//! Replay reads the stored values, never these. The statements are in `store::failed`.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::infra::redact;
 use crate::intake::classify::{classify, retry_transient};
 use crate::intake::envelope::{Envelope, Oversize};
 use crate::intake::event::ReplayInfo;
 use crate::intake::window::{self, Outcome, WindowContext};
+use crate::store;
 use crate::store::auth::TokenHash;
 use crate::store::crypto::{CryptoError, Purpose, Vault};
+use crate::store::failed::StoredFailure;
 
-/// Which failed intakes a listing or a replay selects.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    pub key: Option<String>,
-    pub code: Option<String>,
-    pub network: Option<i64>,
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    /// Include failed intakes already resolved by a replay.
-    pub include_resolved: bool,
-    pub limit: i64,
-}
-
-/// One failed intake as listed.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedIntake {
-    pub id: i64,
-    pub network_id: Option<i64>,
-    pub message_key: Option<String>,
-    pub correlation_id: Option<String>,
-    pub error_code: String,
-    pub error: Value,
-    pub attempts: i32,
-    pub event_id: uuid::Uuid,
-    pub created_at: DateTime<Utc>,
-    pub resolved_at: Option<DateTime<Utc>>,
-}
-
-const SELECT: &str = "SELECT id, network_id, message_key, correlation_id, error_code, error,
-                             attempts, event_id, created_at, resolved_at, payload_sealed,
-                             token_hash, payload_key_id, payload_truncated, payload_bytes,
-                             payload_sha256
-                        FROM failed_intakes
-                       WHERE ($1::text IS NULL OR message_key = $1)
-                         AND ($2::text IS NULL OR error_code = $2)
-                         AND ($3::bigint IS NULL OR network_id = $3)
-                         AND ($4::timestamptz IS NULL OR created_at >= $4)
-                         AND ($5::timestamptz IS NULL OR created_at < $5)
-                         AND ($6 OR resolved_at IS NULL)
-                         AND id > $7
-                         AND ($9::bigint IS NULL OR id <= $9)
-                       ORDER BY id
-                       LIMIT $8";
+pub use crate::store::failed::{FailedIntake, Filter};
 
 /// A row with its payload, for replay and `show`.
 struct Stored {
@@ -85,46 +44,30 @@ impl Stored {
     }
 }
 
+/// The failed intakes matching `f` above `after` (up to `upto`), with their payloads.
 async fn select(
     pool: &PgPool,
     f: &Filter,
     after: i64,
     upto: Option<i64>,
 ) -> Result<Vec<Stored>, sqlx::Error> {
-    let rows = sqlx::query(SELECT)
-        .bind(&f.key)
-        .bind(&f.code)
-        .bind(f.network)
-        .bind(f.since)
-        .bind(f.until)
-        .bind(f.include_resolved)
-        .bind(after)
-        .bind(f.limit)
-        .bind(upto)
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Stored {
-                intake: FailedIntake {
-                    id: r.try_get(0)?,
-                    network_id: r.try_get(1)?,
-                    message_key: r.try_get(2)?,
-                    correlation_id: r.try_get(3)?,
-                    error_code: r.try_get(4)?,
-                    error: r.try_get(5)?,
-                    attempts: r.try_get(6)?,
-                    event_id: r.try_get(7)?,
-                    created_at: r.try_get(8)?,
-                    resolved_at: r.try_get(9)?,
-                },
-                payload_sealed: r.try_get(10)?,
-                token_hash: r.try_get(11)?,
-                payload_key_id: r.try_get(12)?,
-                oversize: oversize_of(r.try_get(13)?, r.try_get(14)?, r.try_get(15)?),
-            })
-        })
-        .collect()
+    Ok(store::failed::select_failed(pool, f, after, upto)
+        .await?
+        .into_iter()
+        .map(Stored::from)
+        .collect())
+}
+
+impl From<StoredFailure> for Stored {
+    fn from(s: StoredFailure) -> Self {
+        Self {
+            oversize: oversize_of(s.payload_truncated, s.payload_bytes, s.payload_sha256),
+            intake: s.intake,
+            payload_sealed: s.payload_sealed,
+            payload_key_id: s.payload_key_id,
+            token_hash: s.token_hash,
+        }
+    }
 }
 
 fn oversize_of(truncated: bool, bytes: Option<i64>, sha256: Option<Vec<u8>>) -> Option<Oversize> {
@@ -240,9 +183,7 @@ pub async fn replay(
     };
     // Only what failed before the replay started: a replay that fails again records a new
     // failed intake, which this run must not pick up again.
-    let upto: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM failed_intakes")
-        .fetch_one(pool)
-        .await?;
+    let upto = store::failed::newest_failed_id(pool).await?;
     loop {
         let rows = select(pool, &page, after, upto).await?;
         let Some(last) = rows.last() else { break };
@@ -366,7 +307,7 @@ mod tests {
             }),
             attempts: 1,
             event_id: uuid::Uuid::nil(),
-            created_at: Utc::now(),
+            created_at: chrono::Utc::now(),
             resolved_at: None,
         };
         let shown = for_display(row);

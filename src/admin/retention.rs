@@ -1,11 +1,14 @@
 //! Retention: message keys and resolved failed intakes are deleted after
 //! `intake.dedup_retention_days`; unresolved failed intakes are kept until replayed: they are
 //! work for a human. (Published outbox rows are deleted by the relay as it publishes them.)
+//! The deletes are in `store::retention`.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+use crate::store::retention::{purge_outcomes, purge_resolved_failed};
 
 /// Rows deleted per statement, so a large purge never holds long locks.
 const PURGE_BATCH: i64 = 10_000;
@@ -22,34 +25,13 @@ pub async fn purge(pool: &PgPool, dedup_days: u32) -> Result<Purged, sqlx::Error
     let days = dedup_days.min(i32::MAX as u32) as i32;
     let mut purged = Purged::default();
     loop {
-        let n = sqlx::query(
-            "DELETE FROM intake_outcomes WHERE (network_id, message_key) IN (
-                 SELECT network_id, message_key FROM intake_outcomes
-                  WHERE created_at < now() - make_interval(days => $1) AND outcome IS NOT NULL
-                    -- kept while an unpublished outbox row still reads its event
-                    AND NOT EXISTS (SELECT 1 FROM outbox b
-                                     WHERE b.outcome_network_id = intake_outcomes.network_id
-                                       AND b.outcome_key = intake_outcomes.message_key)
-                  LIMIT $2)",
-        )
-        .bind(days)
-        .bind(PURGE_BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
+        let n = purge_outcomes(pool, days, PURGE_BATCH).await?;
         purged.outcomes += n;
         if n < PURGE_BATCH as u64 {
             break;
         }
     }
-    purged.failed = sqlx::query(
-        "DELETE FROM failed_intakes
-          WHERE resolved_at IS NOT NULL AND resolved_at < now() - make_interval(days => $1)",
-    )
-    .bind(days)
-    .execute(pool)
-    .await?
-    .rows_affected();
+    purged.failed = purge_resolved_failed(pool, days).await?;
     Ok(purged)
 }
 

@@ -1,9 +1,11 @@
 //! Re-encryption under the active key (`case-intake rotate-key`): after a new key is made
-//! active, old values are re-sealed in batches so the old key can eventually be removed.
+//! active, old values are re-sealed in batches so the old key can eventually be removed. The
+//! statements are in `store::rotate`.
 
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
-use crate::store::crypto::{CryptoError, Purpose, Vault};
+use crate::store::crypto::{CryptoError, Vault};
+use crate::store::rotate::{SealedColumn, lock_stale, store_resealed};
 
 /// Rows re-sealed per transaction.
 const BATCH: i64 = 1000;
@@ -23,87 +25,64 @@ pub enum RotateError {
     Crypto { id: i64, source: CryptoError },
 }
 
-/// Re-seals one batch of `table`; returns how many rows changed.
+/// Re-seals one batch of `column`; returns how many rows changed.
 async fn rotate_batch(
     pool: &PgPool,
     vault: &Vault,
-    purpose: Purpose,
-    select: &'static str,
-    update: &'static str,
+    column: SealedColumn,
 ) -> Result<u64, RotateError> {
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query(select)
-        .bind(vault.active_key())
-        .bind(BATCH)
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut sealed = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let id: i64 = row.try_get(0)?;
-        let value: Vec<u8> = row.try_get(1)?;
-        let key_id: String = row.try_get(2)?;
-        let plain = vault
-            .open(purpose, &key_id, &value)
-            .map_err(|source| RotateError::Crypto { id, source })?;
-        ids.push(id);
-        sealed.push(vault.seal(purpose, &plain));
-    }
-    if ids.is_empty() {
+    let stale = lock_stale(&mut tx, column, vault.active_key(), BATCH).await?;
+    if stale.is_empty() {
         return Ok(0);
     }
-    sqlx::query(update)
-        .bind(&ids)
-        .bind(&sealed)
-        .bind(vault.active_key())
-        .execute(&mut *tx)
-        .await?;
+    let purpose = column.purpose();
+    let mut ids = Vec::with_capacity(stale.len());
+    let mut sealed = Vec::with_capacity(stale.len());
+    for s in &stale {
+        let plain = vault
+            .open(purpose, &s.key_id, &s.sealed)
+            .map_err(|source| RotateError::Crypto { id: s.id, source })?;
+        ids.push(s.id);
+        sealed.push(vault.seal(purpose, &plain));
+    }
+    store_resealed(&mut tx, column, &ids, &sealed, vault.active_key()).await?;
     tx.commit().await?;
     Ok(ids.len() as u64)
 }
 
-/// Re-seals every value not sealed with the active key; `progress` after each batch.
+/// Re-seals every value of `column` not sealed with the active key, counting them in `done`;
+/// `progress` after each batch.
+async fn rotate_column(
+    pool: &PgPool,
+    vault: &Vault,
+    column: SealedColumn,
+    done: &mut Rotated,
+    progress: &mut impl FnMut(&Rotated),
+) -> Result<(), RotateError> {
+    loop {
+        let n = rotate_batch(pool, vault, column).await?;
+        match column {
+            SealedColumn::CaseSsns => done.ssns += n,
+            SealedColumn::FailedPayloads => done.payloads += n,
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        progress(done);
+    }
+}
+
+/// Re-seals every value not sealed with the active key, SSNs first, then failed payloads;
+/// `progress` after each batch.
 pub async fn rotate(
     pool: &PgPool,
     vault: &Vault,
     mut progress: impl FnMut(&Rotated),
 ) -> Result<Rotated, RotateError> {
     let mut done = Rotated::default();
-    loop {
-        let n = rotate_batch(
-            pool,
-            vault,
-            Purpose::Ssn,
-            "SELECT id, ss_number_sealed, ss_number_key_id FROM cases
-              WHERE ss_number_key_id IS NOT NULL AND ss_number_key_id <> $1
-              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-            "UPDATE cases c SET ss_number_sealed = u.s, ss_number_key_id = $3
-               FROM unnest($1::bigint[], $2::bytea[]) AS u(id, s) WHERE c.id = u.id",
-        )
-        .await?;
-        done.ssns += n;
-        if n == 0 {
-            break;
-        }
-        progress(&done);
-    }
-    loop {
-        let n = rotate_batch(
-            pool,
-            vault,
-            Purpose::FailedPayload,
-            "SELECT id, payload_sealed, payload_key_id FROM failed_intakes
-              WHERE payload_key_id <> $1
-              ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-            "UPDATE failed_intakes f SET payload_sealed = u.s, payload_key_id = $3
-               FROM unnest($1::bigint[], $2::bytea[]) AS u(id, s) WHERE f.id = u.id",
-        )
-        .await?;
-        done.payloads += n;
-        if n == 0 {
-            break;
-        }
-        progress(&done);
+    for column in [SealedColumn::CaseSsns, SealedColumn::FailedPayloads] {
+        rotate_column(pool, vault, column, &mut done, &mut progress).await?;
     }
     Ok(done)
 }

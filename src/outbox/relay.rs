@@ -12,22 +12,24 @@
 //! which then takes exactly those by primary key; a sweep of the oldest rows every
 //! `outbox.poll_interval_ms` publishes everything else (rows of a crashed worker, of a replay
 //! run from the command line, rows put back after a nack).
+//!
+//! What to publish and when is decided here; the take and the put-back statements are in
+//! `store::outbox`.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use lapin::Confirmation;
+use chrono::Utc;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel};
-use sqlx::{PgConnection, PgPool, Row};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::infra::metrics::Metrics;
 use crate::infra::settings::OutboxSettings;
+use crate::store::outbox::{self, Taken};
 
 /// The content type of every event body: CloudEvents in structured JSON mode.
 pub const CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -89,22 +91,6 @@ enum Pick {
     Oldest,
 }
 
-/// A row taken (deleted, uncommitted) by a pass, with what is needed to put it back.
-struct Taken {
-    id: i64,
-    event_id: Uuid,
-    routing_key: String,
-    /// Set when the body lives in the outcome row (the row's own body column is then null).
-    outcome_network_id: Option<i64>,
-    outcome_key: Option<String>,
-    correlation_id: Option<String>,
-    created_at: DateTime<Utc>,
-    attempts: i32,
-    /// The body to publish. `None` only if the outcome row the event lives in is gone, which
-    /// forget-failed and retention prevent; such a row is put back, never dropped.
-    body: Option<String>,
-}
-
 /// What one relay pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PassReport {
@@ -146,71 +132,13 @@ impl Relay {
         })
     }
 
-    /// Deletes (in the open transaction) and returns the rows of `pick` that are publishable
-    /// now and not taken by another relay, in id order.
-    ///
-    /// Not a prepared statement: the outbox swings from empty to a backlog of thousands and
-    /// back, and a plan cached while it was small (a sequential scan) would be kept for the
-    /// backlog; planned each time, the lookup by id follows the primary key.
+    /// Takes (deletes in the open transaction) the rows of `pick` that are publishable now
+    /// and not taken by another relay, in id order.
     async fn take(&self, tx: &mut PgConnection, pick: &Pick) -> Result<Vec<Taken>, sqlx::Error> {
-        // One RETURNING list for both statements (sqlx takes only static SQL).
-        macro_rules! take_sql {
-            ($which:literal) => {
-                concat!(
-                    "DELETE FROM outbox o WHERE o.id IN (",
-                    $which,
-                    " FOR UPDATE SKIP LOCKED)
-                     RETURNING o.id, o.event_id, o.routing_key,
-                               o.outcome_network_id, o.outcome_key, o.correlation_id,
-                               o.created_at, o.attempts,
-                               COALESCE(o.body, (SELECT i.event FROM intake_outcomes i
-                                                  WHERE i.network_id = o.outcome_network_id
-                                                    AND i.message_key = o.outcome_key
-                                                    AND i.event_id = o.event_id))::text"
-                )
-            };
+        match pick {
+            Pick::Handed(ids) => outbox::take_handed(tx, ids).await,
+            Pick::Oldest => outbox::take_oldest(tx, self.settings.batch_size).await,
         }
-        let rows = match pick {
-            Pick::Handed(ids) => {
-                sqlx::query(take_sql!(
-                    "SELECT id FROM outbox
-                      WHERE id = ANY($1) AND (retry_at IS NULL OR retry_at <= now())"
-                ))
-                .persistent(false)
-                .bind(ids)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            Pick::Oldest => {
-                sqlx::query(take_sql!(
-                    "SELECT id FROM outbox
-                      WHERE retry_at IS NULL OR retry_at <= now()
-                      ORDER BY id LIMIT $1"
-                ))
-                .persistent(false)
-                .bind(self.settings.batch_size)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-        };
-        let mut taken = rows
-            .iter()
-            .map(|r| {
-                Ok(Taken {
-                    id: r.try_get(0)?,
-                    event_id: r.try_get(1)?,
-                    routing_key: r.try_get(2)?,
-                    outcome_network_id: r.try_get(3)?,
-                    outcome_key: r.try_get(4)?,
-                    correlation_id: r.try_get(5)?,
-                    created_at: r.try_get(6)?,
-                    attempts: r.try_get(7)?,
-                    body: r.try_get(8)?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        taken.sort_by_key(|t| t.id);
-        Ok(taken)
     }
 
     /// One pass over the rows of `pick`: take, publish every row without waiting, await all
@@ -222,25 +150,33 @@ impl Relay {
             tx.commit().await?;
             return Ok(PassReport::default());
         }
-        let mut confirms = Vec::with_capacity(taken.len());
-        let mut sent = Vec::with_capacity(taken.len());
         let mut again: Vec<&Taken> = Vec::new();
-        for t in &taken {
+        let sent = self.publish_each(&taken, &mut again).await?;
+        let published = self.await_confirms(sent, &mut again).await;
+        outbox::put_back(&mut tx, &again).await?;
+        tx.commit().await?;
+        self.metrics.record_published(published);
+        Ok(PassReport {
+            published,
+            retried: again.len(),
+        })
+    }
+
+    /// Publishes every taken row that has a body, without waiting for confirms; returns the
+    /// rows sent with their pending confirms. A row without a body goes to `again`.
+    async fn publish_each<'t>(
+        &self,
+        taken: &'t [Taken],
+        again: &mut Vec<&'t Taken>,
+    ) -> Result<Vec<(&'t Taken, PublisherConfirm)>, RelayError> {
+        let mut sent = Vec::with_capacity(taken.len());
+        for t in taken {
             let Some(body) = &t.body else {
                 tracing::error!(event_id = %t.event_id, outbox_id = t.id,
                     "event body not found (its outcome row is gone); will retry");
                 again.push(t);
                 continue;
             };
-            let mut props = BasicProperties::default()
-                .with_message_id(t.event_id.to_string().into())
-                .with_content_type(CONTENT_TYPE.into())
-                .with_delivery_mode(2)
-                .with_timestamp(Utc::now().timestamp().max(0) as u64)
-                .with_type(t.routing_key.as_str().into());
-            if let Some(c) = &t.correlation_id {
-                props = props.with_correlation_id(c.as_str().into());
-            }
             // A failed publish returns here: the transaction rolls back and the rows stay.
             let confirm = self
                 .channel
@@ -252,54 +188,45 @@ impl Relay {
                         ..BasicPublishOptions::default()
                     },
                     body.as_bytes(),
-                    props,
+                    properties(t),
                 )
                 .await?;
-            confirms.push(confirm);
-            sent.push(t);
+            sent.push((t, confirm));
         }
+        Ok(sent)
+    }
+
+    /// Awaits the confirms of `sent` together, within `outbox.confirm_timeout_ms`; returns how
+    /// many the broker took. The others (nacked, returned, failed, or all of them on a
+    /// timeout) go to `again`.
+    async fn await_confirms<'t>(
+        &self,
+        sent: Vec<(&'t Taken, PublisherConfirm)>,
+        again: &mut Vec<&'t Taken>,
+    ) -> usize {
         let timeout = Duration::from_millis(self.settings.confirm_timeout_ms);
+        let (rows, confirms): (Vec<&Taken>, Vec<PublisherConfirm>) = sent.into_iter().unzip();
+        let Ok(results) =
+            tokio::time::timeout(timeout, futures_util::future::join_all(confirms)).await
+        else {
+            // Indeterminate: the broker may have them. They go back and are published
+            // again after a pause (consumers dedup by event id).
+            tracing::warn!(
+                events = rows.len(),
+                "publisher confirms timed out; will retry"
+            );
+            again.extend(rows);
+            return 0;
+        };
         let mut published = 0;
-        match tokio::time::timeout(timeout, futures_util::future::join_all(confirms)).await {
-            Ok(results) => {
-                for (t, result) in sent.into_iter().zip(results) {
-                    match result {
-                        Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
-                            published += 1
-                        }
-                        Ok(Confirmation::Ack(Some(_))) => {
-                            tracing::warn!(event_id = %t.event_id, routing_key = %t.routing_key,
-                                "event unroutable: no queue is bound for it; will retry");
-                            again.push(t);
-                        }
-                        Ok(Confirmation::Nack(_)) => {
-                            tracing::warn!(event_id = %t.event_id, "event nacked by the broker; will retry");
-                            again.push(t);
-                        }
-                        Err(e) => {
-                            tracing::warn!(event_id = %t.event_id, error = %e, "publish failed; will retry");
-                            again.push(t);
-                        }
-                    }
-                }
-            }
-            Err(_) => {
-                // Indeterminate: the broker may have them. They go back and are published
-                // again after a pause (consumers dedup by event id).
-                tracing::warn!(
-                    events = sent.len(),
-                    "publisher confirms timed out; will retry"
-                );
-                again.extend(sent);
+        for (t, result) in rows.into_iter().zip(results) {
+            if taken_by_broker(t, result) {
+                published += 1;
+            } else {
+                again.push(t);
             }
         }
-        put_back(&mut tx, &again).await?;
-        tx.commit().await?;
-        self.metrics.record_published(published);
-        Ok(PassReport {
-            published,
-            retried: again.len(),
-        })
+        published
     }
 
     /// Runs passes until `shutdown`: over the rows windows hand over as soon as they commit,
@@ -374,51 +301,37 @@ impl Relay {
     }
 }
 
-/// Puts rows the broker did not take back into the outbox (same id, same body reference),
-/// not to be published again before a pause that grows with their attempts, capped at a
-/// minute, so that an unbound routing key does not make the relay spin.
-async fn put_back(tx: &mut PgConnection, rows: &[&Taken]) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
+/// The properties of an event's message: its id as `message_id` (consumers dedup by it),
+/// persistent, typed by its routing key, with the intake's correlation id.
+fn properties(t: &Taken) -> BasicProperties {
+    let props = BasicProperties::default()
+        .with_message_id(t.event_id.to_string().into())
+        .with_content_type(CONTENT_TYPE.into())
+        .with_delivery_mode(2)
+        .with_timestamp(Utc::now().timestamp().max(0) as u64)
+        .with_type(t.routing_key.as_str().into());
+    match &t.correlation_id {
+        Some(c) => props.with_correlation_id(c.as_str().into()),
+        None => props,
     }
-    let ids: Vec<i64> = rows.iter().map(|t| t.id).collect();
-    let event_ids: Vec<Uuid> = rows.iter().map(|t| t.event_id).collect();
-    let routing: Vec<&str> = rows.iter().map(|t| t.routing_key.as_str()).collect();
-    // A row keeps its body inline exactly when it does not refer to an outcome row (the
-    // outbox's CHECK), so the body taken is the one to put back.
-    let bodies: Vec<Option<&str>> = rows
-        .iter()
-        .map(|t| {
-            t.outcome_key
-                .is_none()
-                .then_some(t.body.as_deref())
-                .flatten()
-        })
-        .collect();
-    let networks: Vec<Option<i64>> = rows.iter().map(|t| t.outcome_network_id).collect();
-    let keys: Vec<Option<&str>> = rows.iter().map(|t| t.outcome_key.as_deref()).collect();
-    let corr: Vec<Option<&str>> = rows.iter().map(|t| t.correlation_id.as_deref()).collect();
-    let created: Vec<DateTime<Utc>> = rows.iter().map(|t| t.created_at).collect();
-    let attempts: Vec<i32> = rows.iter().map(|t| t.attempts.saturating_add(1)).collect();
-    sqlx::query(
-        "INSERT INTO outbox (id, event_id, routing_key, body, outcome_network_id, outcome_key,
-                             correlation_id, created_at, attempts, retry_at)
-         SELECT id, eid, rk, b::jsonb, n, k, c, ts, a,
-                now() + make_interval(secs => least(60, power(2, least(a, 6))))
-           FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],
-                       $6::text[], $7::text[], $8::timestamptz[], $9::int[])
-             AS u(id, eid, rk, b, n, k, c, ts, a)",
-    )
-    .bind(&ids)
-    .bind(&event_ids)
-    .bind(&routing)
-    .bind(&bodies)
-    .bind(&networks)
-    .bind(&keys)
-    .bind(&corr)
-    .bind(&created)
-    .bind(&attempts)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+}
+
+/// Whether the broker took an event, by its confirm; logs why not.
+fn taken_by_broker(t: &Taken, result: lapin::Result<Confirmation>) -> bool {
+    match result {
+        Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => true,
+        Ok(Confirmation::Ack(Some(_))) => {
+            tracing::warn!(event_id = %t.event_id, routing_key = %t.routing_key,
+                "event unroutable: no queue is bound for it; will retry");
+            false
+        }
+        Ok(Confirmation::Nack(_)) => {
+            tracing::warn!(event_id = %t.event_id, "event nacked by the broker; will retry");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(event_id = %t.event_id, error = %e, "publish failed; will retry");
+            false
+        }
+    }
 }

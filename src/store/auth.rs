@@ -1,8 +1,12 @@
-//! Token authentication: the `Token <api_token>` header, token hashing and generation, and the
-//! [`Caller`] proof that every store function requires.
+//! Token authentication: the `Token <api_token>` header, token hashing and generation, the
+//! one authentication query ([`callers`]) and the [`Caller`] proof it makes, which every store
+//! function scoped to a network requires.
+
+use std::collections::HashMap;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
 
 /// An authenticated caller: the agent behind an API key, its group and its network. Its
 /// fields are private and its constructor visible to `store` only, which builds one from a key
@@ -16,7 +20,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Only the authentication query (`store::callers`) makes callers.
+    /// Only the authentication query ([`callers`]) makes callers.
     pub(in crate::store) fn authenticated(
         api_key_id: i64,
         agent_id: i64,
@@ -53,6 +57,42 @@ impl Caller {
     pub fn api_key_id(&self) -> i64 {
         self.api_key_id
     }
+}
+
+/// Resolves token hashes to callers: key not revoked, agent active.
+pub async fn callers(
+    tx: &mut PgConnection,
+    tokens: &[TokenHash],
+) -> Result<HashMap<TokenHash, Caller>, sqlx::Error> {
+    if tokens.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let hashes: Vec<Vec<u8>> = tokens.iter().map(|t| t.to_vec()).collect();
+    let rows: Vec<(Vec<u8>, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT k.token_hash, k.id, a.id, a.group_id, a.network_id
+           FROM api_keys k
+           JOIN agents a ON a.id = k.agent_id AND a.network_id = k.network_id
+          WHERE k.token_hash = ANY($1) AND k.revoked_at IS NULL AND a.active",
+    )
+    .bind(&hashes)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for (hash, api_key_id, agent_id, group_id, network_id) in rows {
+        let Ok(hash) = TokenHash::try_from(hash.as_slice()) else {
+            continue;
+        };
+        let caller = Caller::authenticated(api_key_id, agent_id, group_id, network_id);
+        out.insert(hash, caller);
+    }
+    Ok(out)
+}
+
+/// The caller behind one token, through the pipeline's authentication query (`callers`):
+/// `None` for an unknown or revoked key or an inactive agent.
+pub async fn caller_of(pool: &PgPool, token: TokenHash) -> Result<Option<Caller>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    Ok(callers(&mut conn, &[token]).await?.remove(&token))
 }
 
 /// SHA-256 of a token: the only form in which tokens are stored or compared. Equality of

@@ -1,0 +1,184 @@
+//! Failed intakes (`failed_intakes`): written by a window with their payload sealed, read by
+//! the operator's `failed` commands (trusted: they name any network, or none), resolved by a
+//! replay.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::store::crypto::{Purpose, Vault};
+use crate::store::unnest::column;
+
+/// A failed intake kept for inspection and replay.
+#[derive(Debug, Clone)]
+pub struct FailedRow {
+    pub network_id: Option<i64>,
+    pub message_key: Option<String>,
+    pub correlation_id: Option<String>,
+    pub token_hash: Option<Vec<u8>>,
+    /// The body, or its first bytes when `truncated`.
+    pub payload: Vec<u8>,
+    /// The body's length and SHA-256 as published.
+    pub payload_bytes: i64,
+    pub payload_sha256: Vec<u8>,
+    pub truncated: bool,
+    pub error_code: String,
+    pub error: String,
+    pub attempts: i32,
+    pub event_id: Uuid,
+}
+
+/// Inserts a window's failed intakes in one statement, each payload sealed whole under the
+/// active key: it may hold an SSN in any shape, even when malformed.
+pub async fn insert_failed(
+    tx: &mut PgConnection,
+    rows: &[FailedRow],
+    now: DateTime<Utc>,
+    vault: &Vault,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let payloads = column(rows, |r| vault.seal(Purpose::FailedPayload, &r.payload));
+    sqlx::query(
+        "INSERT INTO failed_intakes (network_id, message_key, correlation_id, token_hash,
+                                     payload_sealed, payload_key_id, error_code, error, attempts,
+                                     event_id, created_at, payload_bytes, payload_sha256,
+                                     payload_truncated)
+         SELECT n, k, c, t, p, $11, code, e::jsonb, a, eid, $10, sz, h, tr
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
+                       $6::text[], $7::text[], $8::int[], $9::uuid[], $12::bigint[],
+                       $13::bytea[], $14::bool[])
+             AS u(n, k, c, t, p, code, e, a, eid, sz, h, tr)",
+    )
+    .bind(column(rows, |r| r.network_id))
+    .bind(column(rows, |r| r.message_key.as_deref()))
+    .bind(column(rows, |r| r.correlation_id.as_deref()))
+    .bind(column(rows, |r| r.token_hash.as_deref()))
+    .bind(&payloads)
+    .bind(column(rows, |r| r.error_code.as_str()))
+    .bind(column(rows, |r| r.error.as_str()))
+    .bind(column(rows, |r| r.attempts))
+    .bind(column(rows, |r| r.event_id))
+    .bind(now)
+    .bind(vault.active_key())
+    .bind(column(rows, |r| r.payload_bytes))
+    .bind(column(rows, |r| r.payload_sha256.as_slice()))
+    .bind(column(rows, |r| r.truncated))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Marks failed intakes as resolved by a replay (whatever the replay's own outcome: a new
+/// failure is recorded as a new row with the next attempt number).
+pub async fn resolve_failed(
+    tx: &mut PgConnection,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE failed_intakes SET resolved_at = $2 WHERE id = ANY($1) AND resolved_at IS NULL",
+    )
+    .bind(ids)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Which failed intakes a listing or a replay selects.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub key: Option<String>,
+    pub code: Option<String>,
+    pub network: Option<i64>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Include failed intakes already resolved by a replay.
+    pub include_resolved: bool,
+    pub limit: i64,
+}
+
+/// One failed intake as listed.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct FailedIntake {
+    pub id: i64,
+    pub network_id: Option<i64>,
+    pub message_key: Option<String>,
+    pub correlation_id: Option<String>,
+    pub error_code: String,
+    pub error: Value,
+    pub attempts: i32,
+    pub event_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// A failed intake with what a replay or `failed show` needs besides: its payload, still
+/// sealed, and the token it came with.
+#[derive(sqlx::FromRow)]
+pub struct StoredFailure {
+    #[sqlx(flatten)]
+    pub intake: FailedIntake,
+    /// Sealed with `payload_key_id` (see `crypto`).
+    pub payload_sealed: Vec<u8>,
+    pub payload_key_id: String,
+    pub token_hash: Option<Vec<u8>>,
+    /// Set when only a prefix of an oversized body was stored, with the whole body's length and
+    /// SHA-256 (absent on rows older than that record).
+    pub payload_truncated: bool,
+    pub payload_bytes: Option<i64>,
+    pub payload_sha256: Option<Vec<u8>>,
+}
+
+/// Columns by the names of [`StoredFailure`]'s fields.
+const SELECT: &str = "SELECT id, network_id, message_key, correlation_id, error_code, error,
+                             attempts, event_id, created_at, resolved_at, payload_sealed,
+                             token_hash, payload_key_id, payload_truncated, payload_bytes,
+                             payload_sha256
+                        FROM failed_intakes
+                       WHERE ($1::text IS NULL OR message_key = $1)
+                         AND ($2::text IS NULL OR error_code = $2)
+                         AND ($3::bigint IS NULL OR network_id = $3)
+                         AND ($4::timestamptz IS NULL OR created_at >= $4)
+                         AND ($5::timestamptz IS NULL OR created_at < $5)
+                         AND ($6 OR resolved_at IS NULL)
+                         AND id > $7
+                         AND ($9::bigint IS NULL OR id <= $9)
+                       ORDER BY id
+                       LIMIT $8";
+
+/// The failed intakes matching `f` with an id above `after` (and at most `upto`), in id
+/// order, at most `f.limit` of them.
+pub async fn select_failed(
+    pool: &PgPool,
+    f: &Filter,
+    after: i64,
+    upto: Option<i64>,
+) -> Result<Vec<StoredFailure>, sqlx::Error> {
+    sqlx::query_as(SELECT)
+        .bind(&f.key)
+        .bind(&f.code)
+        .bind(f.network)
+        .bind(f.since)
+        .bind(f.until)
+        .bind(f.include_resolved)
+        .bind(after)
+        .bind(f.limit)
+        .bind(upto)
+        .fetch_all(pool)
+        .await
+}
+
+/// The id of the newest failed intake (`None` when there is none).
+pub async fn newest_failed_id(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max(id) FROM failed_intakes")
+        .fetch_one(pool)
+        .await
+}
