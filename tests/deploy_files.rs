@@ -396,6 +396,27 @@ fn every_file_in_deploy_parses() {
     }
 }
 
+/// The bindings of the definitions file: in this project, only queues bound to the events
+/// exchange (the service publishes its own queues through the default exchange).
+fn events_bindings(defs: &Value) -> &Vec<Value> {
+    defs["bindings"].as_array().expect("bindings")
+}
+
+/// Whether an AMQP topic binding key matches a routing key, word by word: `*` stands for one
+/// word, `#` for zero or more.
+fn topic_matches(pattern: &[&str], key: &[&str]) -> bool {
+    match (pattern.split_first(), key.split_first()) {
+        (None, None) => true,
+        (Some((&"#", rest)), _) => {
+            topic_matches(rest, key) || (!key.is_empty() && topic_matches(pattern, &key[1..]))
+        }
+        (Some((word, rest)), Some((first, tail))) => {
+            (*word == "*" || word == first) && topic_matches(rest, tail)
+        }
+        _ => false,
+    }
+}
+
 #[test]
 fn definitions_declare_exactly_the_service_topology() {
     let settings = defaults();
@@ -420,9 +441,19 @@ fn definitions_declare_exactly_the_service_topology() {
         .map(|q| (q["name"].as_str().expect("queue name"), q))
         .collect();
     let names: BTreeSet<&str> = queues.keys().copied().collect();
+    let service = BTreeSet::from([intake, dead.as_str(), retry.as_str(), parked.as_str()]);
+    let events: BTreeSet<&str> = events_bindings(&defs)
+        .iter()
+        .map(|b| b["destination"].as_str().expect("binding destination"))
+        .collect();
+    assert!(
+        service.is_disjoint(&events),
+        "a queue bound to the events exchange is none of the service's own queues"
+    );
     assert_eq!(
         names,
-        BTreeSet::from([intake, dead.as_str(), retry.as_str(), parked.as_str()])
+        &service | &events,
+        "every queue is the service's own or an events queue bound to the events exchange"
     );
     for q in queues.values() {
         assert_eq!(q["vhost"], "/", "{q}");
@@ -465,6 +496,45 @@ fn definitions_declare_exactly_the_service_topology() {
     assert_eq!(ex["durable"], true);
     assert_eq!(ex["auto_delete"], false);
     assert_eq!(ex["internal"], false);
+}
+
+/// deploy/rabbitmq shows how to receive the events: a queue bound to the events exchange that
+/// gets both outcome events (without one, the relay keeps retrying unroutable events).
+#[test]
+fn definitions_bind_an_events_queue_that_receives_every_event() {
+    let amqp = defaults().amqp;
+    let defs = json_file("rabbitmq/definitions.json");
+    let queues: BTreeMap<&str, &Value> = defs["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .map(|q| (q["name"].as_str().expect("queue name"), q))
+        .collect();
+    let bindings = events_bindings(&defs);
+    assert!(!bindings.is_empty(), "the definitions bind an events queue");
+    for b in bindings {
+        assert_eq!(b["source"], amqp.events_exchange.as_str(), "{b}");
+        assert_eq!(b["vhost"], "/", "{b}");
+        assert_eq!(b["destination_type"], "queue", "{b}");
+        let queue = queues
+            .get(b["destination"].as_str().expect("binding destination"))
+            .unwrap_or_else(|| panic!("{b} binds a queue the definitions do not declare"));
+        assert_eq!(queue["arguments"]["x-queue-type"], "quorum", "{queue}");
+    }
+    for key in [&amqp.created_routing_key, &amqp.failed_routing_key] {
+        let words: Vec<&str> = key.split('.').collect();
+        assert!(
+            bindings.iter().any(|b| {
+                let pattern: Vec<&str> = b["routing_key"].as_str().unwrap().split('.').collect();
+                topic_matches(&pattern, &words)
+            }),
+            "no events queue receives {key}"
+        );
+    }
+    // The matcher itself: a key that names other events must not count as a binding for these.
+    assert!(!topic_matches(&["case", "created"], &["case", "failed"]));
+    assert!(!topic_matches(&["*"], &["case", "created"]));
+    assert!(topic_matches(&["case", "#"], &["case", "created"]));
 }
 
 #[test]
