@@ -394,7 +394,7 @@ async fn concurrent_windows_on_hot_households_keep_exactly_one_head() {
                 // Lock waits between windows are expected; retry transient errors as the
                 // consumer does.
                 loop {
-                    match case_intake::intake::window::process(&env.pool, &ctx, &window).await {
+                    match case_intake::intake::window::run(&env.pool, &ctx, &window).await {
                         Ok(_) => break,
                         Err(e) => assert_eq!(
                             case_intake::intake::classify::classify(&e),
@@ -454,7 +454,7 @@ async fn new_households_are_written_before_the_window_waits_for_a_household_lock
     );
     let window =
         tokio::spawn(
-            async move { case_intake::intake::window::process(&pool, &ctx, &envelopes).await },
+            async move { case_intake::intake::window::run(&pool, &ctx, &envelopes).await },
         );
 
     // Wait (no time limit of our own: the statement and lock timeouts bound it) until the
@@ -535,7 +535,7 @@ async fn a_key_written_by_a_concurrent_window_meanwhile_reruns_the_window_and_cr
     );
     let window =
         tokio::spawn(
-            async move { case_intake::intake::window::process(&pool, &ctx, &envelopes).await },
+            async move { case_intake::intake::window::run(&pool, &ctx, &envelopes).await },
         );
 
     // Wait until the window, at its end, waits for the other transaction's key.

@@ -97,7 +97,7 @@ async fn rows_handed_over_by_a_window_are_published_without_a_sweep() {
         handoff: Some(relay.handoff.clone()),
         ..supervisor::window_context(&env.settings)
     };
-    let out = window::process(&env.pool, &ctx, &[seed_envelope(&env, "after", &env.a)])
+    let out = window::run(&env.pool, &ctx, &[seed_envelope(&env, "after", &env.a)])
         .await
         .unwrap();
     assert!(matches!(out[0], Outcome::Created { .. }));

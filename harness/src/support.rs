@@ -97,7 +97,7 @@ impl TestEnv {
 
     /// Processes envelopes as one window, directly against PostgreSQL.
     pub async fn process(&self, envelopes: &[Envelope]) -> Vec<Outcome> {
-        window::process(
+        window::run(
             &self.pool,
             &supervisor::window_context(&self.settings),
             envelopes,

@@ -241,7 +241,7 @@ async fn process_retrying(
         return Ok(Vec::new());
     }
     retry_transient(REPLAY_TRANSIENT_RETRIES, classify, || {
-        window::process(pool, ctx, envelopes)
+        window::run(pool, ctx, envelopes)
     })
     .await
 }

@@ -382,7 +382,7 @@ impl IntakeConsumer {
     /// One run of the window, its failure logged and classified; a panic is a bug class.
     async fn run_window(&self, envelopes: &[Envelope]) -> Result<Vec<Outcome>, ErrorClass> {
         let started = std::time::Instant::now();
-        let run = AssertUnwindSafe(window::process(&self.pool, &self.ctx, envelopes));
+        let run = AssertUnwindSafe(window::run(&self.pool, &self.ctx, envelopes));
         match run.catch_unwind().await {
             Ok(Ok(o)) => {
                 self.metrics

@@ -36,7 +36,7 @@ pub struct ReplayInfo {
 }
 
 /// Builds a CloudEvents envelope around `data`.
-pub fn envelope(
+pub fn cloud_event(
     source: &str,
     event_type: &str,
     routing_key: &str,
@@ -91,11 +91,11 @@ mod tests {
     use crate::intake::error::ErrorCode;
 
     #[test]
-    fn envelope_has_the_cloudevents_attributes() {
+    fn cloud_event_has_the_cloudevents_attributes() {
         let time = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
             .unwrap()
             .with_timezone(&Utc);
-        let e = envelope(
+        let e = cloud_event(
             "urn:x",
             CASE_CREATED,
             "case.created",

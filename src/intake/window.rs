@@ -24,12 +24,10 @@ use crate::intake::event::{self, Event, ReplayInfo};
 use crate::intake::household::{Placement, place};
 use crate::intake::validate::{Validated, validate};
 use crate::store::auth::{Caller, TokenHash};
+use crate::store::ids::{HeadUpdate, InNetwork, NetworkId};
 use crate::store::{
     self, CaseRow, ClaimedKey, FailedRow, NewHousehold, OutboxBody, OutboxRow, OutcomeRow,
 };
-
-/// The unauthenticated namespace of message keys (no network can be id 0).
-pub const NO_NETWORK: i64 = 0;
 
 /// What the pipeline needs besides the intakes.
 #[derive(Debug, Clone)]
@@ -140,7 +138,7 @@ enum Claim {
 }
 
 /// Processes `envelopes` in one transaction; returns one outcome per envelope, in order.
-pub async fn process(
+pub async fn run(
     pool: &PgPool,
     ctx: &WindowContext,
     envelopes: &[Envelope],
@@ -152,7 +150,7 @@ pub async fn process(
     // saves a write per key. A lost race for a key (an intake re-published while its first
     // copy is in another window) re-runs the window claiming its keys first, which cannot
     // lose one.
-    if let Some(outcomes) = attempt(pool, ctx, &prepared, now, Claim::AtEnd).await? {
+    if let Some(outcomes) = transaction(pool, ctx, &prepared, now, Claim::AtEnd).await? {
         return Ok(outcomes);
     }
     tracing::debug!(
@@ -162,7 +160,7 @@ pub async fn process(
     // A window that claims first cannot lose a key; were it to happen (a bug), the error is
     // of no transient or outage class, so the deliveries go back and the broker's delivery
     // limit dead-letters them rather than the window spinning or holding as an outage.
-    attempt(pool, ctx, &prepared, now, Claim::First)
+    transaction(pool, ctx, &prepared, now, Claim::First)
         .await?
         .ok_or_else(|| sqlx::Error::InvalidArgument("a message key claimed first was taken".into()))
 }
@@ -173,7 +171,7 @@ pub async fn process(
 /// The spine: authenticate, claim the keys, check references, then two phases of decide and
 /// place (intakes that create a household first, before any household lock; then, with the
 /// named households locked, the others), answer the duplicates, write and commit.
-async fn attempt(
+async fn transaction(
     pool: &PgPool,
     ctx: &WindowContext,
     prepared: &[Prepared<'_>],
@@ -244,10 +242,11 @@ impl Callers {
         p.env.token.and_then(|t| self.0.get(&t).copied())
     }
 
-    /// The network whose key namespace an intake's key belongs to ([`NO_NETWORK`] without a
-    /// caller).
-    fn namespace(&self, p: &Prepared) -> i64 {
-        self.of(p).map_or(NO_NETWORK, |c| c.network_id())
+    /// The network whose key namespace an intake's key belongs to
+    /// ([`NetworkId::UNAUTHENTICATED`] without a caller).
+    fn namespace(&self, p: &Prepared) -> NetworkId {
+        self.of(p)
+            .map_or(NetworkId::UNAUTHENTICATED, |c| c.network_id())
     }
 }
 
@@ -271,7 +270,7 @@ async fn claim_keys(
 ) -> Result<(Vec<Slot>, Option<HashMap<i64, store::HouseholdState>>), sqlx::Error> {
     let (mut slots, claims) = slots_in_window(prepared, callers);
     // A replay re-decides a key whose recorded outcome is a failure; a created case stays.
-    let replayed: Vec<(i64, String)> = prepared
+    let replayed: Vec<(NetworkId, String)> = prepared
         .iter()
         .filter(|p| p.env.replay.is_some())
         .filter_map(|p| Some((callers.namespace(p), p.env.message_key.clone()?)))
@@ -283,7 +282,12 @@ async fn claim_keys(
             let refs = prepared
                 .iter()
                 .filter(|p| p.env.forced_failure.is_none())
-                .filter_map(|p| Some((p.household?, callers.of(p)?.network_id())));
+                .filter_map(|p| {
+                    Some(InNetwork {
+                        id: p.household?,
+                        network: callers.of(p)?.network_id(),
+                    })
+                });
             Some(store::lock_households(tx, &unique(refs)).await?)
         }
     };
@@ -310,7 +314,7 @@ async fn claim_keys(
 
 /// The first occurrence of each key within the window (per network) and the keys to claim.
 fn slots_in_window(prepared: &[Prepared<'_>], callers: &Callers) -> (Vec<Slot>, Vec<ClaimedKey>) {
-    let mut first_of: HashMap<(i64, &str), usize> = HashMap::new();
+    let mut first_of: HashMap<(NetworkId, &str), usize> = HashMap::new();
     let mut slots: Vec<Slot> = Vec::with_capacity(prepared.len());
     let mut claims: Vec<ClaimedKey> = Vec::new();
     for (i, p) in prepared.iter().enumerate() {
@@ -339,8 +343,8 @@ fn slots_in_window(prepared: &[Prepared<'_>], callers: &Callers) -> (Vec<Slot>, 
 /// Step 3: the counties and households the fresh intakes name, scoped to their callers'
 /// networks.
 struct References {
-    counties: Vec<(i64, i64)>,
-    households: Vec<(i64, i64)>,
+    counties: Vec<InNetwork>,
+    households: Vec<InNetwork>,
 }
 
 impl References {
@@ -353,10 +357,16 @@ impl References {
             if let (Slot::Fresh, Some(c), None) = (&slots[i], callers.of(p), &p.env.forced_failure)
             {
                 if let Some(county) = p.county {
-                    refs.counties.push((county, c.network_id()));
+                    refs.counties.push(InNetwork {
+                        id: county,
+                        network: c.network_id(),
+                    });
                 }
                 if let Some(h) = p.household {
-                    refs.households.push((h, c.network_id()));
+                    refs.households.push(InNetwork {
+                        id: h,
+                        network: c.network_id(),
+                    });
                 }
             }
         }
@@ -396,7 +406,7 @@ fn decide<'v>(
     p: &'v Prepared<'_>,
     slot: &Slot,
     caller: Option<Caller>,
-    counties: &HashSet<(i64, i64)>,
+    counties: &HashSet<InNetwork>,
     heads: &HashMap<i64, store::HouseholdState>,
 ) -> Option<Decision<'v>> {
     match (slot, caller) {
@@ -435,7 +445,7 @@ struct Phase<'a, 'p> {
     prepared: &'a [Prepared<'p>],
     slots: &'a [Slot],
     callers: &'a Callers,
-    counties: &'a HashSet<(i64, i64)>,
+    counties: &'a HashSet<InNetwork>,
     now: chrono::DateTime<Utc>,
 }
 
@@ -535,7 +545,7 @@ impl Phase<'_, '_> {
         w.plan.cases.push(row);
         w.plan
             .record(caller.network_id(), key, &p.hash, Some(case_id), None, &ev);
-        w.plan.publish(i, &ev, p.env);
+        w.plan.queue_event(i, &ev, p.env);
         Outcome::Created {
             case_id,
             household_id,
@@ -570,7 +580,7 @@ impl Phase<'_, '_> {
             serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
         );
         event::add_replay(&mut data, replay);
-        event::envelope(
+        event::cloud_event(
             &self.ctx.source,
             event::CASE_CREATED,
             &self.ctx.created_routing_key,
@@ -592,7 +602,7 @@ impl Phase<'_, '_> {
                 .record(network, key, &p.hash, None, Some(error.code), &ev);
         }
         w.plan.fail(p, self.callers.of(p), error, &ev);
-        w.plan.publish(i, &ev, p.env);
+        w.plan.queue_event(i, &ev, p.env);
         Outcome::Failed {
             code: error.code,
             event_id: ev.id,
@@ -607,7 +617,7 @@ impl Phase<'_, '_> {
                 continue;
             };
             w.outcomes[i] = Some(if same_body {
-                w.plan.publish(i, &original, p.env);
+                w.plan.queue_event(i, &original, p.env);
                 Outcome::Duplicate {
                     event_id: original.id,
                 }
@@ -619,7 +629,7 @@ impl Phase<'_, '_> {
                 let key = p.env.message_key.as_deref();
                 let ev = failed_event(self.ctx, key, &error, p.env.replay, self.now);
                 w.plan.fail(p, self.callers.of(p), &error, &ev);
-                w.plan.publish(i, &ev, p.env);
+                w.plan.queue_event(i, &ev, p.env);
                 Outcome::Failed {
                     code: error.code,
                     event_id: ev.id,
@@ -654,7 +664,7 @@ fn failed_event(
     replay: Option<ReplayInfo>,
     now: chrono::DateTime<Utc>,
 ) -> Event {
-    event::envelope(
+    event::cloud_event(
         &ctx.source,
         event::CASE_FAILED,
         &ctx.failed_routing_key,
@@ -669,12 +679,15 @@ fn failed_event(
 fn check_references(
     p: &Prepared,
     caller: Caller,
-    counties: &HashSet<(i64, i64)>,
+    counties: &HashSet<InNetwork>,
     households: &HashMap<i64, store::HouseholdState>,
 ) -> FieldErrors {
     let mut fields = FieldErrors::new();
     if let Some(county) = p.county
-        && !counties.contains(&(county, caller.network_id()))
+        && !counties.contains(&InNetwork {
+            id: county,
+            network: caller.network_id(),
+        })
     {
         fields.insert(
             "street_county".into(),
@@ -721,7 +734,7 @@ struct Plan {
     events: HashMap<Uuid, Event>,
     /// Events recorded as the outcome of a key in this window: event id → (namespace, key).
     /// Their outbox rows refer to the outcome row instead of repeating the body.
-    recorded: HashMap<Uuid, (i64, String)>,
+    recorded: HashMap<Uuid, (NetworkId, String)>,
 }
 
 impl Plan {
@@ -741,7 +754,7 @@ impl Plan {
 
     fn record(
         &mut self,
-        network_id: i64,
+        network_id: NetworkId,
         key: Option<&str>,
         payload_hash: &[u8; 32],
         case_id: Option<i64>,
@@ -785,7 +798,7 @@ impl Plan {
     }
 
     /// Queues `ev` for publishing as the outcome of the `index`-th intake of the window.
-    fn publish(&mut self, index: usize, ev: &Event, env: &Envelope) {
+    fn queue_event(&mut self, index: usize, ev: &Event, env: &Envelope) {
         self.outbox.push((
             index,
             OutboxRow {
@@ -839,7 +852,11 @@ impl Plan {
         store::unflag_heads(tx, &self.unflag, now).await?;
         store::insert_households(tx, &self.households, now).await?;
         store::insert_cases(tx, &self.cases, vault).await?;
-        let updates: Vec<(i64, i64)> = self.head_updates.iter().map(|(h, c)| (*h, *c)).collect();
+        let updates: Vec<HeadUpdate> = self
+            .head_updates
+            .iter()
+            .map(|(&household, &case)| HeadUpdate { household, case })
+            .collect();
         store::update_heads(tx, &updates, now).await?;
         match claim {
             Claim::First => store::record_outcomes(tx, &self.outcomes).await?,
@@ -908,8 +925,11 @@ mod tests {
         d.expect("decided").expect_err("a failure").code
     }
 
-    fn ours() -> HashSet<(i64, i64)> {
-        HashSet::from([(COUNTY, NETWORK)])
+    fn ours() -> HashSet<InNetwork> {
+        HashSet::from([InNetwork {
+            id: COUNTY,
+            network: Caller::for_tests(NETWORK).network_id(),
+        }])
     }
 
     #[test]
@@ -958,10 +978,13 @@ mod tests {
         let p = prepared(&env);
         assert!(matches!(
             decide(&p, &Slot::Fresh, caller, &ours(), &heads),
-            Some(Ok((c, _))) if c.network_id() == NETWORK
+            Some(Ok((c, _))) if c.network_id().get() == NETWORK
         ));
         // The same county id in another network is no county of this caller's.
-        let theirs = HashSet::from([(COUNTY, NETWORK + 1)]);
+        let theirs = HashSet::from([InNetwork {
+            id: COUNTY,
+            network: Caller::for_tests(NETWORK + 1).network_id(),
+        }]);
         let e = decide(&p, &Slot::Fresh, caller, &theirs, &heads)
             .unwrap()
             .unwrap_err();

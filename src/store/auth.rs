@@ -8,12 +8,14 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
+use crate::store::ids::NetworkId;
+
 /// An authenticated caller: the agent behind an API key, its group and its network. Its
 /// fields are private and its constructor visible to `store` only, which builds one from a key
 /// that is not revoked and an agent that is active: holding a `Caller` proves authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
-    network_id: i64,
+    network_id: NetworkId,
     group_id: i64,
     agent_id: i64,
     api_key_id: i64,
@@ -28,7 +30,7 @@ impl Caller {
         network_id: i64,
     ) -> Self {
         Self {
-            network_id,
+            network_id: NetworkId::from_row(network_id),
             group_id,
             agent_id,
             api_key_id,
@@ -42,7 +44,7 @@ impl Caller {
     }
 
     /// The network every query of this caller is scoped to.
-    pub fn network_id(&self) -> i64 {
+    pub fn network_id(&self) -> NetworkId {
         self.network_id
     }
 

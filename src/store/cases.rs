@@ -12,12 +12,13 @@ use sqlx::PgConnection;
 use crate::intake::validate::{CaseInput, Ssn};
 use crate::store::auth::Caller;
 use crate::store::crypto::{Purpose, Vault};
+use crate::store::ids::{HeadUpdate, InNetwork, NetworkId};
 use crate::store::unnest::column;
 
 /// A household's network and current head (`None` when it has no case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HouseholdState {
-    pub network_id: i64,
+    pub network_id: NetworkId,
     pub head: Option<i64>,
 }
 
@@ -25,13 +26,14 @@ pub struct HouseholdState {
 /// returns their state. Households of another network than the one paired are not returned.
 pub async fn lock_households(
     tx: &mut PgConnection,
-    refs: &[(i64, i64)],
+    refs: &[InNetwork],
 ) -> Result<HashMap<i64, HouseholdState>, sqlx::Error> {
     if refs.is_empty() {
         return Ok(HashMap::new());
     }
-    let (ids, networks): (Vec<i64>, Vec<i64>) = refs.iter().copied().unzip();
-    let rows: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
+    let ids = column(refs, |r| r.id);
+    let networks = column(refs, |r| r.network);
+    let rows: Vec<(i64, NetworkId, Option<i64>)> = sqlx::query_as(
         "SELECT h.id, h.network_id, h.head_case_id FROM households h
            JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, n) ON h.id = u.id AND h.network_id = u.n
           ORDER BY h.id
@@ -70,7 +72,7 @@ pub async fn allocate_ids(
 #[derive(Debug, Clone)]
 pub struct NewHousehold {
     pub id: i64,
-    pub network_id: i64,
+    pub network_id: NetworkId,
     pub head_case_id: i64,
 }
 
@@ -83,7 +85,7 @@ pub struct CaseRow {
     pub created_at: DateTime<Utc>,
     pub fields: CaseInput,
     /// The creating caller's, set only by [`CaseRow::new`].
-    network_id: i64,
+    network_id: NetworkId,
     agent_id: i64,
     group_id: i64,
 }
@@ -318,13 +320,14 @@ pub async fn insert_cases(
 /// Points existing households at their new heads.
 pub async fn update_heads(
     tx: &mut PgConnection,
-    updates: &[(i64, i64)],
+    updates: &[HeadUpdate],
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     if updates.is_empty() {
         return Ok(());
     }
-    let (households, heads): (Vec<i64>, Vec<i64>) = updates.iter().copied().unzip();
+    let households = column(updates, |u| u.household);
+    let heads = column(updates, |u| u.case);
     sqlx::query(
         "UPDATE households h SET head_case_id = u.head, updated_at = $3
            FROM unnest($1::bigint[], $2::bigint[]) AS u(id, head)

@@ -9,12 +9,13 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::store::crypto::{Purpose, Vault};
+use crate::store::ids::NetworkId;
 use crate::store::unnest::column;
 
 /// A failed intake kept for inspection and replay.
 #[derive(Debug, Clone)]
 pub struct FailedRow {
-    pub network_id: Option<i64>,
+    pub network_id: Option<NetworkId>,
     pub message_key: Option<String>,
     pub correlation_id: Option<String>,
     pub token_hash: Option<Vec<u8>>,

@@ -1,6 +1,7 @@
 //! The SQL boundary: every query of the service, by area. May call `infra` only (and uses the
 //! pipeline's value types `validate::CaseInput`, `validate::Ssn` and `event::Event`).
 //!
+//! - `ids`: `NetworkId` and the `(id, network)` pairs of references, so they cannot be swapped;
 //! - `auth`: tokens, the one authentication query (`callers`) and the [`Caller`] proof it makes;
 //! - `crypto`: sealing SSNs and payloads, SSN HMACs;
 //! - `outcomes`: message keys and their outcomes; `cases`: households and cases;
@@ -23,6 +24,7 @@ pub mod cases;
 pub mod crypto;
 pub mod failed;
 pub mod health;
+pub mod ids;
 pub mod outbox;
 pub mod outcomes;
 pub mod retention;
@@ -37,6 +39,7 @@ pub use cases::{
 };
 pub use failed::{FailedRow, insert_failed, resolve_failed};
 pub use health::ping;
+pub use ids::{HeadUpdate, InNetwork, NetworkId};
 pub use outbox::{OutboxBody, OutboxRow, insert_outbox, outbox_backlog};
 pub use outcomes::{
     ClaimedKey, OutcomeRow, StoredOutcome, claim_keys, forget_failed_outcomes, insert_outcomes,

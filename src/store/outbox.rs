@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::store::ids::NetworkId;
 use crate::store::unnest::column;
 
 /// An event to publish.
@@ -23,7 +24,7 @@ pub enum OutboxBody {
     /// In the `intake_outcomes` row of this key (written in the same transaction, or earlier):
     /// the event is stored once.
     Outcome {
-        network_id: i64,
+        network_id: NetworkId,
         message_key: String,
     },
     /// In the outbox row itself: the event has no outcome row of its own.
@@ -40,7 +41,7 @@ impl OutboxBody {
     }
 
     /// The outcome row (network, key) holding the body, if any.
-    fn outcome(&self) -> Option<(i64, &str)> {
+    fn outcome(&self) -> Option<(NetworkId, &str)> {
         match self {
             Self::Outcome {
                 network_id,

@@ -13,12 +13,13 @@ use sqlx::postgres::PgArguments;
 use uuid::Uuid;
 
 use crate::intake::event::Event;
+use crate::store::ids::NetworkId;
 use crate::store::unnest::column;
 
 /// A message key to claim in a network namespace.
 #[derive(Debug, Clone)]
 pub struct ClaimedKey {
-    pub network_id: i64,
+    pub network_id: NetworkId,
     pub message_key: String,
     pub payload_hash: Vec<u8>,
 }
@@ -29,14 +30,14 @@ pub struct ClaimedKey {
 pub async fn claim_keys(
     tx: &mut PgConnection,
     claims: &[ClaimedKey],
-) -> Result<Vec<(i64, String)>, sqlx::Error> {
+) -> Result<Vec<(NetworkId, String)>, sqlx::Error> {
     if claims.is_empty() {
         return Ok(Vec::new());
     }
     let mut sorted: Vec<&ClaimedKey> = claims.iter().collect();
     // One order for every window, so that two windows claiming overlapping keys cannot deadlock.
     sorted.sort_by(|a, b| (a.network_id, &a.message_key).cmp(&(b.network_id, &b.message_key)));
-    let claimed: HashSet<(i64, String)> = sqlx::query_as(
+    let claimed: HashSet<(NetworkId, String)> = sqlx::query_as(
         "INSERT INTO intake_outcomes (network_id, message_key, payload_hash)
          SELECT n, k, h FROM unnest($1::bigint[], $2::text[], $3::bytea[]) WITH ORDINALITY AS u(n, k, h, o)
           ORDER BY o
@@ -62,7 +63,7 @@ pub async fn claim_keys(
 /// unauthenticated namespace).
 pub async fn forget_failed_outcomes(
     tx: &mut PgConnection,
-    keys: &[(i64, String)],
+    keys: &[(NetworkId, String)],
 ) -> Result<(), sqlx::Error> {
     if keys.is_empty() {
         return Ok(());
@@ -98,9 +99,9 @@ pub struct StoredOutcome {
 /// Reads the committed outcomes of keys that could not be claimed.
 pub async fn stored_outcomes(
     tx: &mut PgConnection,
-    keys: &[(i64, String)],
-) -> Result<HashMap<(i64, String), StoredOutcome>, sqlx::Error> {
-    let rows: Vec<(i64, String, Vec<u8>, Uuid, Value, String)> = sqlx::query_as(
+    keys: &[(NetworkId, String)],
+) -> Result<HashMap<(NetworkId, String), StoredOutcome>, sqlx::Error> {
+    let rows: Vec<(NetworkId, String, Vec<u8>, Uuid, Value, String)> = sqlx::query_as(
         "SELECT o.network_id, o.message_key, o.payload_hash, o.event_id, o.event, o.routing_key
            FROM intake_outcomes o
            JOIN unnest($1::bigint[], $2::text[]) AS u(n, k) ON o.network_id = u.n AND o.message_key = u.k
@@ -130,7 +131,7 @@ pub async fn stored_outcomes(
 /// The outcome of a claimed key.
 #[derive(Debug, Clone)]
 pub struct OutcomeRow {
-    pub network_id: i64,
+    pub network_id: NetworkId,
     pub message_key: String,
     pub payload_hash: Vec<u8>,
     pub case_id: Option<i64>,
@@ -169,7 +170,7 @@ type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, PgArguments>;
 
 /// Outcome rows column by column, for `unnest`.
 struct OutcomeColumns<'a> {
-    networks: Vec<i64>,
+    networks: Vec<NetworkId>,
     keys: Vec<&'a str>,
     hashes: Vec<&'a [u8]>,
     cases: Vec<Option<i64>>,

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use sqlx::{PgConnection, PgPool};
 
 use crate::store::auth::{Caller, TokenHash};
+use crate::store::ids::{InNetwork, NetworkId};
 
 /// The ids of a network created with its first group and agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,16 +111,17 @@ pub async fn counties(pool: &PgPool, caller: &Caller) -> Result<Vec<County>, sql
         .await
 }
 
-/// Which of `(county, network)` pairs exist.
+/// Which of the counties named in their networks exist there.
 pub async fn existing_counties(
     tx: &mut PgConnection,
-    refs: &[(i64, i64)],
-) -> Result<HashSet<(i64, i64)>, sqlx::Error> {
+    refs: &[InNetwork],
+) -> Result<HashSet<InNetwork>, sqlx::Error> {
     if refs.is_empty() {
         return Ok(HashSet::new());
     }
-    let (ids, networks): (Vec<i64>, Vec<i64>) = refs.iter().copied().unzip();
-    let rows: Vec<(i64, i64)> = sqlx::query_as(
+    let ids: Vec<i64> = refs.iter().map(|r| r.id).collect();
+    let networks: Vec<NetworkId> = refs.iter().map(|r| r.network).collect();
+    let rows: Vec<(i64, NetworkId)> = sqlx::query_as(
         "SELECT c.id, c.network_id FROM counties c
            JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, n) ON c.id = u.id AND c.network_id = u.n",
     )
@@ -127,5 +129,8 @@ pub async fn existing_counties(
     .bind(&networks)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows
+        .into_iter()
+        .map(|(id, network)| InNetwork { id, network })
+        .collect())
 }
