@@ -2,6 +2,13 @@
 //! share, kept out of the service crate's public API. Everything here talks to the real local
 //! PostgreSQL and RabbitMQ under names of its own.
 
+pub mod broker;
+pub mod checks;
+pub mod cli;
+pub mod db;
 pub mod fixtures;
+pub mod kinds;
+pub mod ledger;
 pub mod support;
 pub mod testkit;
+pub mod workers;

@@ -5,24 +5,25 @@ use std::time::Duration;
 
 use case_intake::admin::provision::{self, Provisioned};
 use case_intake::app::supervisor;
-use case_intake::infra::db;
+use case_intake::infra::db as service_db;
 use case_intake::infra::settings::Settings;
 use case_intake::intake::envelope::Envelope;
 use case_intake::intake::window::{self, Outcome};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+
+use crate::broker::{self, LOCAL_BROKER};
+use crate::checks;
+use crate::db::{self, LOCAL_SERVER};
 
 /// A valid intake body: the seed's example.
 pub use crate::fixtures::seed_body;
+/// A running in-process worker.
+pub use crate::workers::RunningWorker;
 
 pub struct TestEnv {
     pub settings: Settings,
@@ -33,6 +34,16 @@ pub struct TestEnv {
     /// Set by [`TestEnv::cleanup`]; otherwise (a test that panicked) `Drop` removes what the
     /// test made, so no run leaves databases or queues behind.
     cleaned: bool,
+}
+
+/// Network `name` ("network A", with "Agency A" and "agent a") with two counties.
+async fn provision_network(pool: &PgPool, name: &str, counties: [&str; 2]) -> Provisioned {
+    let counties = counties.map(String::from);
+    let agent = format!("agent {}", name.to_lowercase());
+    let (network, agency) = (format!("network {name}"), format!("Agency {name}"));
+    provision::provision(pool, &network, &agency, &agent, &counties)
+        .await
+        .unwrap_or_else(|e| panic!("provision {name}: {e}"))
 }
 
 fn suffix() -> String {
@@ -46,32 +57,18 @@ impl TestEnv {
         let id = suffix();
         let db_name = format!("case_intake_test_{id}");
         let mut settings = Settings::load(None).expect("default settings load");
-        settings.database.url = format!("postgres://postgres@127.0.0.1:5432/{db_name}").into();
+        settings.database.url = db::database_url(LOCAL_SERVER, &db_name).into();
         settings.database.max_connections = 8;
         settings.amqp.intake_queue = format!("test.{id}.intake");
         settings.amqp.events_exchange = format!("test.{id}.events");
         settings.outbox.poll_interval_ms = 100;
         settings.intake.window_wait_ms = 2;
         settings.http.address = String::new();
-        let pool = db::migrate(&settings.database).await.expect("migrate");
-        let a = provision::provision(
-            &pool,
-            "network A",
-            "Agency A",
-            "agent a",
-            &["Kings".into(), "Queens".into()],
-        )
-        .await
-        .expect("provision A");
-        let b = provision::provision(
-            &pool,
-            "network B",
-            "Agency B",
-            "agent b",
-            &["Travis".into(), "Bexar".into()],
-        )
-        .await
-        .expect("provision B");
+        let pool = service_db::migrate(&settings.database)
+            .await
+            .expect("migrate");
+        let a = provision_network(&pool, "A", ["Kings", "Queens"]).await;
+        let b = provision_network(&pool, "B", ["Travis", "Bexar"]).await;
         Self {
             settings,
             pool,
@@ -113,15 +110,10 @@ impl TestEnv {
     /// Checks the household invariant over the whole database: every household has exactly
     /// one head, and it is one of its own cases.
     pub async fn assert_household_invariant(&self) {
-        let bad: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM households h
-              WHERE (SELECT count(*) FROM cases c WHERE c.household_id = h.id AND c.head_of_household) <> 1
-                 OR NOT EXISTS (SELECT 1 FROM cases c WHERE c.id = h.head_case_id AND c.household_id = h.id AND c.head_of_household)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .unwrap();
-        assert_eq!(bad, 0, "households without exactly one own head");
+        let bad = checks::households_without_one_head(&self.pool)
+            .await
+            .unwrap();
+        assert!(bad.is_empty(), "households without exactly one own head");
     }
 
     /// Drops the database and the broker objects of this test.
@@ -140,81 +132,23 @@ impl Drop for TestEnv {
         // Drop cannot await and may run inside the test's runtime: remove from a thread with a
         // runtime of its own.
         let (db_name, settings) = (self.db_name.clone(), self.settings.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for the cleanup");
-            rt.block_on(remove_test_objects(&db_name, &settings));
-        })
-        .join();
+        db::run_detached(async move { remove_test_objects(&db_name, &settings).await });
     }
 }
 
 /// Drops a test's database (closing its connections) and deletes its queues and exchange.
 async fn remove_test_objects(db_name: &str, settings: &Settings) {
-    if let Ok(admin) = PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
-        let sql = format!("DROP DATABASE IF EXISTS \"{db_name}\" WITH (FORCE)");
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&admin)
-            .await;
-        admin.close().await;
-    }
+    let _ = db::drop_database(LOCAL_SERVER, db_name).await;
     let Ok(conn) = amqp_connect().await else {
         return;
     };
-    if let Ok(ch) = conn.create_channel().await {
-        let intake = &settings.amqp.intake_queue;
-        for q in [
-            intake.clone(),
-            case_intake::outbox::topology::dead_letter_queue(intake),
-            case_intake::outbox::topology::retry_queue(intake),
-            case_intake::outbox::topology::parked_queue(intake),
-        ] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = ch
-            .exchange_delete(
-                settings.amqp.events_exchange.as_str().into(),
-                lapin::options::ExchangeDeleteOptions::default(),
-            )
-            .await;
-    }
+    let amqp = &settings.amqp;
+    broker::delete_run_objects(&conn, &amqp.intake_queue, &amqp.events_exchange, &[]).await;
     let _ = conn.close(200, "OK".into()).await;
 }
 
 pub async fn amqp_connect() -> lapin::Result<Connection> {
-    Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        ConnectionProperties::default(),
-    )
-    .await
-}
-
-/// A running in-process worker.
-pub struct RunningWorker {
-    pub shutdown: CancellationToken,
-    pub handle: JoinHandle<Result<(), sqlx::Error>>,
-}
-
-impl RunningWorker {
-    pub fn start(settings: &Settings) -> Self {
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(supervisor::run(settings.clone(), shutdown.clone()));
-        Self { shutdown, handle }
-    }
-
-    /// Asks for a graceful stop and waits for it.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.handle)
-            .await
-            .expect("worker stops")
-            .expect("worker task")
-            .expect("worker result");
-    }
+    broker::connect(LOCAL_BROKER, None).await
 }
 
 /// A publisher with confirms and a subscriber of every event of the test's exchange.
@@ -232,18 +166,7 @@ impl Broker {
         let conn = amqp_connect().await.expect("broker reachable");
         let ch = conn.create_channel().await.unwrap();
         declare_events_exchange(&ch, env).await;
-        let q = ch
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let q = broker::declare_private_queue(&ch, "").await.unwrap();
         bind_to_events(&ch, q.name().as_str(), env).await;
         let events = ch
             .basic_consume(
@@ -254,11 +177,7 @@ impl Broker {
             )
             .await
             .unwrap();
-        let publish = conn.create_channel().await.unwrap();
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
+        let publish = broker::confirming_channel(&conn).await.unwrap();
         Self {
             conn,
             publish,
@@ -285,10 +204,7 @@ impl Broker {
     ) {
         let mut table = FieldTable::default();
         for (k, v) in headers {
-            table.insert(
-                (*k).into(),
-                AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
-            );
+            table.insert((*k).into(), broker::text(v));
         }
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
@@ -305,24 +221,14 @@ impl Broker {
 
     /// Publishes an intake with the given properties, with confirms.
     pub async fn publish_props(&self, props: BasicProperties, body: &[u8]) {
-        let confirm = self
-            .publish
-            .basic_publish(
-                "".into(),
-                self.intake_queue.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                props,
-            )
+        let confirm = broker::publish_intake(&self.publish, &self.intake_queue, body, props)
             .await
             .unwrap()
             .await
             .unwrap();
-        assert!(confirm.is_ack(), "intake confirmed");
-        assert!(confirm.take_message().is_none(), "intake routed");
+        if let Some(problem) = broker::confirm_problem(confirm) {
+            panic!("intake not confirmed: {problem}");
+        }
     }
 
     /// The next event: (routing key, AMQP properties, CloudEvent body). Waits up to 60 s.
@@ -363,13 +269,15 @@ impl Broker {
 
 /// Declares the test's events exchange as the worker does (idempotent).
 pub async fn declare_events_exchange(ch: &Channel, env: &TestEnv) {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let exchange = env.settings.amqp.events_exchange.as_str();
     ch.exchange_declare(
-        env.settings.amqp.events_exchange.as_str().into(),
+        exchange.into(),
         ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
+        durable,
         FieldTable::default(),
     )
     .await
@@ -378,15 +286,9 @@ pub async fn declare_events_exchange(ch: &Channel, env: &TestEnv) {
 
 /// Binds `queue` to every event of the test's exchange.
 pub async fn bind_to_events(ch: &Channel, queue: &str, env: &TestEnv) {
-    ch.queue_bind(
-        queue.into(),
-        env.settings.amqp.events_exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    broker::bind_all_events(ch, queue, &env.settings.amqp.events_exchange)
+        .await
+        .unwrap();
 }
 
 /// `Token <token>` header pair.

@@ -4,34 +4,36 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use case_intake::admin::provision::{self, Provisioned};
 use case_intake::app::supervisor;
-use case_intake::infra::db;
+use case_intake::infra::db as service_db;
 use case_intake::infra::settings::Settings;
 use case_intake::outbox::topology;
 use case_intake::store::crypto::{Purpose, Vault};
+use case_intake_harness::broker;
+use case_intake_harness::checks::{self, Expected};
+use case_intake_harness::cli::{self, BoxError};
+use case_intake_harness::db;
+use case_intake_harness::kinds::{self, Flaw, Kind};
+use case_intake_harness::ledger::{EventLog, SharedLog, lock};
+use case_intake_harness::workers::{self, End, RunningWorker, WorkerCommand};
 use clap::Parser;
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use sqlx::PgPool;
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
 /// Benchmark of the case-intake worker on a private database, queue and exchange.
@@ -114,51 +116,26 @@ struct Args {
     cleanup: Option<String>,
 }
 
-/// What a measured message is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Kind {
-    NewHousehold,
-    Join,
-    ReplaceHead,
-    Invalid,
-    Duplicate,
-}
-
-impl Kind {
-    fn valid(self) -> bool {
-        matches!(self, Kind::NewHousehold | Kind::Join | Kind::ReplaceHead)
-    }
-}
-
 /// One message to publish.
 #[derive(Clone)]
 struct Msg {
     key: Arc<str>,
     body: Arc<[u8]>,
-    kind: Kind,
     /// For a duplicate: the kind of the message it repeats.
-    original: Kind,
+    kind: Kind,
+    /// An identical re-publication of an earlier message.
+    duplicate: bool,
 }
 
-/// One outcome event as received.
-struct Arrival {
-    id: String,
-    at: Instant,
-    event_type: String,
-    code: Option<String>,
-    household_id: Option<i64>,
-}
-
-/// Every outcome event received, by subject (the message key).
-#[derive(Default)]
-struct Ledger {
-    by_key: HashMap<String, Vec<Arrival>>,
-    total: usize,
-    unparsable: usize,
-    /// The tap's consumer stream ended: its connection was closed (e.g. by
-    /// `rabbitmqctl close_all_connections`), its exclusive queue is gone, the run is void.
-    closed: bool,
+impl Msg {
+    /// The name of the share of the mix this message belongs to.
+    fn mix_name(&self) -> &'static str {
+        if self.duplicate {
+            "duplicate"
+        } else {
+            self.kind.name()
+        }
+    }
 }
 
 /// Why waiting for events cannot go on.
@@ -174,33 +151,6 @@ fn wait_broken(ctx: &Ctx<'_>, workers: &mut Workers) -> Result<(), String> {
         );
     }
     workers.check_alive()
-}
-
-type SharedLedger = Arc<Mutex<Ledger>>;
-
-fn lock(ledger: &SharedLedger) -> MutexGuard<'_, Ledger> {
-    ledger.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[derive(Deserialize)]
-struct EventBody {
-    id: String,
-    #[serde(rename = "type")]
-    event_type: String,
-    subject: Option<String>,
-    #[serde(default)]
-    data: EventData,
-}
-
-#[derive(Deserialize, Default)]
-struct EventData {
-    household_id: Option<i64>,
-    error: Option<EventError>,
-}
-
-#[derive(Deserialize)]
-struct EventError {
-    code: String,
 }
 
 /// Publisher progress, read by the progress line.
@@ -219,24 +169,7 @@ struct Names {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("case-intake-bench: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("case-intake-bench: {e}");
-            ExitCode::from(2)
-        }
-    }
+    cli::exit_code_of("case-intake-bench", ExitCode::from(2), run(args))
 }
 
 /// Shares of the message kinds, in percent (new households: the rest).
@@ -371,47 +304,22 @@ fn toml_of(overrides: &[(String, String, String)]) -> String {
     out
 }
 
-fn env_name(section: &str, key: &str) -> String {
-    format!(
-        "{}__{}__{}",
-        case_intake::infra::settings::ENV_PREFIX,
-        section.to_uppercase(),
-        key.to_uppercase()
-    )
-}
-
 async fn run(args: Args) -> Result<bool> {
     check_args(&args)?;
     if let Some(id) = &args.cleanup {
-        let conn = Connection::connect(&args.amqp, ConnectionProperties::default()).await?;
+        let conn = broker::connect(&args.amqp, None).await?;
         cleanup_broker(&conn, &names_of(id)).await;
         let _ = conn.close(200, "OK".into()).await;
         eprintln!("deleted the broker objects of run {id}");
         return Ok(true);
     }
-    let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if supervisor::wait_for_signal().await.is_ok() {
-                eprintln!("signal: stopping the workers and cleaning up");
-                stop.cancel();
-            }
-        });
-    }
+    let stop = stop_on_signal();
     let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let names = names_of(&id);
-    let db_url = format!("{}/{}", args.pg.trim_end_matches('/'), args.db);
+    let db_url = db::database_url(&args.pg, &args.db);
     let overrides = overrides(&args, &db_url, &names)?;
-    let config_path = std::env::temp_dir().join(format!("case-intake-bench-{id}.toml"));
-    std::fs::write(&config_path, toml_of(&overrides))?;
-    let loaded = Settings::load(Some(&config_path));
-    let _ = std::fs::remove_file(&config_path);
-    let settings = loaded?;
-    let worker_bin = match &args.worker_bin {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("case-intake"),
-    };
+    let settings = load_settings(&id, &overrides)?;
+    let worker_bin = workers::worker_binary(args.worker_bin.as_deref())?;
     if !args.in_process && !worker_bin.exists() {
         return Err(format!(
             "worker binary {} not found: build it with `cargo build --release --bins`",
@@ -419,6 +327,49 @@ async fn run(args: Args) -> Result<bool> {
         )
         .into());
     }
+    announce(&args, &id, &names, &settings);
+    let (pool, net) = open_database(&args, &id, &settings).await?;
+    let bus = open_broker(&args, &names, &settings).await?;
+
+    let mut workers = Workers::start(&args, &settings, &overrides, &worker_bin)?;
+    let ctx = Ctx {
+        args: &args,
+        id: &id,
+        net: &net,
+        names: &names,
+        publish: &bus.publish,
+        ledger: &bus.ledger,
+        pool: &pool,
+        stop: &stop,
+    };
+    let result = measure_and_report(&ctx, &settings, &mut workers).await;
+    tear_down(&args, &names, bus, pool).await;
+    result
+}
+
+/// Cancelled by SIGINT or SIGTERM.
+fn stop_on_signal() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        if supervisor::wait_for_signal().await.is_ok() {
+            eprintln!("signal: stopping the workers and cleaning up");
+            cancel.cancel();
+        }
+    });
+    stop
+}
+
+/// The workers' settings as they will load them: through a TOML file of the overrides.
+fn load_settings(id: &str, overrides: &[(String, String, String)]) -> Result<Settings> {
+    let config_path = std::env::temp_dir().join(format!("case-intake-bench-{id}.toml"));
+    std::fs::write(&config_path, toml_of(overrides))?;
+    let loaded = Settings::load(Some(&config_path));
+    let _ = std::fs::remove_file(&config_path);
+    Ok(loaded?)
+}
+
+fn announce(args: &Args, id: &str, names: &Names, settings: &Settings) {
     eprintln!(
         "bench {id}: database {}, queue {}, exchange {}; {} {} worker(s), window {}, prefetch {}, \
          consumers {}, pool {}",
@@ -436,16 +387,22 @@ async fn run(args: Args) -> Result<bool> {
         settings.intake.consumers,
         settings.database.max_connections,
     );
+}
 
-    // Database: fresh, migrated, provisioned.
+/// The benchmark's database: fresh (unless --keep-db), migrated, provisioned, preloaded.
+async fn open_database(
+    args: &Args,
+    id: &str,
+    settings: &Settings,
+) -> Result<(PgPool, Provisioned)> {
     if !args.keep_db {
-        drop_database(&args.pg, &args.db).await?;
+        db::drop_database(&args.pg, &args.db).await?;
     }
     let mut bench_db = settings.database.clone();
     bench_db.max_connections = 4;
     bench_db.statement_timeout_ms = 600_000;
     bench_db.create_database = true;
-    let pool = db::migrate(&bench_db).await?;
+    let pool = service_db::migrate(&bench_db).await?;
     let net = provision::provision(
         &pool,
         &format!("bench {id}"),
@@ -463,71 +420,73 @@ async fn run(args: Args) -> Result<bool> {
             &["Preload county".into()],
         )
         .await?;
-        let vault = case_intake::store::crypto::Vault::from_settings(&settings.crypto)?;
+        let vault = Vault::from_settings(&settings.crypto)?;
         preload(&pool, &p, &vault, args.preload).await?;
     }
+    Ok((pool, net))
+}
 
-    // Broker: the events tap is bound before any worker can publish.
-    let props = || ConnectionProperties::default().with_connection_name("case-intake-bench".into());
-    let publishing = Connection::connect(&args.amqp, props()).await?;
-    let consuming = Connection::connect(&args.amqp, props()).await?;
-    let ledger: SharedLedger = Arc::default();
-    let tap = start_tap(&consuming, &names, ledger.clone()).await?;
+/// The run's broker side: a publishing and a consuming connection, the events tap.
+struct Bus {
+    publishing: Connection,
+    consuming: Connection,
+    publish: Channel,
+    ledger: SharedLog,
+    tap: JoinHandle<()>,
+}
+
+/// Declares the topology and binds the events tap before any worker can publish.
+async fn open_broker(args: &Args, names: &Names, settings: &Settings) -> Result<Bus> {
+    let name = Some("case-intake-bench");
+    let publishing = broker::connect(&args.amqp, name).await?;
+    let consuming = broker::connect(&args.amqp, name).await?;
     {
         let ch = publishing.create_channel().await?;
         topology::declare(&ch, &settings.amqp).await?;
         let _ = ch.close(200, "OK".into()).await;
     }
-    let publish = publishing.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let ledger = SharedLog::default();
+    let tap = start_tap(&consuming, names, ledger.clone()).await?;
+    let publish = broker::confirming_channel(&publishing).await?;
+    Ok(Bus {
+        publishing,
+        consuming,
+        publish,
+        ledger,
+        tap,
+    })
+}
 
-    let mut workers = Workers::start(&args, &settings, &overrides, &worker_bin)?;
-    let ctx = Ctx {
-        args: &args,
-        id: &id,
-        net: &net,
-        names: &names,
-        publish: &publish,
-        ledger: &ledger,
-        pool: &pool,
-        stop: &stop,
-    };
-    let measured = measure(&ctx, &mut workers).await;
+/// Measures, stops the workers, runs the checks and prints the report.
+async fn measure_and_report(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    workers: &mut Workers,
+) -> Result<bool> {
+    let measured = measure(ctx, workers).await;
     let rss = workers.peak_rss_kib();
     eprintln!("stopping workers");
     let stopped = workers.stop().await;
+    let report = evaluate(ctx, settings, measured?, rss, stopped).await?;
+    print_report(&report);
+    if ctx.args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(report.ok)
+}
 
-    let result = match measured {
-        Ok(m) => {
-            let report = evaluate(&ctx, &settings, m, rss, stopped).await;
-            match report {
-                Ok(r) => {
-                    print_report(&r);
-                    if args.json {
-                        println!("{}", serde_json::to_string(&r)?);
-                    }
-                    Ok(r.ok)
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
-    };
-
-    // Cleanup, whatever happened.
-    tap.abort();
-    cleanup_broker(&publishing, &names).await;
-    let _ = publishing.close(200, "OK".into()).await;
-    let _ = consuming.close(200, "OK".into()).await;
+/// Cleanup, whatever happened.
+async fn tear_down(args: &Args, names: &Names, bus: Bus, pool: PgPool) {
+    bus.tap.abort();
+    cleanup_broker(&bus.publishing, names).await;
+    let _ = bus.publishing.close(200, "OK".into()).await;
+    let _ = bus.consuming.close(200, "OK".into()).await;
     pool.close().await;
     if !args.keep_db
-        && let Err(e) = drop_database(&args.pg, &args.db).await
+        && let Err(e) = db::drop_database(&args.pg, &args.db).await
     {
         eprintln!("case-intake-bench: dropping the database failed: {e}");
     }
-    result
 }
 
 fn names_of(id: &str) -> Names {
@@ -545,20 +504,27 @@ struct Ctx<'a> {
     net: &'a Provisioned,
     names: &'a Names,
     publish: &'a Channel,
-    ledger: &'a SharedLedger,
+    ledger: &'a SharedLog,
     pool: &'a PgPool,
     /// Cancelled by SIGINT or SIGTERM: stop, then clean up as usual.
     stop: &'a CancellationToken,
 }
 
-async fn drop_database(pg: &str, name: &str) -> Result<()> {
-    let admin = PgPool::connect(&format!("{}/postgres", pg.trim_end_matches('/'))).await?;
-    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    Ok(())
+/// Rows of one preload chunk: cases `c0..c0+n`, households `h0..h0+households`.
+struct Chunk {
+    c0: i64,
+    h0: i64,
+    n: i64,
+    households: i64,
+}
+
+/// What every preloaded case shares: its network, and one sealed SSN (the bytes are real,
+/// only their variety is not).
+struct PreloadCase<'a> {
+    p: &'a Provisioned,
+    sealed: Vec<u8>,
+    hmac: Vec<u8>,
+    key_id: &'a str,
 }
 
 /// Inserts `total` cases (two per household, the first its head) with their households and
@@ -566,90 +532,17 @@ async fn drop_database(pg: &str, name: &str) -> Result<()> {
 async fn preload(pool: &PgPool, p: &Provisioned, vault: &Vault, total: u64) -> Result<()> {
     const CHUNK: u64 = 100_000;
     let started = Instant::now();
-    // One sealed SSN for every row: the bytes are real, only their variety is not.
     let ssn = "111223333";
-    let sealed = vault.seal(Purpose::Ssn, ssn.as_bytes());
-    let hmac = vault.ssn_hmac(ssn).to_vec();
-    let county = p.county_ids[0];
+    let case = PreloadCase {
+        p,
+        sealed: vault.seal(Purpose::Ssn, ssn.as_bytes()),
+        hmac: vault.ssn_hmac(ssn).to_vec(),
+        key_id: vault.active_key(),
+    };
     let mut done = 0u64;
     while done < total {
         let n = CHUNK.min(total - done) as i64;
-        let households = (n + 1) / 2;
-        let mut tx = pool.begin().await?;
-        sqlx::query("SET LOCAL statement_timeout = 0")
-            .execute(&mut *tx)
-            .await?;
-        let c0: i64 = sqlx::query_scalar("SELECT nextval('cases_id_seq')")
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query("SELECT setval('cases_id_seq', $1)")
-            .bind(c0 + n - 1)
-            .execute(&mut *tx)
-            .await?;
-        let h0: i64 = sqlx::query_scalar("SELECT nextval('households_id_seq')")
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query("SELECT setval('households_id_seq', $1)")
-            .bind(h0 + households - 1)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO cases (id, network_id, household_id, head_of_household, entry_agent,
-                                mod_agent, \"group\", first_name, middle_name, last_name,
-                                date_of_birth, email, mailing_address, mailing_city,
-                                mailing_state, mailing_zip_code, street_address, street_city,
-                                street_state, street_zip_code, street_county, yearly_expenses,
-                                yearly_income, ss_number_sealed, ss_number_key_id,
-                                ss_number_hmac, ss_number_last4)
-             SELECT $1 + g, $2, $3 + g / 2, g % 2 = 0, $4, $4, $5, 'Pre' || g, 'Tom', 'Loaded',
-                    date '1940-01-01' + (g % 25000)::int, 'pre' || g || '@example.org',
-                    '123 Adams Street', 'Exampleville', 'NY', '12345', '123 Adams Street',
-                    'Exampleville', 'NY', '12345', $6, 11580, 15350, $8, $9, $10, '3333'
-               FROM generate_series(0::bigint, $7 - 1) AS g",
-        )
-        .bind(c0)
-        .bind(p.network_id)
-        .bind(h0)
-        .bind(p.agent_id)
-        .bind(p.group_id)
-        .bind(county)
-        .bind(n)
-        .bind(&sealed)
-        .bind(vault.active_key())
-        .bind(&hmac)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO households (id, network_id, head_case_id)
-             SELECT $1 + j, $2, $3 + 2 * j FROM generate_series(0::bigint, $4 - 1) AS j",
-        )
-        .bind(h0)
-        .bind(p.network_id)
-        .bind(c0)
-        .bind(households)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO intake_outcomes (network_id, message_key, payload_hash, outcome, case_id,
-                                          event_id, event, routing_key)
-             SELECT $1, 'preload-' || ($2 + g), sha256(convert_to('preload-' || ($2 + g), 'UTF8')),
-                    'created', $2 + g, gen_random_uuid(),
-                    jsonb_build_object('specversion', '1.0', 'type', 'case.created',
-                        'source', 'urn:case-intake', 'subject', 'preload-' || ($2 + g),
-                        'data', jsonb_build_object('id', $2 + g, 'household_id', $3 + g / 2,
-                            'first_name', 'Pre' || g, 'last_name', 'Loaded',
-                            'street_address', '123 Adams Street', 'street_city', 'Exampleville',
-                            'street_state', 'NY', 'street_zip_code', '12345')),
-                    'case.created'
-               FROM generate_series(0::bigint, $4 - 1) AS g",
-        )
-        .bind(p.network_id)
-        .bind(c0)
-        .bind(h0)
-        .bind(n)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        preload_chunk(pool, &case, n).await?;
         done += n as u64;
         eprintln!(
             "preload: {done}/{total} cases ({:.0} s)",
@@ -666,121 +559,149 @@ async fn preload(pool: &PgPool, p: &Provisioned, vault: &Vault, total: u64) -> R
     Ok(())
 }
 
-/// Declares the events exchange, binds a private queue to every routing key, and records every
-/// event into `ledger`.
-async fn start_tap(
-    conn: &Connection,
-    names: &Names,
-    ledger: SharedLedger,
-) -> Result<JoinHandle<()>> {
+/// One transaction of the preload: `n` cases, their households and outcomes.
+async fn preload_chunk(pool: &PgPool, case: &PreloadCase<'_>, n: i64) -> Result<()> {
+    let households = (n + 1) / 2;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL statement_timeout = 0")
+        .execute(&mut *tx)
+        .await?;
+    let chunk = Chunk {
+        c0: reserve_ids(&mut tx, "cases_id_seq", n).await?,
+        h0: reserve_ids(&mut tx, "households_id_seq", households).await?,
+        n,
+        households,
+    };
+    preload_cases(&mut tx, case, &chunk).await?;
+    preload_rows(&mut tx, HOUSEHOLDS_SQL, case.p, &chunk, chunk.households).await?;
+    preload_rows(&mut tx, OUTCOMES_SQL, case.p, &chunk, chunk.n).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Takes `n` consecutive ids of `sequence`; returns the first.
+async fn reserve_ids(tx: &mut Transaction<'_, Postgres>, sequence: &str, n: i64) -> Result<i64> {
+    let first: i64 = sqlx::query_scalar("SELECT nextval($1::regclass)")
+        .bind(sequence)
+        .fetch_one(&mut **tx)
+        .await?;
+    sqlx::query("SELECT setval($1::regclass, $2)")
+        .bind(sequence)
+        .bind(first + n - 1)
+        .execute(&mut **tx)
+        .await?;
+    Ok(first)
+}
+
+async fn preload_cases(
+    tx: &mut Transaction<'_, Postgres>,
+    case: &PreloadCase<'_>,
+    chunk: &Chunk,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO cases (id, network_id, household_id, head_of_household, entry_agent,
+                            mod_agent, \"group\", first_name, middle_name, last_name,
+                            date_of_birth, email, mailing_address, mailing_city,
+                            mailing_state, mailing_zip_code, street_address, street_city,
+                            street_state, street_zip_code, street_county, yearly_expenses,
+                            yearly_income, ss_number_sealed, ss_number_key_id,
+                            ss_number_hmac, ss_number_last4)
+         SELECT $1 + g, $2, $3 + g / 2, g % 2 = 0, $4, $4, $5, 'Pre' || g, 'Tom', 'Loaded',
+                date '1940-01-01' + (g % 25000)::int, 'pre' || g || '@example.org',
+                '123 Adams Street', 'Exampleville', 'NY', '12345', '123 Adams Street',
+                'Exampleville', 'NY', '12345', $6, 11580, 15350, $8, $9, $10, '3333'
+           FROM generate_series(0::bigint, $7 - 1) AS g",
+    )
+    .bind(chunk.c0)
+    .bind(case.p.network_id)
+    .bind(chunk.h0)
+    .bind(case.p.agent_id)
+    .bind(case.p.group_id)
+    .bind(case.p.county_ids[0])
+    .bind(chunk.n)
+    .bind(&case.sealed)
+    .bind(case.key_id)
+    .bind(&case.hmac)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The preloaded households: $1 network, $2 first case, $3 first household, $4 households.
+const HOUSEHOLDS_SQL: &str = "INSERT INTO households (id, network_id, head_case_id)
+     SELECT $3 + j, $1, $2 + 2 * j FROM generate_series(0::bigint, $4 - 1) AS j";
+
+/// The preloaded cases' outcomes: $1 network, $2 first case, $3 first household, $4 cases.
+const OUTCOMES_SQL: &str = "INSERT INTO intake_outcomes (network_id, message_key, payload_hash,
+                                  outcome, case_id, event_id, event, routing_key)
+     SELECT $1, 'preload-' || ($2 + g), sha256(convert_to('preload-' || ($2 + g), 'UTF8')),
+            'created', $2 + g, gen_random_uuid(),
+            jsonb_build_object('specversion', '1.0', 'type', 'case.created',
+                'source', 'urn:case-intake', 'subject', 'preload-' || ($2 + g),
+                'data', jsonb_build_object('id', $2 + g, 'household_id', $3 + g / 2,
+                    'first_name', 'Pre' || g, 'last_name', 'Loaded',
+                    'street_address', '123 Adams Street', 'street_city', 'Exampleville',
+                    'street_state', 'NY', 'street_zip_code', '12345')),
+            'case.created'
+       FROM generate_series(0::bigint, $4 - 1) AS g";
+
+/// Runs one of the preload's set-based inserts over `count` rows of `chunk`.
+async fn preload_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    sql: &'static str,
+    p: &Provisioned,
+    chunk: &Chunk,
+    count: i64,
+) -> Result<()> {
+    sqlx::query(sql)
+        .bind(p.network_id)
+        .bind(chunk.c0)
+        .bind(chunk.h0)
+        .bind(count)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Binds a private queue to every routing key of the events exchange (declared with the
+/// topology) and records every event into `ledger`.
+async fn start_tap(conn: &Connection, names: &Names, ledger: SharedLog) -> Result<JoinHandle<()>> {
     let ch = conn.create_channel().await?;
-    ch.exchange_declare(
-        names.events.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_declare(
-        names.tap.as_str().into(),
-        QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await?;
-    ch.queue_bind(
-        names.tap.as_str().into(),
-        names.events.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
+    broker::declare_private_queue(&ch, &names.tap).await?;
+    broker::bind_all_events(&ch, &names.tap, &names.events).await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
     let mut consumer = ch
         .basic_consume(
             names.tap.as_str().into(),
             "case-intake-bench".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
+            no_ack,
             FieldTable::default(),
         )
         .await?;
     Ok(tokio::spawn(async move {
         let _channel = ch;
-        loop {
-            let Some(Ok(delivery)) = consumer.next().await else {
-                lock(&ledger).closed = true;
-                break;
-            };
+        while let Some(Ok(delivery)) = consumer.next().await {
             let at = Instant::now();
-            let parsed = serde_json::from_slice::<EventBody>(&delivery.data).ok();
-            let mut l = lock(&ledger);
-            l.total += 1;
-            match parsed {
-                Some(EventBody {
-                    id,
-                    event_type,
-                    subject: Some(subject),
-                    data,
-                }) => l.by_key.entry(subject).or_default().push(Arrival {
-                    id,
-                    at,
-                    event_type,
-                    code: data.error.map(|e| e.code),
-                    household_id: data.household_id,
-                }),
-                _ => l.unparsable += 1,
-            }
+            lock(&ledger).record(&delivery.data, at);
         }
+        lock(&ledger).closed = true;
     }))
 }
 
 async fn cleanup_broker(conn: &Connection, names: &Names) {
-    let Ok(ch) = conn.create_channel().await else {
-        eprintln!("case-intake-bench: cannot open a channel to delete the queues");
-        return;
-    };
-    for q in [
-        names.intake.clone(),
-        topology::dead_letter_queue(&names.intake),
-        topology::retry_queue(&names.intake),
-        topology::parked_queue(&names.intake),
-        names.tap.clone(),
-    ] {
-        if let Err(e) = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await
-        {
-            eprintln!("case-intake-bench: deleting queue {q}: {e}");
-        }
+    let taps = [names.tap.as_str()];
+    for problem in broker::delete_run_objects(conn, &names.intake, &names.events, &taps).await {
+        eprintln!("case-intake-bench: {problem}");
     }
-    if let Err(e) = ch
-        .exchange_delete(
-            names.events.as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await
-    {
-        eprintln!("case-intake-bench: deleting exchange {}: {e}", names.events);
-    }
-    let _ = ch.close(200, "OK".into()).await;
 }
 
 /// The workers under test.
 enum Workers {
     Processes(Vec<Child>),
-    InProcess {
-        shutdown: CancellationToken,
-        handles: Vec<JoinHandle<Result<(), sqlx::Error>>>,
-    },
+    InProcess(Vec<RunningWorker>),
 }
 
 impl Workers {
@@ -792,23 +713,22 @@ impl Workers {
     ) -> Result<Self> {
         if args.in_process {
             case_intake::app::telemetry::init(&settings.log);
-            let shutdown = CancellationToken::new();
-            let handles = (0..args.workers)
-                .map(|_| tokio::spawn(supervisor::run(settings.clone(), shutdown.clone())))
+            let workers = (0..args.workers)
+                .map(|_| RunningWorker::start(settings))
                 .collect();
-            return Ok(Workers::InProcess { shutdown, handles });
+            return Ok(Workers::InProcess(workers));
         }
+        let command = WorkerCommand {
+            bin: bin.to_owned(),
+            env: overrides
+                .iter()
+                .map(|(s, k, v)| (workers::setting_env(s, k), v.clone()))
+                .collect(),
+            inherit_rust_log: true,
+        };
         let mut children = Vec::with_capacity(args.workers);
         for _ in 0..args.workers {
-            let mut cmd = Command::new(bin);
-            cmd.arg("run")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit());
-            for (s, k, v) in overrides {
-                cmd.env(env_name(s, k), v);
-            }
-            match cmd.spawn() {
+            match command.spawn(Stdio::null(), Stdio::inherit()) {
                 Ok(c) => children.push(c),
                 Err(e) => {
                     // Drop kills the ones already started.
@@ -823,7 +743,7 @@ impl Workers {
     fn pids(&self) -> Vec<u32> {
         match self {
             Workers::Processes(c) => c.iter().map(Child::id).collect(),
-            Workers::InProcess { .. } => Vec::new(),
+            Workers::InProcess(_) => Vec::new(),
         }
     }
 
@@ -837,8 +757,8 @@ impl Workers {
                     }
                 }
             }
-            Workers::InProcess { handles, .. } => {
-                if handles.iter().any(JoinHandle::is_finished) {
+            Workers::InProcess(workers) => {
+                if workers.iter().any(|w| w.handle.is_finished()) {
                     return Err("an in-process worker stopped early".into());
                 }
             }
@@ -849,140 +769,115 @@ impl Workers {
     /// Peak resident set (VmHWM) of each worker process, or of this process when in-process.
     fn peak_rss_kib(&self) -> Vec<u64> {
         match self {
-            Workers::Processes(c) => c.iter().filter_map(|c| vm_hwm_kib(c.id())).collect(),
-            Workers::InProcess { .. } => vm_hwm_kib(std::process::id()).into_iter().collect(),
+            Workers::Processes(c) => c
+                .iter()
+                .filter_map(|c| workers::peak_rss_kib(c.id()))
+                .collect(),
+            Workers::InProcess(_) => workers::peak_rss_kib(std::process::id())
+                .into_iter()
+                .collect(),
         }
     }
 
     /// SIGTERM, then waits up to 60 s (SIGKILL after that); describes any unclean exit.
     async fn stop(&mut self) -> Vec<String> {
-        let mut problems = Vec::new();
         match self {
             Workers::Processes(children) => {
-                for c in children.iter() {
-                    let ok = Command::new("kill")
-                        .args(["-TERM", &c.id().to_string()])
-                        .status()
-                        .is_ok_and(|s| s.success());
-                    if !ok {
-                        problems.push(format!("could not signal worker {}", c.id()));
-                    }
-                }
-                let deadline = Instant::now() + Duration::from_secs(60);
-                for c in children.iter_mut() {
-                    loop {
-                        match c.try_wait() {
-                            Ok(Some(status)) => {
-                                if !status.success() {
-                                    problems.push(format!("worker {} exited: {status}", c.id()));
-                                }
-                                break;
-                            }
-                            Ok(None) if Instant::now() < deadline => {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                            }
-                            _ => {
-                                problems.push(format!("worker {} killed after 60 s", c.id()));
-                                let _ = c.kill();
-                                let _ = c.wait();
-                                break;
-                            }
-                        }
-                    }
-                }
+                let stopped = workers::stop_processes(children, Duration::from_secs(60)).await;
+                stopped.iter().flat_map(unclean_stop).collect()
             }
-            Workers::InProcess { shutdown, handles } => {
-                shutdown.cancel();
-                for h in handles.drain(..) {
-                    match tokio::time::timeout(Duration::from_secs(60), h).await {
-                        Ok(Ok(Ok(()))) => {}
-                        Ok(Ok(Err(e))) => problems.push(format!("in-process worker: {e}")),
-                        Ok(Err(e)) => problems.push(format!("in-process worker: {e}")),
-                        Err(_) => problems.push("in-process worker did not stop in 60 s".into()),
-                    }
-                }
-            }
+            Workers::InProcess(running) => workers::stop_in_process(std::mem::take(running)).await,
         }
-        problems
     }
+}
+
+/// What was unclean about how a worker process stopped.
+fn unclean_stop(s: &workers::Stopped) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !s.signalled {
+        problems.push(format!("could not signal worker {}", s.pid));
+    }
+    match &s.end {
+        End::Exited(status) if !status.success() => {
+            problems.push(format!("worker {} exited: {status}", s.pid));
+        }
+        End::Exited(_) => {}
+        End::Killed(_) => problems.push(format!("worker {} killed after 60 s", s.pid)),
+    }
+    problems
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
         if let Workers::Processes(children) = self {
-            for c in children.iter_mut() {
-                if let Ok(None) = c.try_wait() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-            }
+            workers::kill_running(children);
         }
     }
 }
 
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+/// A valid body (the seed's example) for message `n`, head of a new household.
+fn base_body(n: &str, county: i64, household: Option<i64>, head: bool) -> serde_json::Value {
+    kinds::intake_body(county, &format!("Person{n}"), head, household)
 }
 
-/// A valid body (the seed's example) for message `n`.
-fn base_body(n: &str, county: i64) -> Value {
-    let mut body = case_intake_harness::fixtures::seed_body(county);
-    body["first_name"] = json!(format!("Person{n}"));
-    body["head_of_household"] = json!(true);
-    body
-}
-
-fn msg(key: String, body: &Value, kind: Kind) -> Msg {
+fn msg(key: String, body: &serde_json::Value, kind: Kind) -> Msg {
     Msg {
         key: key.into(),
         body: serde_json::to_vec(body).unwrap_or_default().into(),
         kind,
-        original: kind,
+        duplicate: false,
     }
 }
 
 /// The measured messages, by default ~60% new households, ~20% joins, ~13% head replacements
 /// on the hot households, ~2% invalid, ~5% identical re-publications of an earlier key.
 fn plan(ctx: &Ctx<'_>, rng: &mut StdRng, households: &[i64]) -> Vec<Msg> {
-    let counties = &ctx.net.county_ids;
-    let hot = &households[..ctx.args.hot.min(households.len())];
     let mut msgs: Vec<Msg> = Vec::with_capacity(ctx.args.count);
-    for i in 0..ctx.args.count {
-        let key = format!("bench-{}-{i}", ctx.id);
-        let county = counties[rng.random_range(0..counties.len())];
-        let mut body = base_body(&i.to_string(), county);
-        let roll: f64 = rng.random::<f64>() * 100.0;
-        let mix = ctx.args.mix;
-        let m = if roll < mix.duplicate && i > 0 {
-            let original = msgs[rng.random_range(0..i)].clone();
-            Msg {
-                kind: Kind::Duplicate,
-                ..original
-            }
-        } else if roll < mix.duplicate + mix.invalid {
-            if i % 2 == 0 {
-                body.as_object_mut().map(|b| b.remove("last_name"));
-            } else {
-                body["street_zip_code"] = "1234".into();
-            }
-            msg(key, &body, Kind::Invalid)
-        } else if roll < mix.duplicate + mix.invalid + mix.replace {
-            body["household"] = hot[rng.random_range(0..hot.len())].into();
-            msg(key, &body, Kind::ReplaceHead)
-        } else if roll < mix.duplicate + mix.invalid + mix.replace + mix.join {
-            body["household"] = households[rng.random_range(0..households.len())].into();
-            body["head_of_household"] = false.into();
-            msg(key, &body, Kind::Join)
-        } else {
-            msg(key, &body, Kind::NewHousehold)
-        };
+    for _ in 0..ctx.args.count {
+        let m = plan_one(ctx, rng, households, &msgs);
         msgs.push(m);
     }
     msgs
+}
+
+/// Message `earlier.len()` of the measured phase, drawn by the mix.
+fn plan_one(ctx: &Ctx<'_>, rng: &mut StdRng, households: &[i64], earlier: &[Msg]) -> Msg {
+    let i = earlier.len();
+    let counties = &ctx.net.county_ids;
+    let hot = &households[..ctx.args.hot.min(households.len())];
+    let key = format!("bench-{}-{i}", ctx.id);
+    let county = counties[rng.random_range(0..counties.len())];
+    let n = i.to_string();
+    let roll: f64 = rng.random::<f64>() * 100.0;
+    let mix = ctx.args.mix;
+    if roll < mix.duplicate && i > 0 {
+        let original = earlier[rng.random_range(0..i)].clone();
+        Msg {
+            duplicate: true,
+            ..original
+        }
+    } else if roll < mix.duplicate + mix.invalid {
+        let mut body = base_body(&n, county, None, true);
+        let flaw = if i.is_multiple_of(2) {
+            Flaw::MissingLastName
+        } else {
+            Flaw::ShortZipCode
+        };
+        kinds::spoil(&mut body, flaw);
+        msg(key, &body, Kind::Invalid)
+    } else if roll < mix.duplicate + mix.invalid + mix.replace {
+        let h = hot[rng.random_range(0..hot.len())];
+        msg(
+            key,
+            &base_body(&n, county, Some(h), true),
+            Kind::ReplaceHead,
+        )
+    } else if roll < mix.duplicate + mix.invalid + mix.replace + mix.join {
+        let h = households[rng.random_range(0..households.len())];
+        msg(key, &base_body(&n, county, Some(h), false), Kind::Join)
+    } else {
+        msg(key, &base_body(&n, county, None, true), Kind::NewHousehold)
+    }
 }
 
 /// Publishes `msgs` in order with pipelined publisher confirms (at most `outstanding`
@@ -1000,11 +895,8 @@ async fn publish_all(
     let mut pending = VecDeque::with_capacity(outstanding);
     let settle = |c: lapin::Result<lapin::Confirmation>| -> Result<(), String> {
         let c = c.map_err(|e| format!("publisher confirm: {e}"))?;
-        if !c.is_ack() {
-            return Err("the broker nacked an intake".into());
-        }
-        if c.take_message().is_some() {
-            return Err("an intake was unroutable (returned)".into());
+        if let Some(problem) = broker::confirm_problem(c) {
+            return Err(problem.into());
         }
         progress.confirmed.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -1019,24 +911,9 @@ async fn publish_all(
                 settle(c.await)?;
             }
         }
-        let props = BasicProperties::default()
-            .with_message_id(m.key.as_ref().into())
-            .with_correlation_id(m.key.as_ref().into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_headers(headers.clone());
+        let props = broker::keyed_intake(&m.key, headers.clone());
         sent.push(Instant::now());
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &m.body,
-                props,
-            )
+        let confirm = broker::publish_intake(&channel, &queue, &m.body, props)
             .await
             .map_err(|e| format!("publish: {e}"))?;
         progress.published.fetch_add(1, Ordering::Relaxed);
@@ -1046,15 +923,6 @@ async fn publish_all(
         settle(c.await)?;
     }
     Ok(sent)
-}
-
-fn auth_headers(token: &str) -> FieldTable {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "authorization".into(),
-        AMQPValue::LongString(LongString::from(format!("Token {token}").into_bytes())),
-    );
-    headers
 }
 
 /// CPU time (clock ticks) of the processes that matter, and of the whole machine.
@@ -1093,49 +961,60 @@ fn proc_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// Busy and total clock ticks of the whole machine (the first line of /proc/stat).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.get(..8)?.iter().sum();
+    Some((total - v[3] - v[4], total))
+}
+
+/// The ids of the running processes.
+fn all_pids() -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The role of process `pid`, if it is one that matters.
+fn role_of(pid: u32, workers: &[u32]) -> Option<Role> {
+    if pid == std::process::id() {
+        return Some(Role::Bench);
+    }
+    if workers.contains(&pid) {
+        return Some(Role::Workers);
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()?
+        .trim()
+    {
+        "postgres" => Some(Role::Postgres),
+        "beam.smp" => Some(Role::Rabbitmq),
+        _ => None,
+    }
+}
+
 fn cpu_snapshot(workers: &[u32]) -> CpuSnap {
     let mut snap = CpuSnap {
         at: Some(Instant::now()),
         ..Default::default()
     };
-    if let Some(line) = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| s.lines().next().map(str::to_owned))
-    {
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if v.len() >= 8 {
-            snap.machine_total = v[..8].iter().sum();
-            snap.machine_busy = snap.machine_total - v[3] - v[4];
-        }
+    if let Some((busy, total)) = machine_ticks() {
+        (snap.machine_busy, snap.machine_total) = (busy, total);
     }
-    let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return snap;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let role = if pid == me {
-            Role::Bench
-        } else if workers.contains(&pid) {
-            Role::Workers
-        } else {
-            match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-                Ok(c) if c.trim() == "postgres" => Role::Postgres,
-                Ok(c) if c.trim() == "beam.smp" => Role::Rabbitmq,
-                _ => continue,
-            }
-        };
-        if let Some(t) = proc_ticks(pid) {
+    for pid in all_pids() {
+        if let Some(role) = role_of(pid, workers)
+            && let Some(t) = proc_ticks(pid)
+        {
             snap.procs.insert(pid, (role, t));
         }
     }
@@ -1201,67 +1080,9 @@ async fn measure(ctx: &Ctx<'_>, workers: &mut Workers) -> Result<Measured> {
     let args = ctx.args;
     let seed = args.seed.unwrap_or_else(rand::random);
     let mut rng = StdRng::seed_from_u64(seed);
-    let headers = auth_headers(&ctx.net.token);
+    let headers = broker::token_headers(&ctx.net.token);
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
-
-    // Pre-phase: households that joins and head replacements refer to.
-    let prephase: Vec<Msg> = (0..args.households)
-        .map(|j| {
-            let county = ctx.net.county_ids[j % ctx.net.county_ids.len()];
-            msg(
-                format!("bench-{}-h{j}", ctx.id),
-                &base_body(&format!("h{j}"), county),
-                Kind::NewHousehold,
-            )
-        })
-        .collect();
-    eprintln!(
-        "pre-phase: creating {} households (seed {seed})",
-        prephase.len()
-    );
-    let pre = Arc::new(prephase.clone());
-    publish_all(
-        ctx.publish.clone(),
-        ctx.names.intake.clone(),
-        pre,
-        headers.clone(),
-        None,
-        args.outstanding,
-        Arc::default(),
-    )
-    .await?;
-    loop {
-        wait_broken(ctx, workers)?;
-        if lock(ctx.ledger).total >= prephase.len() {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(
-                "timed out waiting for the pre-phase events (is the worker running?)".into(),
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let households: Vec<i64> = {
-        let l = lock(ctx.ledger);
-        prephase
-            .iter()
-            .filter_map(|m| {
-                l.by_key
-                    .get(m.key.as_ref())
-                    .and_then(|a| a.first())
-                    .and_then(|a| a.household_id)
-            })
-            .collect()
-    };
-    if households.len() != prephase.len() {
-        return Err(format!(
-            "only {} of {} pre-phase households were created",
-            households.len(),
-            prephase.len()
-        )
-        .into());
-    }
+    let (prephase, households) = prephase(ctx, workers, &headers, seed, deadline).await?;
     let base_total = lock(ctx.ledger).total;
 
     let msgs = Arc::new(plan(ctx, &mut rng, &households));
@@ -1276,8 +1097,7 @@ async fn measure(ctx: &Ctx<'_>, workers: &mut Workers) -> Result<Measured> {
     let progress = Arc::new(Progress::default());
     let pids = workers.pids();
     let cpu_start = cpu_snapshot(&pids);
-    let t0 = Instant::now();
-    let mut publisher = Some(tokio::spawn(publish_all(
+    let publisher = tokio::spawn(publish_all(
         ctx.publish.clone(),
         ctx.names.intake.clone(),
         msgs.clone(),
@@ -1285,46 +1105,155 @@ async fn measure(ctx: &Ctx<'_>, workers: &mut Workers) -> Result<Measured> {
         args.rate,
         args.outstanding,
         progress.clone(),
-    )));
-    let mut sent = Vec::new();
+    ));
+    let watched = Watch {
+        base_total,
+        expected: msgs.len(),
+        deadline,
+        progress: &progress,
+    };
+    let end = watch(ctx, workers, publisher, &watched).await?;
+    let cpu_end = cpu_snapshot(&pids);
+    // Late or extra events (a re-published outbox row) would show up here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(Measured {
+        prephase,
+        msgs: Arc::unwrap_or_clone(msgs),
+        sent: end.sent,
+        cpu: cores_used(&cpu_start, &cpu_end),
+        timed_out: end.timed_out,
+        interrupted: end.interrupted,
+        db_bytes_before,
+        wal_before,
+    })
+}
+
+/// Pre-phase: households that joins and head replacements refer to; returns their messages
+/// and ids.
+async fn prephase(
+    ctx: &Ctx<'_>,
+    workers: &mut Workers,
+    headers: &FieldTable,
+    seed: u64,
+    deadline: Instant,
+) -> Result<(Vec<Msg>, Vec<i64>)> {
+    let counties = &ctx.net.county_ids;
+    let prephase: Vec<Msg> = (0..ctx.args.households)
+        .map(|j| {
+            let county = counties[j % counties.len()];
+            let body = base_body(&format!("h{j}"), county, None, true);
+            msg(format!("bench-{}-h{j}", ctx.id), &body, Kind::NewHousehold)
+        })
+        .collect();
+    eprintln!(
+        "pre-phase: creating {} households (seed {seed})",
+        prephase.len()
+    );
+    publish_all(
+        ctx.publish.clone(),
+        ctx.names.intake.clone(),
+        Arc::new(prephase.clone()),
+        headers.clone(),
+        None,
+        ctx.args.outstanding,
+        Arc::default(),
+    )
+    .await?;
+    await_events(ctx, workers, prephase.len(), deadline).await?;
+    let households: Vec<i64> = {
+        let l = lock(ctx.ledger);
+        prephase
+            .iter()
+            .filter_map(|m| l.arrivals(&m.key).first().and_then(|a| a.household_id))
+            .collect()
+    };
+    if households.len() != prephase.len() {
+        return Err(format!(
+            "only {} of {} pre-phase households were created",
+            households.len(),
+            prephase.len()
+        )
+        .into());
+    }
+    Ok((prephase, households))
+}
+
+/// Waits until `n` events arrived.
+async fn await_events(
+    ctx: &Ctx<'_>,
+    workers: &mut Workers,
+    n: usize,
+    deadline: Instant,
+) -> Result<()> {
+    loop {
+        wait_broken(ctx, workers)?;
+        if lock(ctx.ledger).total >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(
+                "timed out waiting for the pre-phase events (is the worker running?)".into(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the watch of the measured phase goes by.
+struct Watch<'a> {
+    /// Events received before the measured phase.
+    base_total: usize,
+    /// Outcome events the measured phase is owed.
+    expected: usize,
+    deadline: Instant,
+    progress: &'a Progress,
+}
+
+/// How the measured phase ended.
+struct WatchEnd {
+    sent: Vec<Instant>,
+    timed_out: bool,
+    interrupted: bool,
+}
+
+/// Watches the measured phase until every outcome arrived (or the deadline, or a signal),
+/// printing a progress line every second.
+async fn watch(
+    ctx: &Ctx<'_>,
+    workers: &mut Workers,
+    publisher: JoinHandle<Result<Vec<Instant>, String>>,
+    w: &Watch<'_>,
+) -> Result<WatchEnd> {
+    let mut publisher = Some(publisher);
+    let mut end = WatchEnd {
+        sent: Vec::new(),
+        timed_out: false,
+        interrupted: false,
+    };
+    let t0 = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let mut ticks = 0u64;
     let mut last = (t0, 0usize);
-    let (mut timed_out, mut interrupted) = (false, false);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = ctx.stop.cancelled() => interrupted = true,
+            _ = ctx.stop.cancelled() => end.interrupted = true,
         }
         ticks += 1;
-        let outcomes = lock(ctx.ledger).total - base_total;
+        let outcomes = lock(ctx.ledger).total - w.base_total;
         if ticks.is_multiple_of(10) {
-            let now = Instant::now();
-            let rate = (outcomes - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-            last = (now, outcomes);
-            eprintln!(
-                "[{:>4.0} s] published {:>7}/{} confirmed {:>7} outcomes {:>7} ({:>6.0}/s)",
-                t0.elapsed().as_secs_f64(),
-                progress.published.load(Ordering::Relaxed),
-                msgs.len(),
-                progress.confirmed.load(Ordering::Relaxed),
-                outcomes,
-                rate
-            );
+            print_progress(t0, &mut last, outcomes, w);
         }
         if publisher.as_ref().is_some_and(JoinHandle::is_finished)
             && let Some(handle) = publisher.take()
         {
-            sent = handle.await??;
+            end.sent = handle.await??;
         }
-        if interrupted {
+        if end.interrupted || (publisher.is_none() && outcomes >= w.expected) {
             break;
         }
-        if publisher.is_none() && outcomes >= msgs.len() {
-            break;
-        }
-        if Instant::now() > deadline {
-            timed_out = true;
+        if Instant::now() > w.deadline {
+            end.timed_out = true;
             break;
         }
         if let Err(e) = wait_broken(ctx, workers) {
@@ -1334,34 +1263,41 @@ async fn measure(ctx: &Ctx<'_>, workers: &mut Workers) -> Result<Measured> {
             return Err(e.into());
         }
     }
-    let cpu_end = cpu_snapshot(&pids);
-    if let Some(handle) = publisher.take() {
-        handle.abort();
-        return Err(if interrupted {
-            "interrupted while publishing".into()
-        } else {
-            format!(
-                "timed out after {} s while publishing ({} published)",
-                args.timeout,
-                progress.published.load(Ordering::Relaxed)
-            )
-            .into()
-        });
+    match publisher {
+        None => Ok(end),
+        Some(handle) => {
+            handle.abort();
+            Err(cut_short(&end, ctx.args.timeout, w.progress).into())
+        }
     }
-    // Late or extra events (a re-published outbox row) would show up here.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(Measured {
-        prephase,
-        msgs: Arc::unwrap_or_clone(msgs),
-        sent,
-        cpu: cores_used(&cpu_start, &cpu_end),
-        timed_out,
-        interrupted,
-        db_bytes_before,
-        wal_before,
-    })
 }
 
+/// Why the measured phase ended before its publisher did.
+fn cut_short(end: &WatchEnd, timeout: u64, progress: &Progress) -> String {
+    if end.interrupted {
+        "interrupted while publishing".into()
+    } else {
+        format!(
+            "timed out after {timeout} s while publishing ({} published)",
+            progress.published.load(Ordering::Relaxed)
+        )
+    }
+}
+
+fn print_progress(t0: Instant, last: &mut (Instant, usize), outcomes: usize, w: &Watch<'_>) {
+    let now = Instant::now();
+    let rate = (outcomes - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+    *last = (now, outcomes);
+    eprintln!(
+        "[{:>4.0} s] published {:>7}/{} confirmed {:>7} outcomes {:>7} ({:>6.0}/s)",
+        t0.elapsed().as_secs_f64(),
+        w.progress.published.load(Ordering::Relaxed),
+        w.expected,
+        w.progress.confirmed.load(Ordering::Relaxed),
+        outcomes,
+        rate
+    );
+}
 #[derive(Serialize)]
 struct Latency {
     p50: f64,
@@ -1435,84 +1371,165 @@ fn latency(mut v: Vec<Duration>) -> Option<Latency> {
     })
 }
 
-/// What the received events say about the publications.
-struct EventStats {
+/// Every publication of a key, in publish order: whether the key's intake is valid, and for
+/// each publication the index of the measured message (`None` for the pre-phase).
+type PerKey<'a> = HashMap<&'a str, (bool, Vec<Option<usize>>)>;
+
+/// The publications of the run by key, and the measured mix by kind.
+fn publications(m: &Measured) -> (PerKey<'_>, BTreeMap<String, usize>) {
+    let mut per_key: PerKey<'_> = HashMap::new();
+    for p in &m.prephase {
+        per_key.insert(p.key.as_ref(), (true, vec![None]));
+    }
+    let mut mix: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, msg) in m.msgs.iter().enumerate() {
+        *mix.entry(msg.mix_name().to_owned()).or_default() += 1;
+        per_key
+            .entry(msg.key.as_ref())
+            .or_insert_with(|| (msg.kind.valid(), Vec::new()))
+            .1
+            .push(Some(i));
+    }
+    (per_key, mix)
+}
+
+/// What the received events say about the measured publications.
+struct Tally {
     latencies: Vec<Duration>,
     outcomes: Outcomes,
     last_arrival: Option<Instant>,
-    missing_keys: Vec<String>,
-    extra: usize,
-    multi_id: usize,
-    wrong: usize,
-    unexpected: usize,
-    unparsable: usize,
 }
 
-/// Pairs the n-th event of each key with its n-th publication (publications of a key are in
-/// publish order: `None` for the pre-phase, else the index of the measured message).
-fn match_events(
-    ledger: &Ledger,
-    per_key: &HashMap<&str, (bool, Vec<Option<usize>>)>,
-    sent: &[Instant],
-) -> EventStats {
-    let mut st = EventStats {
+/// Pairs the n-th event of each key with its n-th publication.
+fn tally(log: &EventLog, per_key: &PerKey<'_>, sent: &[Instant]) -> Tally {
+    let mut t = Tally {
         latencies: Vec::with_capacity(sent.len()),
         outcomes: Outcomes::default(),
         last_arrival: None,
-        missing_keys: Vec::new(),
-        extra: 0,
-        multi_id: 0,
-        wrong: 0,
-        unexpected: 0,
-        unparsable: ledger.unparsable,
     };
-    for (key, (valid, pubs)) in per_key {
-        let arrivals = ledger.by_key.get(*key).map_or(&[][..], Vec::as_slice);
-        if arrivals.len() < pubs.len() {
-            st.missing_keys.push((*key).to_owned());
-        }
-        st.extra += arrivals.len().saturating_sub(pubs.len());
-        if arrivals.iter().map(|a| &a.id).collect::<HashSet<_>>().len() > 1 {
-            st.multi_id += 1;
-        }
-        if let Some(a) = arrivals.first() {
-            let expected = if *valid {
-                a.event_type == "case.created"
-            } else {
-                a.event_type == "case.failed" && a.code.as_deref() == Some("validation_failed")
-            };
-            if !expected {
-                st.wrong += 1;
-            }
-        }
+    for (key, (_, pubs)) in per_key {
+        let arrivals = log.arrivals(key);
         for (k, idx) in pubs.iter().enumerate() {
             let Some(idx) = idx else { continue };
             let Some(a) = arrivals.get(k) else {
-                st.outcomes.missing += 1;
+                t.outcomes.missing += 1;
                 continue;
             };
             if let Some(at) = sent.get(*idx) {
-                st.latencies.push(a.at.saturating_duration_since(*at));
+                t.latencies.push(a.at.saturating_duration_since(*at));
             }
-            st.last_arrival = Some(st.last_arrival.map_or(a.at, |l| l.max(a.at)));
+            t.last_arrival = Some(t.last_arrival.map_or(a.at, |l| l.max(a.at)));
             if k > 0 {
-                st.outcomes.duplicates += 1;
+                t.outcomes.duplicates += 1;
             } else if a.event_type == "case.created" {
-                st.outcomes.created += 1;
+                t.outcomes.created += 1;
             } else {
-                *st.outcomes
-                    .failed
-                    .entry(a.code.clone().unwrap_or_else(|| a.event_type.clone()))
-                    .or_default() += 1;
+                let code = a.code.clone().unwrap_or_else(|| a.event_type.clone());
+                *t.outcomes.failed.entry(code).or_default() += 1;
             }
         }
     }
-    st.unexpected = ledger
-        .by_key
-        .keys()
-        .filter(|k| !per_key.contains_key(k.as_str()))
+    t
+}
+
+/// The checks' verdicts, in report order.
+#[derive(Default)]
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn add(&mut self, name: &'static str, ok: bool, detail: String) {
+        self.0.push(Check { name, ok, detail });
+    }
+}
+
+fn check_finished(checks: &mut Checks, m: &Measured, timeout: u64) {
+    let detail = if m.timed_out {
+        format!("gave up after {timeout} s")
+    } else if m.interrupted {
+        "interrupted".into()
+    } else {
+        String::new()
+    };
+    checks.add("finished in time", !m.timed_out && !m.interrupted, detail);
+}
+
+/// The checks of the events against the publications.
+fn check_events(checks: &mut Checks, log: &EventLog, expected: &[Expected<'_>], missing: usize) {
+    let mut short = checks::short_of_events(expected, log);
+    short.sort_unstable();
+    let detail = if short.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "{} keys short of events ({missing} measured publications), e.g. {}",
+            short.len(),
+            short[..short.len().min(5)].join(", ")
+        )
+    };
+    checks.add(
+        "an outcome event for every publication",
+        short.is_empty(),
+        detail,
+    );
+    let extra = checks::extra_events(expected, log);
+    let unexpected = checks::events_for_unknown_keys(expected, log);
+    let unparsable = log.unparsable;
+    checks.add(
+        "no extra events",
+        extra == 0 && unexpected == 0 && unparsable == 0,
+        format!("{extra} extra, {unexpected} for unknown keys, {unparsable} unparsable"),
+    );
+    let known: HashSet<&str> = expected.iter().map(|e| e.key).collect();
+    let multi_id = checks::several_event_ids(log)
+        .iter()
+        .filter(|(k, _)| known.contains(k))
         .count();
-    st
+    checks.add(
+        "one distinct event id per key (duplicates repeat it)",
+        multi_id == 0,
+        format!("{multi_id} keys with more than one event id"),
+    );
+    let wrong = checks::unexpected_first_events(expected, log).len();
+    checks.add(
+        "outcome as expected (valid → created, invalid → validation_failed)",
+        wrong == 0,
+        format!("{wrong} keys with an unexpected outcome"),
+    );
+}
+
+/// The checks of what the database holds.
+async fn check_database(
+    checks: &mut Checks,
+    ctx: &Ctx<'_>,
+    expected: &[Expected<'_>],
+) -> Result<()> {
+    let network = ctx.net.network_id;
+    let valid_keys = expected.iter().filter(|e| e.valid).count() as i64;
+    let cases = checks::cases_in(ctx.pool, network).await?;
+    checks.add(
+        "cases = distinct valid keys",
+        cases == valid_keys,
+        format!("{cases} cases, {valid_keys} distinct valid keys"),
+    );
+    let recorded = checks::outcome_rows(ctx.pool, Some(network)).await?.len();
+    checks.add(
+        "one recorded outcome per distinct key",
+        recorded == expected.len(),
+        format!("{recorded} outcomes, {} distinct keys", expected.len()),
+    );
+    let unpublished = checks::unpublished_outbox(ctx.pool).await?.len();
+    checks.add(
+        "outbox drained",
+        unpublished == 0,
+        format!("{unpublished} unpublished rows"),
+    );
+    let bad = checks::households_without_one_head(ctx.pool).await?.len();
+    checks.add(
+        "every household has exactly one head, its own case",
+        bad == 0,
+        format!("{bad} households violate it"),
+    );
+    Ok(())
 }
 
 /// Matches events to messages, computes the figures and runs the checks.
@@ -1523,124 +1540,25 @@ async fn evaluate(
     rss: Vec<u64>,
     stopped: Vec<String>,
 ) -> Result<Report> {
-    let mut checks = Vec::new();
-    let mut check = |name: &'static str, ok: bool, detail: String| {
-        checks.push(Check { name, ok, detail });
+    let mut checks = Checks::default();
+    check_finished(&mut checks, &m, ctx.args.timeout);
+    let (per_key, mix) = publications(&m);
+    let expected: Vec<Expected<'_>> = per_key
+        .iter()
+        .map(|(key, (valid, pubs))| Expected {
+            key,
+            valid: *valid,
+            owed: pubs.len(),
+        })
+        .collect();
+    let t = {
+        let log = lock(ctx.ledger);
+        let t = tally(&log, &per_key, &m.sent);
+        check_events(&mut checks, &log, &expected, t.outcomes.missing);
+        t
     };
-    check(
-        "finished in time",
-        !m.timed_out && !m.interrupted,
-        if m.timed_out {
-            format!("gave up after {} s", ctx.args.timeout)
-        } else if m.interrupted {
-            "interrupted".into()
-        } else {
-            String::new()
-        },
-    );
-
-    // Every publication of a key, in publish order: (message index or None for the pre-phase).
-    let mut per_key: HashMap<&str, (bool, Vec<Option<usize>>)> = HashMap::new();
-    for p in &m.prephase {
-        per_key.insert(p.key.as_ref(), (true, vec![None]));
-    }
-    let mut mix: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, msg) in m.msgs.iter().enumerate() {
-        let kind = serde_json::to_value(msg.kind)?;
-        *mix.entry(kind.as_str().unwrap_or("?").to_owned())
-            .or_default() += 1;
-        per_key
-            .entry(msg.key.as_ref())
-            .or_insert_with(|| (msg.original.valid(), Vec::new()))
-            .1
-            .push(Some(i));
-    }
-
-    let first_sent = m.sent.first().copied();
-    let EventStats {
-        latencies,
-        outcomes,
-        last_arrival,
-        mut missing_keys,
-        extra,
-        multi_id,
-        wrong,
-        unexpected,
-        unparsable,
-    } = match_events(&lock(ctx.ledger), &per_key, &m.sent);
-    missing_keys.sort_unstable();
-    check(
-        "an outcome event for every publication",
-        missing_keys.is_empty(),
-        if missing_keys.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "{} keys short of events ({} measured publications), e.g. {}",
-                missing_keys.len(),
-                outcomes.missing,
-                missing_keys[..missing_keys.len().min(5)].join(", ")
-            )
-        },
-    );
-    check(
-        "no extra events",
-        extra == 0 && unexpected == 0 && unparsable == 0,
-        format!("{extra} extra, {unexpected} for unknown keys, {unparsable} unparsable"),
-    );
-    check(
-        "one distinct event id per key (duplicates repeat it)",
-        multi_id == 0,
-        format!("{multi_id} keys with more than one event id"),
-    );
-    check(
-        "outcome as expected (valid → created, invalid → validation_failed)",
-        wrong == 0,
-        format!("{wrong} keys with an unexpected outcome"),
-    );
-
-    let valid_keys = per_key.values().filter(|(v, _)| *v).count() as i64;
-    let cases: i64 = sqlx::query_scalar("SELECT count(*) FROM cases WHERE network_id = $1")
-        .bind(ctx.net.network_id)
-        .fetch_one(ctx.pool)
-        .await?;
-    check(
-        "cases = distinct valid keys",
-        cases == valid_keys,
-        format!("{cases} cases, {valid_keys} distinct valid keys"),
-    );
-    let recorded: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM intake_outcomes WHERE network_id = $1 AND outcome IS NOT NULL",
-    )
-    .bind(ctx.net.network_id)
-    .fetch_one(ctx.pool)
-    .await?;
-    check(
-        "one recorded outcome per distinct key",
-        recorded == per_key.len() as i64,
-        format!("{recorded} outcomes, {} distinct keys", per_key.len()),
-    );
-    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(ctx.pool)
-        .await?;
-    check(
-        "outbox drained",
-        unpublished == 0,
-        format!("{unpublished} unpublished rows"),
-    );
-    let bad: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM households h
-          WHERE (SELECT count(*) FROM cases c WHERE c.household_id = h.id AND c.head_of_household) <> 1
-             OR NOT EXISTS (SELECT 1 FROM cases c WHERE c.id = h.head_case_id AND c.household_id = h.id AND c.head_of_household)",
-    )
-    .fetch_one(ctx.pool)
-    .await?;
-    check(
-        "every household has exactly one head, its own case",
-        bad == 0,
-        format!("{bad} households violate it"),
-    );
-    check(
+    check_database(&mut checks, ctx, &expected).await?;
+    checks.add(
         "workers stopped cleanly on SIGTERM",
         stopped.is_empty(),
         stopped.join("; "),
@@ -1651,9 +1569,34 @@ async fn evaluate(
             .bind(&m.wal_before)
             .fetch_one(ctx.pool)
             .await?;
+    let used = Resources {
+        rss,
+        db_bytes: db_bytes_after - m.db_bytes_before,
+        wal_bytes: wal,
+    };
+    Ok(report_of(ctx, settings, m, mix, t, used, checks.0))
+}
 
-    let elapsed = match (first_sent, last_arrival) {
-        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+/// What the measured phase used: the workers' peak memory, and the bytes it added to the
+/// database and to the WAL.
+struct Resources {
+    rss: Vec<u64>,
+    db_bytes: i64,
+    wal_bytes: f64,
+}
+
+/// The report: the run's settings, its figures and the checks.
+fn report_of(
+    ctx: &Ctx<'_>,
+    settings: &Settings,
+    m: Measured,
+    mix: BTreeMap<String, usize>,
+    t: Tally,
+    used: Resources,
+    checks: Vec<Check>,
+) -> Report {
+    let elapsed = match (m.sent.first(), t.last_arrival) {
+        (Some(a), Some(b)) => b.saturating_duration_since(*a).as_secs_f64(),
         _ => 0.0,
     };
     let publish_secs = match (m.sent.first(), m.sent.last()) {
@@ -1662,9 +1605,10 @@ async fn evaluate(
     };
     let n = m.msgs.len();
     // Publications that got their outcome: all of them unless the run was cut short.
-    let done = latencies.len().max(1) as f64;
+    let done = t.latencies.len().max(1) as f64;
+    let per_second = |count: f64, secs: f64| if secs > 0.0 { count / secs } else { 0.0 };
     let ok = checks.iter().all(|c| c.ok);
-    Ok(Report {
+    Report {
         count: n,
         mix,
         workers: ctx.args.workers,
@@ -1679,30 +1623,44 @@ async fn evaluate(
         households: ctx.args.households,
         hot: ctx.args.hot,
         elapsed_s: elapsed,
-        intakes_per_s: if elapsed > 0.0 { done / elapsed } else { 0.0 },
-        publish_per_s: if publish_secs > 0.0 {
-            n as f64 / publish_secs
-        } else {
-            0.0
-        },
-        latency_ms: latency(latencies),
-        worker_peak_rss_kib: rss,
-        outcomes,
+        intakes_per_s: per_second(done, elapsed),
+        publish_per_s: per_second(n as f64, publish_secs),
+        latency_ms: latency(t.latencies),
+        worker_peak_rss_kib: used.rss,
+        outcomes: t.outcomes,
         cpu_cores: m.cpu,
-        db_bytes_per_intake: (db_bytes_after - m.db_bytes_before) as f64 / done,
-        wal_bytes_per_intake: wal / done,
+        db_bytes_per_intake: used.db_bytes as f64 / done,
+        wal_bytes_per_intake: used.wal_bytes / done,
         checks,
         ok,
-    })
+    }
 }
 
 fn print_report(r: &Report) {
-    let mix: Vec<String> = r.mix.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    print_setup(r);
+    print_figures(r);
+    for c in &r.checks {
+        println!(
+            "check      : {} {}{}",
+            if c.ok { "ok    " } else { "FAILED" },
+            c.name,
+            if c.ok || c.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", c.detail)
+            }
+        );
+    }
+    println!("result     : {}", if r.ok { "ok" } else { "FAILED" });
+}
+
+/// The first line: what was measured, how.
+fn print_setup(r: &Report) {
     println!(
         "case-intake-bench: {} intakes ({}); {} {} worker(s); window {}, prefetch {}, \
          consumers {}, pool {}, window wait {} ms; {}; preloaded {} cases",
         r.count,
-        mix.join(", "),
+        cli::listed(&r.mix, " "),
         r.workers,
         if r.in_process {
             "in-process"
@@ -1718,6 +1676,10 @@ fn print_report(r: &Report) {
             .map_or("full speed".to_owned(), |x| format!("offered {x}/s")),
         r.preload,
     );
+}
+
+/// Throughput, latency, outcomes and resources.
+fn print_figures(r: &Report) {
     println!(
         "throughput : {:.0} intakes/s end to end ({:.1} s from first publish to last outcome); \
          published at {:.0}/s",
@@ -1730,16 +1692,10 @@ fn print_report(r: &Report) {
             l.p50, l.p95, l.p99, l.max, l.mean
         );
     }
-    let failed: Vec<String> = r
-        .outcomes
-        .failed
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
     println!(
         "outcomes   : created {}, failed [{}], duplicates {}, missing {}",
         r.outcomes.created,
-        failed.join(", "),
+        cli::listed(&r.outcomes.failed, " "),
         r.outcomes.duplicates,
         r.outcomes.missing
     );
@@ -1757,27 +1713,10 @@ fn print_report(r: &Report) {
             "VmHWM of each worker process"
         }
     );
-    let cpu: Vec<String> = r
-        .cpu_cores
-        .iter()
-        .map(|(k, v)| format!("{k} {v:.2}"))
-        .collect();
-    println!("cpu (cores): {}", cpu.join(", "));
+    let cpu = r.cpu_cores.iter().map(|(k, v)| (k, format!("{v:.2}")));
+    println!("cpu (cores): {}", cli::listed(cpu, " "));
     println!(
         "database   : {:.0} bytes per intake stored, {:.0} bytes of WAL per intake (server-wide)",
         r.db_bytes_per_intake, r.wal_bytes_per_intake
     );
-    for c in &r.checks {
-        println!(
-            "check      : {} {}{}",
-            if c.ok { "ok    " } else { "FAILED" },
-            c.name,
-            if c.ok || c.detail.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", c.detail)
-            }
-        );
-    }
-    println!("result     : {}", if r.ok { "ok" } else { "FAILED" });
 }

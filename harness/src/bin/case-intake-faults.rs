@@ -5,46 +5,45 @@
 //! events against the ledger. See `docs/faults.md`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::error::Error;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Confirmation, Connection};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection as _, PgPool, Row};
+use sqlx::{PgPool, Row};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use case_intake::admin::provision;
-use case_intake::infra::db;
+use case_intake::infra::db as service_db;
 use case_intake::infra::settings::Settings;
 use case_intake::outbox::topology;
+use case_intake_harness::broker::{self, LOCAL_BROKER};
+use case_intake_harness::checks::{self, Expected, OutcomeRow};
+use case_intake_harness::cli::{self, BoxError};
+use case_intake_harness::db::{self, LOCAL_SERVER};
+use case_intake_harness::kinds::{self, Flaw, Kind};
+use case_intake_harness::ledger::{EventLog, lock};
+use case_intake_harness::workers::{self, End, WorkerCommand};
 
-type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
+type Res<T> = Result<T, BoxError>;
 
 /// The suite's own database, dropped and recreated at every start.
 const DB_NAME: &str = "case_intake_faults";
-/// Only the local PostgreSQL and RabbitMQ are ever touched.
-const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
-const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10";
 /// How long a publish waits for its confirm before it is recorded as indeterminate.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Publishes awaiting a confirm at once.
@@ -207,22 +206,8 @@ macro_rules! say {
     };
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic in another task must not hide the figures: the data stays usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 // ---------------------------------------------------------------------------------------------
 // The ledger: every intake and every publish attempt.
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    NewHousehold,
-    Join,
-    HeadReplacement,
-    /// Missing `last_name`: must fail with `validation_failed`.
-    Invalid,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Attempt {
@@ -248,7 +233,7 @@ impl Entry {
         self.attempts.contains(&Attempt::Ok)
     }
     fn valid(&self) -> bool {
-        self.kind != Kind::Invalid
+        self.kind.valid()
     }
 }
 
@@ -281,48 +266,6 @@ impl Ledger {
             *m.entry(name).or_insert(0) += 1;
         }
         m
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// What arrived on the suite's events queue.
-
-#[derive(Default)]
-struct Seen {
-    /// Distinct event ids per message key.
-    by_key: HashMap<String, HashSet<Uuid>>,
-    event_ids: HashSet<Uuid>,
-    /// Households in the order their creation was seen; the first few are the hot ones.
-    households: Vec<i64>,
-    deliveries: u64,
-    unparsable: u64,
-    reconnects: u32,
-}
-
-impl Seen {
-    fn record(&mut self, data: &[u8]) {
-        self.deliveries += 1;
-        let Ok(body) = serde_json::from_slice::<Value>(data) else {
-            self.unparsable += 1;
-            return;
-        };
-        let id = body["id"].as_str().and_then(|s| Uuid::parse_str(s).ok());
-        let key = body["subject"]
-            .as_str()
-            .or_else(|| body["data"]["message_key"].as_str());
-        let (Some(id), Some(key)) = (id, key) else {
-            self.unparsable += 1;
-            return;
-        };
-        let fresh = self.event_ids.insert(id);
-        self.by_key.entry(key.to_owned()).or_default().insert(id);
-        if fresh
-            && body["type"] == "case.created"
-            && body["data"]["household_created"] == true
-            && let Some(h) = body["data"]["household_id"].as_i64()
-        {
-            self.households.push(h);
-        }
     }
 }
 
@@ -434,8 +377,7 @@ async fn ensure_services() {
 // The two worker processes and their supervisor.
 
 struct Workers {
-    exe: PathBuf,
-    env: Vec<(String, String)>,
+    command: WorkerCommand,
     dir: PathBuf,
     slots: Vec<Option<Child>>,
     starts: u32,
@@ -463,14 +405,9 @@ impl Workers {
             self.starts,
             elapsed()
         )?;
-        let child = Command::new(&self.exe)
-            .arg("run")
-            .env_remove("RUST_LOG")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let child = self
+            .command
+            .spawn(Stdio::from(log.try_clone()?), Stdio::from(log))?;
         self.slots[slot] = Some(child);
         Ok(())
     }
@@ -525,32 +462,10 @@ impl Workers {
         Some(pid)
     }
 
-    fn pids(&self) -> Vec<u32> {
-        self.slots.iter().flatten().map(Child::id).collect()
-    }
-
-    /// Waits (without the lock held) for every slot to have exited; SIGKILLs what is left.
-    fn finish(&mut self) -> Vec<(u32, String)> {
-        let mut out = Vec::new();
-        for c in self.slots.iter_mut().flatten() {
-            let status = match c.try_wait() {
-                Ok(Some(s)) => s.to_string(),
-                _ => {
-                    let _ = c.kill();
-                    format!("killed after the grace period ({:?})", c.wait().ok())
-                }
-            };
-            out.push((c.id(), status));
-        }
-        self.slots.iter_mut().for_each(|s| *s = None);
-        out
-    }
-
-    fn all_exited(&mut self) -> bool {
-        self.slots
-            .iter_mut()
-            .flatten()
-            .all(|c| matches!(c.try_wait(), Ok(Some(_))))
+    /// Stops supervising and takes the worker processes out of their slots.
+    fn take_all(&mut self) -> Vec<Child> {
+        self.supervise = false;
+        self.slots.iter_mut().filter_map(Option::take).collect()
     }
 }
 
@@ -578,59 +493,43 @@ async fn await_workers(workers: &Mutex<Workers>, limit: Duration) -> bool {
 
 /// SIGTERM to every worker, then waits for them (bounded), then SIGKILL.
 async fn stop_workers(workers: &Mutex<Workers>) -> Vec<(u32, String)> {
-    let pids = {
-        let mut w = lock(workers);
-        w.supervise = false;
-        w.pids()
-    };
-    for pid in &pids {
-        let _ = run_cmd("kill", &["-TERM", &pid.to_string()], Duration::from_secs(5)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(45);
-    while Instant::now() < deadline && !lock(workers).all_exited() {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    lock(workers).finish()
+    let mut children = lock(workers).take_all();
+    let stopped = workers::stop_processes(&mut children, Duration::from_secs(45)).await;
+    stopped
+        .into_iter()
+        .map(|s| {
+            let status = match s.end {
+                End::Exited(status) => status.to_string(),
+                End::Killed(status) => format!("killed after the grace period ({status:?})"),
+            };
+            (s.pid, status)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
 // RabbitMQ helpers.
 
 async fn amqp_connect(name: &str) -> Res<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
-    let conn = tokio::time::timeout(
-        Duration::from_secs(10),
-        Connection::connect(AMQP_URL, props),
-    )
-    .await
-    .map_err(|_| "connecting to RabbitMQ timed out")??;
+    // A short heartbeat: a broker that went away is noticed within seconds.
+    let url = format!("{LOCAL_BROKER}?heartbeat=10");
+    let conn = tokio::time::timeout(Duration::from_secs(10), broker::connect(&url, Some(name)))
+        .await
+        .map_err(|_| "connecting to RabbitMQ timed out")??;
     Ok(conn)
 }
 
-fn text(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
-}
-
-/// Messages ready in `queue` (passive declare on a short-lived connection).
+/// Messages ready in `queue` (on a short-lived connection).
 async fn queue_ready(queue: &str) -> Res<u32> {
     let conn = amqp_connect("case-intake-faults probe").await?;
     let ch = conn.create_channel().await?;
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
+    let ready = broker::ready_in(&ch, queue).await;
     let _ = conn.close(200, "OK".into()).await;
-    Ok(q?.message_count())
+    Ok(ready?)
 }
 
 /// Consumes the suite's events queue until `stop`, reconnecting after every broker fault.
-async fn collect_events(queue: String, seen: Arc<Mutex<Seen>>, stop: CancellationToken) {
+async fn collect_events(queue: String, seen: Arc<Mutex<EventLog>>, stop: CancellationToken) {
     let mut delay = Duration::from_millis(200);
     while !stop.is_cancelled() {
         match consume_events(&queue, &seen, &stop).await {
@@ -647,7 +546,7 @@ async fn collect_events(queue: String, seen: Arc<Mutex<Seen>>, stop: Cancellatio
     }
 }
 
-async fn consume_events(queue: &str, seen: &Mutex<Seen>, stop: &CancellationToken) -> Res<()> {
+async fn consume_events(queue: &str, seen: &Mutex<EventLog>, stop: &CancellationToken) -> Res<()> {
     let conn = amqp_connect("case-intake-faults events").await?;
     let ch = conn.create_channel().await?;
     ch.basic_qos(500, BasicQosOptions::default()).await?;
@@ -671,7 +570,7 @@ async fn consume_events(queue: &str, seen: &Mutex<Seen>, stop: &CancellationToke
             Some(d) => d?,
             None => return Err("the broker ended the events consumer".into()),
         };
-        lock(seen).record(&delivery.data);
+        lock(seen).record(&delivery.data, Instant::now());
         if !delivery.ack(BasicAckOptions::default()).await? {
             return Err("events ack refused".into());
         }
@@ -702,7 +601,7 @@ enum Cmd {
 
 struct Publisher {
     ledger: Arc<Mutex<Ledger>>,
-    seen: Arc<Mutex<Seen>>,
+    seen: Arc<Mutex<EventLog>>,
     queue: String,
     token: String,
     county: i64,
@@ -797,13 +696,17 @@ impl Publisher {
         let roll: f64 = self.rng.random();
         let (known, hot) = {
             let seen = lock(&self.seen);
-            let hot = seen.households.len().min(HOT_HOUSEHOLDS);
-            let household = if seen.households.is_empty() {
+            let hot = seen.households_created.len().min(HOT_HOUSEHOLDS);
+            let household = if seen.households_created.is_empty() {
                 None
             } else {
-                Some(seen.households[self.rng.random_range(0..seen.households.len())])
+                Some(
+                    seen.households_created
+                        [self.rng.random_range(0..seen.households_created.len())],
+                )
             };
-            let hot_household = (hot > 0).then(|| seen.households[self.rng.random_range(0..hot)]);
+            let hot_household =
+                (hot > 0).then(|| seen.households_created[self.rng.random_range(0..hot)]);
             (household, hot_household)
         };
         let mut ledger = lock(&self.ledger);
@@ -813,7 +716,7 @@ impl Publisher {
         }
         let (kind, household) = match (mix, roll) {
             (_, r) if r < 0.10 => (Kind::Invalid, None),
-            (_, r) if r < 0.14 && hot.is_some() => (Kind::HeadReplacement, hot),
+            (_, r) if r < 0.14 && hot.is_some() => (Kind::ReplaceHead, hot),
             (Mix::Normal, r) if r < 0.50 && known.is_some() => (Kind::Join, known),
             (Mix::Joins, _) if known.is_some() => (Kind::Join, known),
             _ => (Kind::NewHousehold, None),
@@ -871,30 +774,9 @@ impl Publisher {
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return;
         };
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "authorization".into(),
-            text(&format!("Token {}", self.token)),
-        );
-        let props = BasicProperties::default()
-            .with_message_id(key.as_str().into())
-            .with_correlation_id(key.as_str().into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_headers(headers);
+        let props = broker::keyed_intake(&key, broker::token_headers(&self.token));
         let attempt = lock(&self.ledger).begin(idx);
-        let published = channel
-            .basic_publish(
-                "".into(),
-                self.queue.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &body,
-                props,
-            )
-            .await;
+        let published = broker::publish_intake(&channel, &self.queue, &body, props).await;
         match published {
             Err(_) => {
                 // It may have left before the channel broke: not known to be absent.
@@ -923,24 +805,17 @@ impl Publisher {
 
 async fn open_publisher() -> Res<(Connection, Channel)> {
     let conn = amqp_connect("case-intake-faults publisher").await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let ch = broker::confirming_channel(&conn).await?;
     Ok((conn, ch))
 }
 
-/// An intake body: the seed's example with a distinct first name.
+/// An intake body: the seed's example with a distinct first name and e-mail address.
 fn intake_body(kind: Kind, seq: usize, county: i64, household: Option<i64>) -> Vec<u8> {
-    let mut body = case_intake_harness::fixtures::seed_body(county);
-    body["first_name"] = json!(format!("Fault{seq}"));
+    let head = kind == Kind::ReplaceHead;
+    let mut body = kinds::intake_body(county, &format!("Fault{seq}"), head, household);
     body["email"] = json!(format!("fault{seq}@example.org"));
-    body["head_of_household"] = json!(kind == Kind::HeadReplacement);
-    if let Some(h) = household {
-        body["household"] = json!(h);
-    }
-    if kind == Kind::Invalid
-        && let Some(map) = body.as_object_mut()
-    {
-        map.remove("last_name");
+    if kind == Kind::Invalid {
+        kinds::spoil(&mut body, Flaw::MissingLastName);
     }
     serde_json::to_vec(&body).unwrap_or_default()
 }
@@ -960,19 +835,8 @@ struct Setup {
     dir: PathBuf,
 }
 
-fn db_url() -> String {
-    format!("{PG_BASE}/{DB_NAME}")
-}
-
 async fn drop_database() -> Res<()> {
-    let mut admin = sqlx::PgConnection::connect(&format!("{PG_BASE}/postgres")).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    admin.close().await?;
-    Ok(())
+    Ok(db::drop_database(LOCAL_SERVER, DB_NAME).await?)
 }
 
 /// The suite's own pool; its `application_name` keeps it out of the `terminate` fault.
@@ -988,12 +852,12 @@ async fn setup() -> Res<Setup> {
     let suffix = Uuid::new_v4().simple().to_string()[..10].to_owned();
     drop_database().await?;
     let mut settings = Settings::load(None)?;
-    let url = db_url();
+    let url = db::database_url(LOCAL_SERVER, DB_NAME);
     settings.database.url = url.clone().into();
     settings.database.create_database = true;
     settings.amqp.intake_queue = format!("faults.{suffix}.intake");
     settings.amqp.events_exchange = format!("faults.{suffix}.events");
-    let migrated = db::migrate(&settings.database).await?;
+    let migrated = service_db::migrate(&settings.database).await?;
     let p = provision::provision(
         &migrated,
         "faults network",
@@ -1003,31 +867,8 @@ async fn setup() -> Res<Setup> {
     )
     .await?;
     migrated.close().await;
-
-    let conn = amqp_connect("case-intake-faults setup").await?;
-    let ch = conn.create_channel().await?;
-    topology::declare(&ch, &settings.amqp).await?;
     let capture_queue = format!("faults.{suffix}.captured-events");
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text("quorum"));
-    ch.queue_declare(
-        capture_queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        },
-        args,
-    )
-    .await?;
-    ch.queue_bind(
-        capture_queue.as_str().into(),
-        settings.amqp.events_exchange.as_str().into(),
-        "#".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await?;
-    let _ = conn.close(200, "OK".into()).await;
+    declare_broker(&settings, &capture_queue).await?;
 
     let dir = std::env::temp_dir().join(format!("case-intake-faults-{suffix}"));
     std::fs::create_dir_all(&dir)?;
@@ -1044,30 +885,32 @@ async fn setup() -> Res<Setup> {
     })
 }
 
+/// Declares the topology as the workers do, and the suite's durable capture queue bound to
+/// every event (it keeps the events through broker restarts).
+async fn declare_broker(settings: &Settings, capture_queue: &str) -> Res<()> {
+    let conn = amqp_connect("case-intake-faults setup").await?;
+    let ch = conn.create_channel().await?;
+    topology::declare(&ch, &settings.amqp).await?;
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), broker::text("quorum"));
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    ch.queue_declare(capture_queue.into(), durable, args)
+        .await?;
+    broker::bind_all_events(&ch, capture_queue, &settings.amqp.events_exchange).await?;
+    let _ = conn.close(200, "OK".into()).await;
+    Ok(())
+}
+
 async fn teardown_broker(s: &Setup) {
     let Ok(conn) = amqp_connect("case-intake-faults cleanup").await else {
         say!("cleanup: RabbitMQ unreachable; queues of this run are left");
         return;
     };
-    if let Ok(ch) = conn.create_channel().await {
-        for q in [
-            s.intake_queue.clone(),
-            topology::dead_letter_queue(&s.intake_queue),
-            topology::retry_queue(&s.intake_queue),
-            topology::parked_queue(&s.intake_queue),
-            s.capture_queue.clone(),
-        ] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        let _ = ch
-            .exchange_delete(
-                s.events_exchange.as_str().into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await;
-    }
+    let taps = [s.capture_queue.as_str()];
+    broker::delete_run_objects(&conn, &s.intake_queue, &s.events_exchange, &taps).await;
     let _ = conn.close(200, "OK".into()).await;
 }
 
@@ -1079,7 +922,7 @@ struct Run {
     setup: Setup,
     workers: Arc<Mutex<Workers>>,
     ledger: Arc<Mutex<Ledger>>,
-    seen: Arc<Mutex<Seen>>,
+    seen: Arc<Mutex<EventLog>>,
     commands: mpsc::Sender<Cmd>,
     injected: BTreeMap<&'static str, u32>,
     fault_errors: Vec<String>,
@@ -1124,7 +967,9 @@ impl Run {
         Self::await_burst(rx).await;
         // Let the first households come back as events, so joins have targets.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline && lock(&self.seen).households.len() < HOT_HOUSEHOLDS {
+        while Instant::now() < deadline
+            && lock(&self.seen).households_created.len() < HOT_HOUSEHOLDS
+        {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -1324,10 +1169,10 @@ impl Run {
                 .ok()
                 .map(|n| n + retrying);
             let missing = self.keys_without_event();
-            let unpublished = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
-                .fetch_one(&self.setup.pool)
+            let unpublished = checks::unpublished_outbox(&self.setup.pool)
                 .await
-                .ok();
+                .ok()
+                .map(|rows| rows.len());
             if ready == Some(0) && missing == 0 && unpublished == Some(0) {
                 say!("drained");
                 return (unconfirmed, true);
@@ -1344,17 +1189,20 @@ impl Run {
         (unconfirmed, false)
     }
 
+    /// Confirmed keys that no outcome event arrived for yet.
     fn keys_without_event(&self) -> usize {
-        let keys: Vec<String> = lock(&self.ledger)
+        let ledger = lock(&self.ledger);
+        let expected: Vec<Expected<'_>> = ledger
             .entries
             .iter()
             .filter(|e| e.confirmed())
-            .map(|e| e.key.clone())
+            .map(|e| Expected {
+                key: &e.key,
+                valid: e.valid(),
+                owed: 1,
+            })
             .collect();
-        let seen = lock(&self.seen);
-        keys.iter()
-            .filter(|k| !seen.by_key.contains_key(*k))
-            .count()
+        checks::short_of_events(&expected, &lock(&self.seen)).len()
     }
 }
 
@@ -1370,6 +1218,16 @@ struct Figure {
     examples: Vec<String>,
 }
 
+/// A figure shown for information.
+fn count(name: &'static str, value: usize) -> Figure {
+    Figure {
+        name,
+        value,
+        must_be_zero: false,
+        examples: Vec::new(),
+    }
+}
+
 fn figure(name: &'static str, must_be_zero: bool, examples: Vec<String>) -> Figure {
     Figure {
         name,
@@ -1379,64 +1237,71 @@ fn figure(name: &'static str, must_be_zero: bool, examples: Vec<String>) -> Figu
     }
 }
 
-struct OutcomeRow {
-    key: String,
-    case_id: Option<i64>,
-    error_code: Option<String>,
-    event_id: Option<Uuid>,
+/// What the database holds after the run, as the checks read it.
+struct Stored {
+    outcomes: Vec<OutcomeRow>,
+    /// Keys with more than one case, and cases without an outcome.
+    duplicated: Vec<String>,
+    bad_households: Vec<i64>,
+    unpublished: Vec<i64>,
 }
 
-async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
-    let pool = &run.setup.pool;
-    let rows = sqlx::query(
-        "SELECT message_key, case_id, error_code, event_id FROM intake_outcomes
-          WHERE outcome IS NOT NULL",
-    )
-    .fetch_all(pool)
-    .await?;
-    let outcomes: Vec<OutcomeRow> = rows
-        .iter()
-        .map(|r| {
-            Ok(OutcomeRow {
-                key: r.try_get(0)?,
-                case_id: r.try_get(1)?,
-                error_code: r.try_get(2)?,
-                event_id: r.try_get(3)?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-    let by_key: HashMap<&str, &OutcomeRow> = outcomes.iter().map(|o| (o.key.as_str(), o)).collect();
-
-    let mut duplicated: Vec<String> = sqlx::query_scalar(
-        "SELECT o.message_key FROM intake_outcomes o JOIN cases c ON c.id = o.case_id
-          GROUP BY o.network_id, o.message_key HAVING count(*) > 1",
-    )
-    .fetch_all(pool)
-    .await?;
-    let orphans: Vec<i64> = sqlx::query_scalar(
-        "SELECT c.id FROM cases c
-          WHERE NOT EXISTS (SELECT 1 FROM intake_outcomes o WHERE o.case_id = c.id)",
-    )
-    .fetch_all(pool)
-    .await?;
+async fn read_stored(pool: &PgPool) -> Res<Stored> {
+    let mut duplicated = checks::keys_with_several_cases(pool).await?;
+    let orphans = checks::cases_without_outcome(pool).await?;
     duplicated.extend(orphans.iter().map(|id| format!("case {id} (no outcome)")));
-    // The invariant of tests/common: exactly one head per household, one of its own cases.
-    let households: Vec<i64> = sqlx::query_scalar(
-        "SELECT h.id FROM households h
-          WHERE (SELECT count(*) FROM cases c
-                  WHERE c.household_id = h.id AND c.head_of_household) <> 1
-             OR NOT EXISTS (SELECT 1 FROM cases c
-                             WHERE c.id = h.head_case_id AND c.household_id = h.id
-                               AND c.head_of_household)",
-    )
-    .fetch_all(pool)
-    .await?;
-    let unpublished: Vec<i64> = sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
-        .fetch_all(pool)
-        .await?;
+    Ok(Stored {
+        outcomes: checks::outcome_rows(pool, None).await?,
+        duplicated,
+        bad_households: checks::households_without_one_head(pool).await?,
+        unpublished: checks::unpublished_outbox(pool).await?,
+    })
+}
 
+/// Runs the shared checks of the database and the events against the ledger.
+async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
+    let stored = read_stored(&run.setup.pool).await?;
     let ledger = lock(&run.ledger);
     let seen = lock(&run.seen);
+    let unconfirmed_keys: Vec<String> = ledger
+        .entries
+        .iter()
+        .filter(|e| !e.confirmed())
+        .map(|e| e.key.clone())
+        .collect();
+    if unconfirmed != usize::MAX && unconfirmed != unconfirmed_keys.len() {
+        say!(
+            "note: {unconfirmed} unconfirmed at the end of re-publishing, {} now",
+            unconfirmed_keys.len()
+        );
+    }
+    let (mut figures, deserved) = outcome_figures(&ledger, &seen, &stored);
+    figures.push(figure_of_ids(
+        "outbox rows still unpublished",
+        &stored.unpublished,
+        "outbox",
+    ));
+    figures.extend(deserved);
+    figures.push(figure(
+        "intakes still unconfirmed after healing",
+        true,
+        unconfirmed_keys,
+    ));
+    Ok(figures)
+}
+
+/// Exactly once, per key: every confirmed intake has one outcome with one event id, and
+/// nothing else has one; then (second) whether each outcome is the one it deserves.
+fn outcome_figures(
+    ledger: &Ledger,
+    seen: &EventLog,
+    stored: &Stored,
+) -> (Vec<Figure>, Vec<Figure>) {
+    let by_key: HashMap<&str, &OutcomeRow> = stored
+        .outcomes
+        .iter()
+        .map(|o| (o.key.as_str(), o))
+        .collect();
     let published: Vec<&Entry> = ledger
         .entries
         .iter()
@@ -1448,105 +1313,20 @@ async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
         .filter(|e| e.confirmed() && !by_key.contains_key(e.key.as_str()))
         .map(|e| e.key.clone())
         .collect();
-    let unexpected = outcomes
+    let unexpected = stored
+        .outcomes
         .iter()
         .filter(|o| !ledger_keys.contains(o.key.as_str()))
         .map(|o| o.key.clone())
         .collect();
-    // More than one event id seen for a key, or outcome rows for one key in two namespaces
-    // (e.g. an `unauthorized` outcome under network 0 beside the real one).
-    let mut rows_per_key: HashMap<&str, usize> = HashMap::new();
-    for o in &outcomes {
-        *rows_per_key.entry(o.key.as_str()).or_insert(0) += 1;
-    }
-    let mut multi: Vec<String> = seen
-        .by_key
-        .iter()
-        .filter(|(_, ids)| ids.len() > 1)
-        .map(|(k, ids)| format!("{k} ({} event ids)", ids.len()))
-        .collect();
-    multi.extend(
-        rows_per_key
-            .iter()
-            .filter(|(_, n)| **n > 1)
-            .map(|(k, n)| format!("{k} ({n} outcome rows)")),
-    );
-    let no_event = outcomes
+    let no_event = stored
+        .outcomes
         .iter()
         .filter(|o| o.event_id.is_none_or(|id| !seen.event_ids.contains(&id)))
         .map(|o| o.key.clone())
         .collect();
-    let valid_failed = published
-        .iter()
-        .filter(|e| e.valid())
-        .filter_map(|e| {
-            let o = by_key.get(e.key.as_str())?;
-            o.error_code
-                .as_ref()
-                .map(|code| format!("{} ({code}, {:?})", e.key, e.kind))
-        })
-        .collect();
-    let invalid_accepted = published
-        .iter()
-        .filter(|e| !e.valid())
-        .filter_map(|e| {
-            let o = by_key.get(e.key.as_str())?;
-            (o.error_code.as_deref() != Some("validation_failed"))
-                .then(|| format!("{} (case {:?}, code {:?})", e.key, o.case_id, o.error_code))
-        })
-        .collect();
-    let unconfirmed_keys = ledger
-        .entries
-        .iter()
-        .filter(|e| !e.confirmed())
-        .map(|e| e.key.clone())
-        .collect::<Vec<_>>();
-    if unconfirmed != usize::MAX && unconfirmed != unconfirmed_keys.len() {
-        say!(
-            "note: {unconfirmed} unconfirmed at the end of re-publishing, {} now",
-            unconfirmed_keys.len()
-        );
-    }
-
-    Ok(vec![
-        Figure {
-            name: "intakes published (distinct keys)",
-            value: published.len(),
-            must_be_zero: false,
-            examples: Vec::new(),
-        },
-        Figure {
-            name: "outcomes (distinct keys with an outcome row)",
-            value: by_key.len(),
-            must_be_zero: false,
-            examples: Vec::new(),
-        },
-        figure("lost (confirmed, no outcome)", true, lost),
-        figure(
-            "duplicated (keys with >1 case, cases without outcome)",
-            true,
-            duplicated,
-        ),
-        figure(
-            "unexpected (outcomes for keys never published)",
-            true,
-            unexpected,
-        ),
-        figure("keys with more than one outcome (event ids)", true, multi),
-        figure(
-            "households without exactly one head",
-            true,
-            households
-                .iter()
-                .map(|h| format!("household {h}"))
-                .collect(),
-        ),
-        figure("outcomes without a published event", true, no_event),
-        figure(
-            "outbox rows still unpublished",
-            true,
-            unpublished.iter().map(|i| format!("outbox {i}")).collect(),
-        ),
+    let (valid_failed, invalid_accepted) = wrong_outcomes(&published, &by_key);
+    let deserved = vec![
         figure(
             "valid intakes failed (outage, retries, ...)",
             true,
@@ -1557,12 +1337,80 @@ async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
             true,
             invalid_accepted,
         ),
+    ];
+    let counted = vec![
+        count("intakes published (distinct keys)", published.len()),
+        count("outcomes (distinct keys with an outcome row)", by_key.len()),
+        figure("lost (confirmed, no outcome)", true, lost),
         figure(
-            "intakes still unconfirmed after healing",
+            "duplicated (keys with >1 case, cases without outcome)",
             true,
-            unconfirmed_keys,
+            stored.duplicated.clone(),
         ),
-    ])
+        figure(
+            "unexpected (outcomes for keys never published)",
+            true,
+            unexpected,
+        ),
+        figure(
+            "keys with more than one outcome (event ids)",
+            true,
+            several_outcomes(seen, stored),
+        ),
+        figure_of_ids(
+            "households without exactly one head",
+            &stored.bad_households,
+            "household",
+        ),
+        figure("outcomes without a published event", true, no_event),
+    ];
+    (counted, deserved)
+}
+
+/// More than one event id seen for a key, or outcome rows for one key in two namespaces
+/// (e.g. an `unauthorized` outcome under network 0 beside the real one).
+fn several_outcomes(seen: &EventLog, stored: &Stored) -> Vec<String> {
+    let ids = checks::several_event_ids(seen)
+        .into_iter()
+        .map(|(k, n)| format!("{k} ({n} event ids)"));
+    let rows = checks::several_outcome_rows(&stored.outcomes)
+        .into_iter()
+        .map(|(k, n)| format!("{k} ({n} outcome rows)"));
+    ids.chain(rows).collect()
+}
+
+/// Published intakes whose outcome is not the one they deserve: valid ones that failed, and
+/// invalid ones not failed as `validation_failed`.
+fn wrong_outcomes(
+    published: &[&Entry],
+    by_key: &HashMap<&str, &OutcomeRow>,
+) -> (Vec<String>, Vec<String>) {
+    let (mut valid_failed, mut invalid_accepted) = (Vec::new(), Vec::new());
+    for e in published {
+        let Some(o) = by_key.get(e.key.as_str()) else {
+            continue;
+        };
+        if checks::outcome_as_expected(e.valid(), o.error_code.as_deref()) {
+            continue;
+        }
+        if e.valid() {
+            let code = o.error_code.as_deref().unwrap_or_default();
+            valid_failed.push(format!("{} ({code}, {:?})", e.key, e.kind));
+        } else {
+            let shown = format!("{} (case {:?}, code {:?})", e.key, o.case_id, o.error_code);
+            invalid_accepted.push(shown);
+        }
+    }
+    (valid_failed, invalid_accepted)
+}
+
+/// A must-be-zero figure of database ids, shown as `<what> <id>`.
+fn figure_of_ids(name: &'static str, ids: &[i64], what: &str) -> Figure {
+    figure(
+        name,
+        true,
+        ids.iter().map(|i| format!("{what} {i}")).collect(),
+    )
 }
 
 /// More about failing keys: what the database holds for them.
@@ -1714,22 +1562,18 @@ async fn exercise(run: &mut Run) -> Res<bool> {
     // The last events (re-published duplicates) may still be on their way to the suite.
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let before = lock(&run.seen).deliveries;
+        let before = lock(&run.seen).total;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let ready = queue_ready(&run.setup.capture_queue).await.ok();
-        if ready == Some(0) && lock(&run.seen).deliveries == before {
+        if ready == Some(0) && lock(&run.seen).total == before {
             break;
         }
     }
 
     let mut figures = check(run, unconfirmed).await?;
     let dead = topology::dead_letter_queue(&run.setup.intake_queue);
-    figures.push(Figure {
-        name: "messages left in the dead-letter queue",
-        value: queue_ready(&dead).await.map_or(usize::MAX, |n| n as usize),
-        must_be_zero: false,
-        examples: Vec::new(),
-    });
+    let left = queue_ready(&dead).await.map_or(usize::MAX, |n| n as usize);
+    figures.push(count("messages left in the dead-letter queue", left));
     let passed = report(run, &figures, drained);
     if !passed {
         for f in figures.iter().filter(|f| f.must_be_zero && f.value > 0) {
@@ -1744,9 +1588,34 @@ async fn exercise(run: &mut Run) -> Res<bool> {
 }
 
 fn report(run: &Run, figures: &[Figure], drained: bool) -> bool {
+    let mut workers = lock(&run.workers);
+    print_summary(run, &workers);
+    let passed = print_figures(figures) && drained;
+    if !drained {
+        println!("drain timed out: the queue or the outbox did not empty in time");
+    }
+    for e in &run.fault_errors {
+        println!("fault error: {e}");
+    }
+    for e in &workers.unexpected_exits {
+        println!("note: {e}");
+    }
+    print_log_summary(&workers);
+    println!("result: {}", if passed { "PASS" } else { "FAIL" });
+    if !passed {
+        for slot in 0..workers.slots.len() {
+            print_tail(&workers.log_path(slot), 40);
+        }
+        println!("worker logs kept in {}", workers.dir.display());
+    }
+    workers.supervise = false;
+    passed
+}
+
+/// What the run did: faults, worker starts, the intake mix, publishes and events.
+fn print_summary(run: &Run, workers: &Workers) {
     let ledger = lock(&run.ledger);
     let seen = lock(&run.seen);
-    let mut workers = lock(&run.workers);
     let kinds = |k: Kind| ledger.entries.iter().filter(|e| e.kind == k).count();
     println!();
     println!(
@@ -1754,12 +1623,7 @@ fn report(run: &Run, figures: &[Figure], drained: bool) -> bool {
         run.plan.seed,
         elapsed()
     );
-    let injected: Vec<String> = run
-        .injected
-        .iter()
-        .map(|(k, v)| format!("{k} x{v}"))
-        .collect();
-    println!("faults injected: {}", injected.join(", "));
+    println!("faults injected: {}", cli::listed(&run.injected, " x"));
     println!(
         "worker starts: {} (kills {}, unexpected exits {})",
         workers.starts,
@@ -1770,26 +1634,25 @@ fn report(run: &Run, figures: &[Figure], drained: bool) -> bool {
         "intake mix: {} new households, {} joins, {} head replacements, {} invalid, {} duplicate publishes",
         kinds(Kind::NewHousehold),
         kinds(Kind::Join),
-        kinds(Kind::HeadReplacement),
+        kinds(Kind::ReplaceHead),
         kinds(Kind::Invalid),
         ledger.duplicates
     );
-    let counts: Vec<String> = ledger
-        .attempt_counts()
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect();
     println!(
         "publish attempts: {} (re-published after healing: {})",
-        counts.join(", "),
+        cli::listed(ledger.attempt_counts(), " "),
         ledger.republished
     );
     println!(
         "events received: {} deliveries, {} distinct event ids, {} consumer reconnects",
-        seen.deliveries,
+        seen.total,
         seen.event_ids.len(),
         seen.reconnects
     );
+}
+
+/// The table of figures; whether every must-be-zero figure is zero.
+fn print_figures(figures: &[Figure]) -> bool {
     println!();
     println!("{:<56} {:>7}  check", "figure", "value");
     let mut passed = true;
@@ -1804,15 +1667,10 @@ fn report(run: &Run, figures: &[Figure], drained: bool) -> bool {
         };
         println!("{:<56} {:>7}  {verdict}", f.name, f.value);
     }
-    if !drained {
-        println!("drain timed out: the queue or the outbox did not empty in time");
-    }
-    for e in &run.fault_errors {
-        println!("fault error: {e}");
-    }
-    for e in &workers.unexpected_exits {
-        println!("note: {e}");
-    }
+    passed
+}
+
+fn print_log_summary(workers: &Workers) {
     let logs: Vec<PathBuf> = (0..workers.slots.len())
         .map(|i| workers.log_path(i))
         .collect();
@@ -1823,16 +1681,6 @@ fn report(run: &Run, figures: &[Figure], drained: bool) -> bool {
             println!("  {n:>6}  {line}");
         }
     }
-    let passed = passed && drained;
-    println!("result: {}", if passed { "PASS" } else { "FAIL" });
-    if !passed {
-        for slot in 0..workers.slots.len() {
-            print_tail(&workers.log_path(slot), 40);
-        }
-        println!("worker logs kept in {}", workers.dir.display());
-    }
-    workers.supervise = false;
-    passed
 }
 
 /// Serialises suite runs on one machine: the database name is fixed and the faults hit the
@@ -1869,7 +1717,7 @@ async fn suite(args: Args) -> Res<bool> {
     elapsed();
     let plan = Plan::from_args(&args);
     let _lock = run_lock().await?;
-    let exe = std::env::current_exe()?.with_file_name("case-intake");
+    let exe = workers::worker_binary(None)?;
     if !exe.exists() {
         return Err(format!(
             "{} not found: build it first (cargo build --release --bins)",
@@ -1892,25 +1740,50 @@ async fn suite(args: Args) -> Res<bool> {
         setup.intake_queue,
         setup.dir.display()
     );
-
     let stop = CancellationToken::new();
+    let (mut run, mut tasks) = start(plan, setup, exe, &stop);
+    if !await_workers(&run.workers, Duration::from_secs(30)).await {
+        say!("warning: both workers are not running 30 s after start");
+    }
+    let limit = run.plan.limit;
+    let result = tokio::select! {
+        r = tokio::time::timeout(limit, exercise(&mut run)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(format!("the run exceeded its limit of {limit:?}").into()),
+        },
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    };
+    stop.cancel();
+    tear_down(&run, &mut tasks, &result).await;
+    result
+}
+
+/// The worker processes' settings: the suite's database, queue and exchange.
+fn worker_command(setup: &Setup, exe: PathBuf) -> WorkerCommand {
+    let env = [
+        ("database", "url", setup.db_url.clone()),
+        ("amqp", "intake_queue", setup.intake_queue.clone()),
+        ("amqp", "events_exchange", setup.events_exchange.clone()),
+        ("log", "filter", "warn".into()),
+        ("log", "format", "text".into()),
+        // Two workers on one machine: their HTTP servers would fight over one port.
+        ("http", "address", String::new()),
+    ];
+    WorkerCommand {
+        bin: exe,
+        env: env
+            .into_iter()
+            .map(|(section, key, v)| (workers::setting_env(section, key), v))
+            .collect(),
+        // The log summary reads the `warn` filter's lines only.
+        inherit_rust_log: false,
+    }
+}
+
+/// Starts the workers' supervisor, the events collector and the publisher.
+fn start(plan: Plan, setup: Setup, exe: PathBuf, stop: &CancellationToken) -> (Run, JoinSet<()>) {
     let workers = Arc::new(Mutex::new(Workers {
-        exe,
-        env: vec![
-            ("CASE_INTAKE__DATABASE__URL".into(), setup.db_url.clone()),
-            (
-                "CASE_INTAKE__AMQP__INTAKE_QUEUE".into(),
-                setup.intake_queue.clone(),
-            ),
-            (
-                "CASE_INTAKE__AMQP__EVENTS_EXCHANGE".into(),
-                setup.events_exchange.clone(),
-            ),
-            ("CASE_INTAKE__LOG__FILTER".into(), "warn".into()),
-            ("CASE_INTAKE__LOG__FORMAT".into(), "text".into()),
-            // Two workers on one machine: their HTTP servers would fight over one port.
-            ("CASE_INTAKE__HTTP__ADDRESS".into(), String::new()),
-        ],
+        command: worker_command(&setup, exe),
         dir: setup.dir.clone(),
         slots: vec![None, None],
         starts: 0,
@@ -1918,7 +1791,7 @@ async fn suite(args: Args) -> Res<bool> {
         unexpected_exits: Vec::new(),
         supervise: true,
     }));
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(EventLog::default()));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut tasks = JoinSet::new();
     tasks.spawn(collect_events(
@@ -1942,35 +1815,24 @@ async fn suite(args: Args) -> Res<bool> {
         stop: stop.clone(),
     };
     tasks.spawn(publisher.run(rx));
-    if !await_workers(&workers, Duration::from_secs(30)).await {
-        say!("warning: both workers are not running 30 s after start");
-    }
-
-    let limit = plan.limit;
-    let keep_db = plan.keep_db;
-    let mut run = Run {
+    let run = Run {
         plan,
         setup,
-        workers: workers.clone(),
+        workers,
         ledger,
         seen,
         commands: tx,
         injected: BTreeMap::new(),
         fault_errors: Vec::new(),
     };
-    let result = tokio::select! {
-        r = tokio::time::timeout(limit, exercise(&mut run)) => match r {
-            Ok(r) => r,
-            Err(_) => Err(format!("the run exceeded its limit of {limit:?}").into()),
-        },
-        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
-    };
+    (run, tasks)
+}
 
-    // Teardown, whatever happened: services up, workers stopped, broker objects and database
-    // removed.
-    stop.cancel();
+/// Teardown, whatever happened: services up, workers stopped, broker objects and database
+/// removed.
+async fn tear_down(run: &Run, tasks: &mut JoinSet<()>, result: &Res<bool>) {
     ensure_services().await;
-    for (pid, status) in stop_workers(&workers).await {
+    for (pid, status) in stop_workers(&run.workers).await {
         say!("worker pid {pid}: {status}");
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), async {
@@ -1979,44 +1841,25 @@ async fn suite(args: Args) -> Res<bool> {
     .await;
     teardown_broker(&run.setup).await;
     run.setup.pool.close().await;
-    let passed = matches!(result, Ok(true));
-    if keep_db {
+    if run.plan.keep_db {
         say!("database {DB_NAME} kept");
     } else if let Err(e) = drop_database().await {
         say!("cleanup: could not drop {DB_NAME}: {e}");
     }
-    if passed {
+    if matches!(result, Ok(true)) {
         let _ = std::fs::remove_dir_all(&run.setup.dir);
-    } else {
-        say!("worker logs kept in {}", run.setup.dir.display());
-        if result.is_err() {
-            let w = lock(&workers);
-            for slot in 0..w.slots.len() {
-                print_tail(&w.log_path(slot), 40);
-            }
+        return;
+    }
+    say!("worker logs kept in {}", run.setup.dir.display());
+    if result.is_err() {
+        let w = lock(&run.workers);
+        for slot in 0..w.slots.len() {
+            print_tail(&w.log_path(slot), 40);
         }
     }
-    result
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("case-intake-faults: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(suite(args)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("case-intake-faults: {e}");
-            ExitCode::from(2)
-        }
-    }
+    cli::exit_code_of("case-intake-faults", ExitCode::FAILURE, suite(args))
 }

@@ -1,0 +1,63 @@
+//! What an intake of a run is (a new household, a join, a head replacement, an invalid one)
+//! and how its body is built from the seed fixture.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::fixtures::seed_body;
+
+/// What an intake is meant to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    NewHousehold,
+    Join,
+    ReplaceHead,
+    Invalid,
+}
+
+impl Kind {
+    /// Whether the intake must be created (else it must fail validation).
+    pub fn valid(self) -> bool {
+        self != Kind::Invalid
+    }
+
+    /// The name reports use (the serialized one).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::NewHousehold => "new_household",
+            Kind::Join => "join",
+            Kind::ReplaceHead => "replace_head",
+            Kind::Invalid => "invalid",
+        }
+    }
+}
+
+/// What makes an invalid intake invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flaw {
+    MissingLastName,
+    ShortZipCode,
+}
+
+/// The seed's body in `county` with its own first name, as head or not, naming `household`
+/// when it joins one.
+pub fn intake_body(county: i64, first_name: &str, head: bool, household: Option<i64>) -> Value {
+    let mut body = seed_body(county);
+    body["first_name"] = json!(first_name);
+    body["head_of_household"] = json!(head);
+    if let Some(h) = household {
+        body["household"] = json!(h);
+    }
+    body
+}
+
+/// Makes `body` fail validation.
+pub fn spoil(body: &mut Value, flaw: Flaw) {
+    match flaw {
+        Flaw::MissingLastName => {
+            body.as_object_mut().map(|b| b.remove("last_name"));
+        }
+        Flaw::ShortZipCode => body["street_zip_code"] = "1234".into(),
+    }
+}
