@@ -13,7 +13,7 @@ use crate::intake::validate::{CaseInput, Ssn};
 use crate::store::auth::Caller;
 use crate::store::crypto::{Purpose, Vault};
 use crate::store::ids::{HeadUpdate, InNetwork, NetworkId};
-use crate::store::unnest::column;
+use crate::store::unnest::{bind_references, column};
 
 /// A household's network and current head (`None` when it has no case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,16 +31,15 @@ pub async fn lock_households(
     if refs.is_empty() {
         return Ok(HashMap::new());
     }
-    let ids = column(refs, |r| r.id);
-    let networks = column(refs, |r| r.network);
-    let rows: Vec<(i64, NetworkId, Option<i64>)> = sqlx::query_as(
-        "SELECT h.id, h.network_id, h.head_case_id FROM households h
-           JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, n) ON h.id = u.id AND h.network_id = u.n
-          ORDER BY h.id
-            FOR UPDATE OF h",
+    let rows: Vec<(i64, NetworkId, Option<i64>)> = bind_references(
+        sqlx::query_as(
+            "SELECT h.id, h.network_id, h.head_case_id FROM households h
+               JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, n) ON h.id = u.id AND h.network_id = u.n
+              ORDER BY h.id
+                FOR UPDATE OF h",
+        ),
+        refs,
     )
-    .bind(&ids)
-    .bind(&networks)
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows

@@ -9,6 +9,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::store::auth::{Caller, TokenHash};
 use crate::store::ids::{InNetwork, NetworkId};
+use crate::store::unnest::bind_references;
 
 /// The ids of a network created with its first group and agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,14 +120,13 @@ pub async fn existing_counties(
     if refs.is_empty() {
         return Ok(HashSet::new());
     }
-    let ids: Vec<i64> = refs.iter().map(|r| r.id).collect();
-    let networks: Vec<NetworkId> = refs.iter().map(|r| r.network).collect();
-    let rows: Vec<(i64, NetworkId)> = sqlx::query_as(
+    let rows: Vec<(i64, NetworkId)> = bind_references(
+        sqlx::query_as(
         "SELECT c.id, c.network_id FROM counties c
-           JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, n) ON c.id = u.id AND c.network_id = u.n",
+               JOIN unnest($1::bigint[], $2::bigint[]) AS u(id, n) ON c.id = u.id AND c.network_id = u.n",
+    ),
+        refs,
     )
-    .bind(&ids)
-    .bind(&networks)
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows
