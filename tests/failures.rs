@@ -31,11 +31,15 @@ async fn replay_succeeds_once_the_missing_county_exists() {
             limit: 10,
             ..Filter::default()
         },
+        0,
     )
     .await
     .unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].message_key.as_deref(), Some("needs-county"));
+    assert_eq!(
+        (listed.rows.len(), listed.total, listed.next_after),
+        (1, 1, None)
+    );
+    assert_eq!(listed.rows[0].message_key.as_deref(), Some("needs-county"));
     let vault = case_intake::store::crypto::Vault::from_settings(&env.settings.crypto).unwrap();
     let shown = failed::show(&env.pool, &vault, "needs-county", Some(env.a.network_id))
         .await

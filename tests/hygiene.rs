@@ -130,13 +130,17 @@ async fn ssns_anywhere_in_a_body_are_masked_in_the_event_the_stored_error_and_fa
             limit: 10,
             ..Filter::default()
         },
+        0,
     )
     .await
     .unwrap();
-    let list_output = serde_json::to_string_pretty(&listed).unwrap();
+    let list_output = serde_json::to_string_pretty(&listed.rows).unwrap();
     assert_no_ssn("failed list", &list_output);
     assert_no_raw_controls("failed list", &list_output);
-    assert_eq!(listed[0].correlation_id.as_deref(), Some("corr-hygiene"));
+    assert_eq!(
+        listed.rows[0].correlation_id.as_deref(),
+        Some("corr-hygiene")
+    );
     env.cleanup().await;
 }
 

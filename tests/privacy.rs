@@ -121,10 +121,12 @@ async fn network_a_can_learn_nothing_about_network_b() {
             limit: 100,
             ..Filter::default()
         },
+        0,
     )
     .await
     .unwrap();
     let keys: Vec<_> = b_failed
+        .rows
         .iter()
         .filter_map(|f| f.message_key.clone())
         .collect();

@@ -80,13 +80,45 @@ fn oversize_of(truncated: bool, bytes: Option<i64>, sha256: Option<Vec<u8>>) -> 
     })
 }
 
-/// Lists failed intakes matching `f`, oldest first, in display form.
-pub async fn list(pool: &PgPool, f: &Filter) -> Result<Vec<FailedIntake>, sqlx::Error> {
-    Ok(select(pool, f, 0, None)
+/// A page of failed intakes in display form, with the number that match in all.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// Failed intakes matching the filter, in all (not only after `after`).
+    pub total: i64,
+    pub rows: Vec<FailedIntake>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next_after: Option<i64>,
+}
+
+/// Lists failed intakes matching `f` with an id above `after`, oldest first, at most
+/// `f.limit`, in display form.
+pub async fn list(pool: &PgPool, f: &Filter, after: i64) -> Result<Page, sqlx::Error> {
+    let total = store::failed::count_failed(pool, f, 0, None).await?;
+    let rows: Vec<FailedIntake> = select(pool, f, after, None)
         .await?
         .into_iter()
         .map(|s| for_display(s.intake))
-        .collect())
+        .collect();
+    let remaining = store::failed::count_failed(pool, f, after, None).await?;
+    let next_after = match rows.last() {
+        Some(last) if remaining > rows.len() as i64 => Some(last.id),
+        _ => None,
+    };
+    Ok(Page {
+        total,
+        rows,
+        next_after,
+    })
+}
+
+/// How many open failed intakes a replay of `f` would select now.
+pub async fn replay_count(pool: &PgPool, f: &Filter) -> Result<i64, sqlx::Error> {
+    let open = Filter {
+        include_resolved: false,
+        ..f.clone()
+    };
+    let upto = store::failed::newest_failed_id(pool).await?;
+    store::failed::count_failed(pool, &open, 0, upto).await
 }
 
 /// A failed intake as shown to an operator: key and correlation id escaped (the envelope checks

@@ -7,28 +7,41 @@ use crate::admin::failed;
 use crate::app::supervisor;
 use crate::infra::db;
 use crate::infra::settings::Settings;
+use crate::intake::error::ALL_CODES;
 use crate::store::crypto::Vault;
 
 use super::CliResult;
 
 #[derive(Subcommand)]
 pub enum FailedCommand {
-    /// List failed intakes (open ones unless --include-resolved).
+    /// List failed intakes, oldest first (open ones unless --include-resolved), a page at a
+    /// time: the total is printed, and the next page starts with --after.
     List {
         #[command(flatten)]
         select: Selection,
+        /// Also list failed intakes already resolved by a replay.
         #[arg(long)]
         include_resolved: bool,
-        #[arg(long, default_value_t = 100)]
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         limit: i64,
+        /// Start after this failed-intake id (the next page of an earlier listing).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Print the rows as a JSON array (the total and the next page go to stderr).
         #[arg(long)]
         json: bool,
     },
-    /// Show every attempt of a message key: payload (SSN masked), error, attempts.
+    /// Show every attempt of a message key: payload (SSN masked), error, attempts. Always JSON.
     Show {
+        /// The message key.
         key: String,
+        /// Only the attempts of this network (keys are per network).
         #[arg(long)]
         network: Option<i64>,
+        /// Accepted for symmetry with the other read commands: the output is JSON anyway.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -38,9 +51,10 @@ pub struct Selection {
     /// One message key.
     #[arg(long)]
     key: Option<String>,
-    /// An error code, e.g. validation_failed.
-    #[arg(long)]
+    /// An error code.
+    #[arg(long, value_parser = error_codes())]
     code: Option<String>,
+    /// One network's failed intakes.
     #[arg(long)]
     network: Option<i64>,
     /// Failed at or after this time (RFC 3339 or YYYY-MM-DD).
@@ -51,14 +65,14 @@ pub struct Selection {
     until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The stable error codes, listed by `--help` and checked before anything connects.
+fn error_codes() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(ALL_CODES.map(|c| c.as_str()))
+}
+
 impl Selection {
-    fn filter(&self, include_resolved: bool, limit: i64) -> Result<failed::Filter, String> {
-        if let Some(code) = &self.code
-            && crate::intake::error::ErrorCode::parse(code).is_none()
-        {
-            return Err(format!("unknown error code {code:?}"));
-        }
-        Ok(failed::Filter {
+    fn filter(&self, include_resolved: bool, limit: i64) -> failed::Filter {
+        failed::Filter {
             key: self.key.clone(),
             code: self.code.clone(),
             network: self.network,
@@ -66,7 +80,7 @@ impl Selection {
             until: self.until,
             include_resolved,
             limit,
-        })
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,42 +108,62 @@ pub async fn failed_command(command: FailedCommand, settings: &Settings) -> CliR
             select,
             include_resolved,
             limit,
+            after,
             json,
-        } => list(&select, include_resolved, limit, json, settings).await,
-        FailedCommand::Show { key, network } => show(&key, network, settings).await,
+        } => {
+            let filter = select.filter(include_resolved, limit);
+            list(&filter, after, json, settings).await
+        }
+        FailedCommand::Show { key, network, .. } => show(&key, network, settings).await,
     }
 }
 
-async fn list(
-    select: &Selection,
-    include_resolved: bool,
-    limit: i64,
-    json: bool,
-    settings: &Settings,
-) -> CliResult {
+async fn list(filter: &failed::Filter, after: i64, json: bool, settings: &Settings) -> CliResult {
     let pool = db::migrate(&settings.database).await?;
-    let rows = failed::list(&pool, &select.filter(include_resolved, limit)?).await?;
+    let page = failed::list(&pool, filter, after).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        println!("{}", serde_json::to_string_pretty(&page.rows)?);
+    } else {
+        print_rows(&page.rows);
     }
-    println!(
-        "{:>8}  {:<25}  {:>7}  {:<22}  {:>8}  key",
-        "id", "failed at", "network", "code", "attempts"
+    eprintln!(
+        "showing {} of {} failed intake(s)",
+        page.rows.len(),
+        page.total
     );
-    for r in &rows {
+    if let Some(next) = page.next_after {
+        eprintln!("next page: add --after {next}");
+    }
+    Ok(())
+}
+
+/// One line per failed intake; the error message is cut to keep the line readable (`failed
+/// show` has all of it).
+fn print_rows(rows: &[failed::FailedIntake]) {
+    println!(
+        "{:>8}  {:<23}  {:>7}  {:<22}  {:>8}  {:<30}  message",
+        "id", "failed at", "network", "code", "attempts", "key"
+    );
+    for r in rows {
         println!(
-            "{:>8}  {:<25}  {:>7}  {:<22}  {:>8}  {}",
+            "{:>8}  {:<23}  {:>7}  {:<22}  {:>8}  {:<30}  {}",
             r.id,
             r.created_at.format("%Y-%m-%d %H:%M:%S%.3f"),
             r.network_id.map_or("-".into(), |n| n.to_string()),
             r.error_code,
             r.attempts,
             r.message_key.as_deref().unwrap_or("-"),
+            cut(r.error["message"].as_str().unwrap_or(""), 80),
         );
     }
-    eprintln!("{} failed intake(s)", rows.len());
-    Ok(())
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 async fn show(key: &str, network: Option<i64>, settings: &Settings) -> CliResult {
@@ -143,25 +177,51 @@ async fn show(key: &str, network: Option<i64>, settings: &Settings) -> CliResult
     Ok(())
 }
 
+/// Replays of more than this many failed intakes ask first (or need `--yes`).
+const ASK_ABOVE: i64 = 10;
+
 /// `replay`: every selected open failed intake again, under its original key.
-pub async fn replay(select: &Selection, all: bool, json: bool, settings: &Settings) -> CliResult {
+pub async fn replay(
+    select: &Selection,
+    all: bool,
+    yes: bool,
+    json: bool,
+    settings: &Settings,
+) -> CliResult {
     if select.is_empty() && !all {
         return Err(
             "choose what to replay: --key, --code, --since/--until, --network or --all".into(),
         );
     }
     let pool = db::migrate(&settings.database).await?;
-    let filter = select.filter(false, 0)?;
+    let filter = select.filter(false, 0);
+    let total = failed::replay_count(&pool, &filter).await?;
+    eprintln!("{total} open failed intake(s) selected");
+    if total == 0 {
+        return print_replay(&failed::ReplayReport::default(), json);
+    }
+    if total > ASK_ABOVE && !yes && !confirm(&format!("replay {total} failed intakes?"))? {
+        return Err(format!("not replayed: {total} selected; confirm, or add --yes").into());
+    }
     let ctx = supervisor::window_context(settings);
+    let bar = progress_bar(total);
     let report = failed::replay(&pool, &ctx, &filter, settings.intake.window_size, |r| {
-        eprintln!(
-            "replayed {} (created {}, failed again {}, already done {}, skipped {})",
-            r.selected, r.created, r.failed, r.duplicate, r.skipped
-        );
+        if bar.is_hidden() {
+            eprintln!(
+                "replayed {} of {total} (created {}, failed again {}, already done {}, skipped {})",
+                r.selected, r.created, r.failed, r.duplicate, r.skipped
+            );
+        }
+        bar.set_position(r.selected as u64);
     })
     .await?;
+    bar.finish_and_clear();
+    print_replay(&report, json)
+}
+
+fn print_replay(report: &failed::ReplayReport, json: bool) -> CliResult {
     if json {
-        println!("{}", serde_json::to_string(&report)?);
+        println!("{}", serde_json::to_string(report)?);
     } else {
         println!(
             "replayed {}: created {}, failed again {}, already done {}, skipped (no key) {}",
@@ -169,4 +229,31 @@ pub async fn replay(select: &Selection, all: bool, json: bool, settings: &Settin
         );
     }
     Ok(())
+}
+
+/// A progress bar on stderr with the total; hidden (drawing nothing) when stderr is not a
+/// terminal, where the per-batch lines are printed instead.
+fn progress_bar(total: i64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total.max(0) as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Asks on the terminal; `false` without asking when stdin is not a terminal (a script must
+/// say `--yes`).
+fn confirm(question: &str) -> std::io::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(false);
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }

@@ -76,6 +76,10 @@ pub enum Command {
         /// Replay every open failed intake (required when no other filter is given).
         #[arg(long)]
         all: bool,
+        /// Replay without asking, however many are selected (more than 10 ask on a
+        /// terminal, and are refused without a terminal).
+        #[arg(long)]
+        yes: bool,
         /// Print the totals as JSON.
         #[arg(long)]
         json: bool,
@@ -103,9 +107,12 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
             Ok(())
         }
         Command::Failed { command } => failed::failed_command(command, &settings).await,
-        Command::Replay { select, all, json } => {
-            failed::replay(&select, all, json, &settings).await
-        }
+        Command::Replay {
+            select,
+            all,
+            yes,
+            json,
+        } => failed::replay(&select, all, yes, json, &settings).await,
         Command::RotateKey => rotate_key(&settings).await,
         Command::Parked { command } => parked::parked_command(command, &settings).await,
         Command::RevokeKey { id } => {

@@ -138,22 +138,41 @@ pub struct StoredFailure {
     pub payload_sha256: Option<Vec<u8>>,
 }
 
+/// The selection of a [`Filter`]: `$1`–`$6` its fields, `$7` the id to start after, `$8` the
+/// id to stop at (both for paging and for a replay that must not pick up its own failures).
+const WHERE: &str = "WHERE ($1::text IS NULL OR message_key = $1)
+                       AND ($2::text IS NULL OR error_code = $2)
+                       AND ($3::bigint IS NULL OR network_id = $3)
+                       AND ($4::timestamptz IS NULL OR created_at >= $4)
+                       AND ($5::timestamptz IS NULL OR created_at < $5)
+                       AND ($6 OR resolved_at IS NULL)
+                       AND id > $7
+                       AND ($8::bigint IS NULL OR id <= $8)";
+
 /// Columns by the names of [`StoredFailure`]'s fields.
-const SELECT: &str = "SELECT id, network_id, message_key, correlation_id, error_code, error,
-                             attempts, event_id, created_at, resolved_at, payload_sealed,
-                             token_hash, payload_key_id, payload_truncated, payload_bytes,
-                             payload_sha256
-                        FROM failed_intakes
-                       WHERE ($1::text IS NULL OR message_key = $1)
-                         AND ($2::text IS NULL OR error_code = $2)
-                         AND ($3::bigint IS NULL OR network_id = $3)
-                         AND ($4::timestamptz IS NULL OR created_at >= $4)
-                         AND ($5::timestamptz IS NULL OR created_at < $5)
-                         AND ($6 OR resolved_at IS NULL)
-                         AND id > $7
-                         AND ($9::bigint IS NULL OR id <= $9)
-                       ORDER BY id
-                       LIMIT $8";
+const COLUMNS: &str = "SELECT id, network_id, message_key, correlation_id, error_code, error,
+                              attempts, event_id, created_at, resolved_at, payload_sealed,
+                              token_hash, payload_key_id, payload_truncated, payload_bytes,
+                              payload_sha256
+                         FROM failed_intakes";
+
+/// Binds a [`Filter`]'s selection as `$1`–`$8` (see [`WHERE`]).
+fn bind_selection<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    f: &'q Filter,
+    after: i64,
+    upto: Option<i64>,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(&f.key)
+        .bind(&f.code)
+        .bind(f.network)
+        .bind(f.since)
+        .bind(f.until)
+        .bind(f.include_resolved)
+        .bind(after)
+        .bind(upto)
+}
 
 /// The failed intakes matching `f` with an id above `after` (and at most `upto`), in id
 /// order, at most `f.limit` of them.
@@ -163,18 +182,27 @@ pub async fn select_failed(
     after: i64,
     upto: Option<i64>,
 ) -> Result<Vec<StoredFailure>, sqlx::Error> {
-    sqlx::query_as(SELECT)
-        .bind(&f.key)
-        .bind(&f.code)
-        .bind(f.network)
-        .bind(f.since)
-        .bind(f.until)
-        .bind(f.include_resolved)
-        .bind(after)
+    // Made of constants only: nothing a caller passes is spliced into the text.
+    let sql = format!("{COLUMNS} {WHERE} ORDER BY id LIMIT $9");
+    bind_selection(sqlx::query_as(sqlx::AssertSqlSafe(sql)), f, after, upto)
         .bind(f.limit)
-        .bind(upto)
         .fetch_all(pool)
         .await
+}
+
+/// How many failed intakes match `f` with an id above `after` (and at most `upto`).
+pub async fn count_failed(
+    pool: &PgPool,
+    f: &Filter,
+    after: i64,
+    upto: Option<i64>,
+) -> Result<i64, sqlx::Error> {
+    // Made of constants only, like `select_failed`'s.
+    let sql = format!("SELECT count(*) FROM failed_intakes {WHERE}");
+    let (n,): (i64,) = bind_selection(sqlx::query_as(sqlx::AssertSqlSafe(sql)), f, after, upto)
+        .fetch_one(pool)
+        .await?;
+    Ok(n)
 }
 
 /// The id of the newest failed intake (`None` when there is none).
