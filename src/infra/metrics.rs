@@ -1,5 +1,7 @@
 //! Prometheus metrics of one worker process, in a registry of its own (so that several workers
 //! in one test process do not share counters), and the consumer state read by `/readyz`.
+//! Names follow the Prometheus guidelines: no empty label values, states as a `state` label,
+//! a `case_intake_build_info` metric and the standard `process_*` metrics.
 
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+
+use super::process::ProcessCollector;
 
 type Labels = Vec<(String, String)>;
 
@@ -27,10 +32,32 @@ pub enum ConsumerState {
     ShuttingDown = 4,
 }
 
+impl ConsumerState {
+    const ALL: [ConsumerState; 5] = [
+        ConsumerState::Starting,
+        ConsumerState::Consuming,
+        ConsumerState::DatabaseOutage,
+        ConsumerState::Reconnecting,
+        ConsumerState::ShuttingDown,
+    ];
+
+    /// The value of the `state` label of `case_intake_consumer_state`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConsumerState::Starting => "starting",
+            ConsumerState::Consuming => "consuming",
+            ConsumerState::DatabaseOutage => "database_outage",
+            ConsumerState::Reconnecting => "reconnecting",
+            ConsumerState::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 /// Every metric of the worker.
 pub struct Metrics {
     registry: Mutex<Registry>,
     intakes: Family<Labels, Counter>,
+    failures: Family<Labels, Counter>,
     retries: Counter,
     dead_lettered: Counter,
     reconnects: Counter,
@@ -39,7 +66,7 @@ pub struct Metrics {
     window_size: Histogram,
     outbox_backlog: Gauge,
     outbox_oldest_seconds: Gauge,
-    consumer_state_gauge: Gauge,
+    consumer_state_gauge: Family<Labels, Gauge>,
     unparseable: Counter,
     parked: Gauge,
     intake_waiting: Gauge,
@@ -53,9 +80,9 @@ pub struct Metrics {
 }
 
 /// Registers each metric under its name and hands it back for the worker to keep.
-struct Registrar(Registry);
+struct Registrar<'a>(&'a mut Registry);
 
-impl Registrar {
+impl Registrar<'_> {
     fn add<M: prometheus_client::registry::Metric + Clone>(
         &mut self,
         name: &str,
@@ -83,11 +110,27 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut r = Registrar(Registry::with_prefix("case_intake"));
+        // The process metrics have standard names without the service's prefix.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let mut r = Registrar(root.sub_registry_with_prefix("case_intake"));
         let intakes = r.add(
             "intakes",
-            "Intakes processed, by outcome (created, failed, duplicate) and error code",
+            "Intakes processed, by outcome (created, failed, duplicate)",
             Family::<Labels, Counter>::default(),
+        );
+        let failures = r.add(
+            "intake_failures",
+            "Failed intakes, by error code",
+            Family::<Labels, Counter>::default(),
+        );
+        r.0.register(
+            "build",
+            "The running build: its version",
+            Info::new(vec![(
+                "version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            )]),
         );
         let retries = r.counter(
             "retries",
@@ -117,9 +160,10 @@ impl Metrics {
             "outbox_oldest_age_seconds",
             "Age of the oldest unpublished event (read at scrape time)",
         );
-        let consumer_state_gauge = r.gauge(
+        let consumer_state_gauge = r.add(
             "consumer_state",
-            "0 starting, 1 consuming, 2 database outage, 3 reconnecting, 4 shutting down",
+            "1 for the state the consumers are in, 0 for the others",
+            Family::<Labels, Gauge>::default(),
         );
         let unparseable = r.counter(
             "unparseable_deliveries",
@@ -134,9 +178,10 @@ impl Metrics {
             "intake_queue_ready",
             "Messages ready in the intake queue (read every health check)",
         );
-        Self {
-            registry: Mutex::new(r.0),
+        let m = Self {
+            registry: Mutex::new(root),
             intakes,
+            failures,
             retries,
             dead_lettered,
             reconnects,
@@ -153,7 +198,9 @@ impl Metrics {
             started: Instant::now(),
             last_progress_ms: AtomicI64::new(0),
             waiting: AtomicI64::new(-1),
-        }
+        };
+        m.set_state(ConsumerState::Starting);
+        m
     }
 
     pub fn shared() -> Arc<Self> {
@@ -161,17 +208,19 @@ impl Metrics {
     }
 
     /// Counts one outcome: `kind` is `created`, `failed` or `duplicate`; `code` the error code
-    /// of a failure.
+    /// of a failure, counted in a family of its own so that no series has an empty label.
     pub fn record_outcome(&self, kind: &str, code: Option<&str>) {
         if code == Some("dead_lettered") {
             self.dead_lettered.inc();
         }
         self.intakes
-            .get_or_create(&vec![
-                ("outcome".to_owned(), kind.to_owned()),
-                ("code".to_owned(), code.unwrap_or_default().to_owned()),
-            ])
+            .get_or_create(&vec![("outcome".to_owned(), kind.to_owned())])
             .inc();
+        if let Some(code) = code {
+            self.failures
+                .get_or_create(&vec![("code".to_owned(), code.to_owned())])
+                .inc();
+        }
     }
 
     pub fn record_window(&self, size: usize, seconds: f64) {
@@ -234,9 +283,16 @@ impl Metrics {
         self.events_published.inc_by(n as u64);
     }
 
+    /// Moves the consumers to `state`: its series goes to 1 and every other to 0, under the
+    /// registry's lock so that a scrape never sees two states at 1 or none.
     pub fn set_state(&self, state: ConsumerState) {
+        let _scrape = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         self.state.store(state as u8, Ordering::Relaxed);
-        self.consumer_state_gauge.set(state as i64);
+        for s in ConsumerState::ALL {
+            self.consumer_state_gauge
+                .get_or_create(&vec![("state".to_owned(), s.label().to_owned())])
+                .set(i64::from(s == state));
+        }
     }
 
     pub fn state(&self) -> ConsumerState {
@@ -269,17 +325,76 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_with_labels() {
+    fn renders_outcomes_without_empty_labels() {
         let m = Metrics::new();
         m.record_outcome("failed", Some("unauthorized"));
-        m.set_state(ConsumerState::Consuming);
+        m.record_outcome("created", None);
         let text = m.render();
         assert!(
-            text.contains(r#"case_intake_intakes_total{outcome="failed",code="unauthorized"} 1"#),
+            text.contains(r#"case_intake_intakes_total{outcome="failed"} 1"#),
             "{text}"
         );
-        assert!(text.contains("case_intake_consumer_state 1"), "{text}");
+        assert!(
+            text.contains(r#"case_intake_intakes_total{outcome="created"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"case_intake_intake_failures_total{code="unauthorized"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"="""#), "an empty label value: {text}");
+    }
+
+    #[test]
+    fn consumer_state_is_one_hot() {
+        let m = Metrics::new();
+        let at_one = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with("case_intake_consumer_state{") && l.ends_with(" 1"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let text = m.render();
+        assert_eq!(
+            at_one(&text),
+            [r#"case_intake_consumer_state{state="starting"} 1"#]
+        );
+        m.set_state(ConsumerState::Consuming);
+        let text = m.render();
+        assert_eq!(
+            at_one(&text),
+            [r#"case_intake_consumer_state{state="consuming"} 1"#]
+        );
+        for state in ConsumerState::ALL {
+            let series = format!(r#"case_intake_consumer_state{{state="{}"}}"#, state.label());
+            assert!(text.contains(&series), "{series} missing: {text}");
+        }
+        assert!(text.contains(r#"case_intake_consumer_state{state="reconnecting"} 0"#));
         assert_eq!(m.state(), ConsumerState::Consuming);
+    }
+
+    #[test]
+    fn renders_build_info_and_process_metrics() {
+        let text = Metrics::new().render();
+        let build = format!(
+            r#"case_intake_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        if cfg!(target_os = "linux") {
+            for name in [
+                "process_cpu_seconds_total ",
+                "process_resident_memory_bytes ",
+                "process_open_fds ",
+                "process_start_time_seconds ",
+            ] {
+                assert!(
+                    text.lines().any(|l| l.starts_with(name)),
+                    "{name} missing: {text}"
+                );
+            }
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]
