@@ -412,6 +412,14 @@ async fn session(
             };
         }
     };
+    if let Role::Intake { careful } = role {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            queue = %settings.amqp.intake_queue,
+            careful,
+            "consuming"
+        );
+    }
     {
         let (stop, outage) = (stop.clone(), outage.clone());
         tokio::spawn(async move {
