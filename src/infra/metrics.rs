@@ -100,6 +100,21 @@ impl Registrar<'_> {
     fn gauge(&mut self, name: &str, help: &str) -> Gauge {
         self.add(name, help, Gauge::default())
     }
+
+    fn counters(&mut self, name: &str, help: &str) -> Family<Labels, Counter> {
+        self.add(name, help, Family::default())
+    }
+
+    fn gauges(&mut self, name: &str, help: &str) -> Family<Labels, Gauge> {
+        self.add(name, help, Family::default())
+    }
+
+    /// `<prefix>_build_info{version="…"} 1`: which build runs, for dashboards and alerts.
+    fn build_info(&mut self) {
+        let labels = vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())];
+        self.0
+            .register("build", "The running build: its version", Info::new(labels));
+    }
 }
 
 impl Default for Metrics {
@@ -114,86 +129,59 @@ impl Metrics {
         let mut root = Registry::default();
         root.register_collector(Box::new(ProcessCollector));
         let mut r = Registrar(root.sub_registry_with_prefix("case_intake"));
-        let intakes = r.add(
-            "intakes",
-            "Intakes processed, by outcome (created, failed, duplicate)",
-            Family::<Labels, Counter>::default(),
-        );
-        let failures = r.add(
-            "intake_failures",
-            "Failed intakes, by error code",
-            Family::<Labels, Counter>::default(),
-        );
-        r.0.register(
-            "build",
-            "The running build: its version",
-            Info::new(vec![(
-                "version".to_owned(),
-                env!("CARGO_PKG_VERSION").to_owned(),
-            )]),
-        );
-        let retries = r.counter(
-            "retries",
-            "Intakes sent through the delayed retry queue after transient errors",
-        );
-        let dead_lettered = r.counter(
-            "dead_lettered",
-            "Dead-lettered deliveries recorded from the dead-letter queue",
-        );
-        let reconnects = r.counter("broker_reconnects", "Broker sessions rebuilt after a fault");
-        let events_published = r.counter("events_published", "Events confirmed by the broker");
-        let window_seconds = r.add(
-            "window_seconds",
-            "Time to process one window (transaction included)",
-            Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-        );
-        let window_size = r.add(
-            "window_size",
-            "Deliveries per window",
-            Histogram::new(exponential_buckets(1.0, 2.0, 11)),
-        );
-        let outbox_backlog = r.gauge(
-            "outbox_backlog",
-            "Events waiting in the outbox (read at scrape time)",
-        );
-        let outbox_oldest_seconds = r.gauge(
-            "outbox_oldest_age_seconds",
-            "Age of the oldest unpublished event (read at scrape time)",
-        );
-        let consumer_state_gauge = r.add(
-            "consumer_state",
-            "1 for the state the consumers are in, 0 for the others",
-            Family::<Labels, Gauge>::default(),
-        );
-        let unparseable = r.counter(
-            "unparseable_deliveries",
-            "Broker sessions ended by a delivery the AMQP client could not parse (such a message \
-             is parked after its delivery limits)",
-        );
-        let parked = r.gauge(
-            "parked_messages",
-            "Messages in the parking queue (read every health check)",
-        );
-        let intake_waiting = r.gauge(
-            "intake_queue_ready",
-            "Messages ready in the intake queue (read every health check)",
-        );
+        r.build_info();
         let m = Self {
+            intakes: r.counters(
+                "intakes",
+                "Intakes processed, by outcome (created, failed, duplicate)",
+            ),
+            failures: r.counters("intake_failures", "Failed intakes, by error code"),
+            retries: r.counter(
+                "retries",
+                "Intakes sent through the delayed retry queue after transient errors",
+            ),
+            dead_lettered: r.counter(
+                "dead_lettered",
+                "Dead-lettered deliveries recorded from the dead-letter queue",
+            ),
+            reconnects: r.counter("broker_reconnects", "Broker sessions rebuilt after a fault"),
+            events_published: r.counter("events_published", "Events confirmed by the broker"),
+            window_seconds: r.add(
+                "window_seconds",
+                "Time to process one window (transaction included)",
+                Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            ),
+            window_size: r.add(
+                "window_size",
+                "Deliveries per window",
+                Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            ),
+            outbox_backlog: r.gauge(
+                "outbox_backlog",
+                "Events waiting in the outbox (read at scrape time)",
+            ),
+            outbox_oldest_seconds: r.gauge(
+                "outbox_oldest_age_seconds",
+                "Age of the oldest unpublished event (read at scrape time)",
+            ),
+            consumer_state_gauge: r.gauges(
+                "consumer_state",
+                "1 for the state the consumers are in, 0 for the others",
+            ),
+            unparseable: r.counter(
+                "unparseable_deliveries",
+                "Broker sessions ended by a delivery the AMQP client could not parse (such a \
+                 message is parked after its delivery limits)",
+            ),
+            parked: r.gauge(
+                "parked_messages",
+                "Messages in the parking queue (read every health check)",
+            ),
+            intake_waiting: r.gauge(
+                "intake_queue_ready",
+                "Messages ready in the intake queue (read every health check)",
+            ),
             registry: Mutex::new(root),
-            intakes,
-            failures,
-            retries,
-            dead_lettered,
-            reconnects,
-            events_published,
-            window_seconds,
-            window_size,
-            outbox_backlog,
-            outbox_oldest_seconds,
-            consumer_state_gauge,
-            unparseable,
-            parked,
-            intake_waiting,
             state: AtomicU8::new(ConsumerState::Starting as u8),
             started: Instant::now(),
             last_progress_ms: AtomicI64::new(0),
