@@ -92,6 +92,7 @@ impl TestEnv {
             replay: None,
             oversize: None,
             forced_failure: None,
+            trace: None,
         }
     }
 
