@@ -318,18 +318,16 @@ mod tests {
         m.record_outcome("failed", Some("unauthorized"));
         m.record_outcome("created", None);
         let text = m.render();
-        assert!(
-            text.contains(r#"case_intake_intakes_total{outcome="failed"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"case_intake_intakes_total{outcome="created"} 1"#),
-            "{text}"
-        );
-        assert!(
-            text.contains(r#"case_intake_intake_failures_total{code="unauthorized"} 1"#),
-            "{text}"
-        );
+        for series in [
+            r#"case_intake_intakes_total{outcome="failed"} 1"#,
+            r#"case_intake_intakes_total{outcome="created"} 1"#,
+            r#"case_intake_intake_failures_total{code="unauthorized"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == series),
+                "{series} missing: {text}"
+            );
+        }
         assert!(!text.contains(r#"="""#), "an empty label value: {text}");
     }
 
