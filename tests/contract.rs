@@ -3,6 +3,7 @@
 //! every kind of failure) against the event schemas, the intake schema against
 //! `validate::validate`, the names against the defaults, and README.md's marked examples.
 
+use case_intake::intake::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -265,15 +266,35 @@ fn the_documented_names_are_the_service_defaults() {
         .keys()
         .map(|h| h.to_ascii_lowercase())
         .collect();
-    // The token headers, and the retry counter the service keeps (reserved, never accepted).
+    // The token headers, the W3C trace context, and the retry counter the service keeps
+    // (reserved, never accepted).
     let expected: BTreeSet<String> = TOKEN_HEADERS
         .iter()
-        .chain([&RETRIES_HEADER, &RETRIES_TAG_HEADER])
+        .chain([
+            &RETRIES_HEADER,
+            &RETRIES_TAG_HEADER,
+            &TRACEPARENT,
+            &TRACESTATE,
+        ])
         .map(|h| h.to_string())
         .collect();
     assert_eq!(headers, expected);
     let intake_headers = c.named("IntakeHeaders");
     assert!(!intake_headers.is_valid(&json!({"authorization": "Token a", RETRIES_HEADER: 1})));
+    // The documented trace header format is the one the service keeps.
+    let parent = c.named("TraceParent");
+    for candidate in [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+    ] {
+        assert_eq!(
+            parent.is_valid(&json!(candidate)),
+            TraceContext::parse(candidate, None).is_some(),
+            "{candidate}"
+        );
+    }
     let token = c.named("TokenHeader");
     for ok in ["Token abc", "  token   abc  ", "TOKEN abc"] {
         assert!(
@@ -492,16 +513,19 @@ async fn real_events_match_the_event_schemas() {
     let t = Some(token.as_str());
     let county = env.a.county_ids[0];
 
-    // A new household, and a minimal case in another one.
+    // A new household, and a minimal case in another one (with a W3C trace context).
+    let mut minimal = env.envelope(
+        "minimal",
+        t,
+        &json!({"first_name": "Ann", "last_name": "Lee"}),
+    );
+    minimal.trace = TraceContext::parse(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        Some("congo=t61rcWkgMzE"),
+    );
+    assert!(minimal.trace.is_some());
     let out = env
-        .process(&[
-            env.envelope("new", t, &seed_body(county)),
-            env.envelope(
-                "minimal",
-                t,
-                &json!({"first_name": "Ann", "last_name": "Lee"}),
-            ),
-        ])
+        .process(&[env.envelope("new", t, &seed_body(county)), minimal])
         .await;
     let (head, household) = created(&out[0]);
     created(&out[1]);
@@ -544,6 +568,10 @@ async fn real_events_match_the_event_schemas() {
         case_intake::intake::envelope::check_correlation_id(Some("c\u{1b}[31m")).err();
     assert!(bad_correlation.forced_failure.is_some());
     let mut exhausted = env.envelope("exhausted", t, &seed_body(county));
+    exhausted.trace = TraceContext::parse(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        None,
+    );
     exhausted.forced_failure = Some(IntakeError::new(
         ErrorCode::RetriesExhausted,
         "transient database errors persisted through every retry",
@@ -619,6 +647,19 @@ async fn real_events_match_the_event_schemas() {
             &failed_v
         };
         assert_valid(v, event, &format!("a real {routing_key} event"));
+    }
+
+    // Trace context is carried on created and failed events alike.
+    for rk in [
+        &env.settings.amqp.created_routing_key,
+        &env.settings.amqp.failed_routing_key,
+    ] {
+        assert!(
+            outbox
+                .iter()
+                .any(|(k, e)| k == rk && e.get("traceparent").is_some()),
+            "a {rk} event with a traceparent"
+        );
     }
 
     // The events cover every placement and every error code.

@@ -891,12 +891,16 @@ fn compose_migrates_once_then_runs_two_workers() {
     );
     assert_eq!(settings.amqp.url.expose_secret(), amqp);
 
+    // The healthcheck command reads http.address from the same environment, so it asks the
+    // port the worker listens on.
     let health = worker["healthcheck"]["test"].to_string();
+    assert_eq!(health, r#"["CMD","case-intake","healthcheck"]"#);
     assert!(
-        health.contains(&format!("/{}", http_port())),
-        "healthcheck port: {health}"
+        settings
+            .http
+            .address
+            .ends_with(&format!(":{}", http_port()))
     );
-    assert!(health.contains("/readyz"), "{health}");
     let grace = compose_seconds(
         worker["stop_grace_period"]
             .as_str()
@@ -925,6 +929,8 @@ fn the_dockerfile_builds_the_binary_and_runs_it_unprivileged() {
     assert!(lines.contains(&r#"CMD ["run"]"#));
     assert_ne!(dockerfile_uid(), 0);
     assert!(lines.contains(&format!("EXPOSE {}", http_port()).as_str()));
+    assert!(lines.contains(&r#"CMD ["case-intake", "healthcheck"]"#));
+    assert!(lines.iter().any(|l| l.starts_with("HEALTHCHECK ")));
 
     // The binary it builds is the crate's.
     let manifest = config::Config::builder()

@@ -89,6 +89,7 @@ impl TestEnv {
             replay: None,
             oversize: None,
             forced_failure: None,
+            trace: None,
         }
     }
 

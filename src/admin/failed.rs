@@ -248,6 +248,8 @@ pub async fn replay(
                         failed_intake_id: s.intake.id,
                     }),
                     forced_failure: None,
+                    // A replay is an operator's action, not part of the original trace.
+                    trace: None,
                 })
             })
             .collect();

@@ -1,9 +1,10 @@
 //! Operator commands run by the binary: provisioning networks, inspecting and replaying failed
-//! intakes, key rotation, retention, and the parking queue's tools. May call `intake` (a replay
+//! intakes, key rotation, retention, the parking queue's tools and the container healthcheck. May call `intake` (a replay
 //! runs the pipeline), `outbox`, `store` and `infra`; the worker's runtime (`app`) does not
 //! depend on them except for the retention janitor.
 
 pub mod failed;
+pub mod healthcheck;
 pub mod parked;
 pub mod provision;
 pub mod retention;

@@ -491,12 +491,27 @@ async fn start(s: &Session<'_>, fault: &ConnectionFault) -> Result<Running, Sess
         }
     }
     match populate(&mut running, s).await {
-        Ok(()) => Ok(running),
+        Ok(()) => {
+            announce(role, settings);
+            Ok(running)
+        }
         Err(e) => {
             stop.cancel();
             close(&running).await;
             Err(e)
         }
+    }
+}
+
+/// The line that says intake runs: version, queue, and whether it reads one message at a time.
+fn announce(role: Role, settings: &Settings) {
+    if let Role::Intake { careful } = role {
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            queue = %settings.amqp.intake_queue,
+            careful,
+            "consuming"
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{provision, rotate};
+use crate::admin::{healthcheck, provision, rotate};
 use crate::app::supervisor;
 use crate::infra::db;
 use crate::infra::settings::Settings;
@@ -68,6 +68,13 @@ pub enum Command {
         #[command(subcommand)]
         command: ParkedCommand,
     },
+    /// Ask the running worker's `/readyz` at `http.address` (`--live`: `/healthz`); exits 0 when
+    /// it answers 200 within 2 s, 1 otherwise. For container health checks.
+    Healthcheck {
+        /// Ask liveness (`/healthz`) instead of readiness.
+        #[arg(long)]
+        live: bool,
+    },
     /// Process failed intakes again under their original message keys. Their events go
     /// through the outbox: a running worker publishes them.
     Replay {
@@ -114,6 +121,11 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
             json,
         } => failed::replay(&select, all, yes, json, &settings).await,
         Command::RotateKey => rotate_key(&settings).await,
+        Command::Healthcheck { live } => {
+            let path = if live { "/healthz" } else { "/readyz" };
+            healthcheck::check(&settings.http.address, path, Duration::from_secs(2)).await?;
+            Ok(())
+        }
         Command::Parked { command } => parked::parked_command(command, &settings).await,
         Command::RevokeKey { id } => {
             let pool = db::migrate(&settings.database).await?;

@@ -1,5 +1,7 @@
 //! Prometheus metrics of one worker process, in a registry of its own (so that several workers
 //! in one test process do not share counters), and the consumer state read by `/readyz`.
+//! Names follow the Prometheus guidelines: no empty label values, states as a `state` label,
+//! a `case_intake_build_info` metric and the standard `process_*` metrics.
 
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+
+use super::process::ProcessCollector;
 
 type Labels = Vec<(String, String)>;
 
@@ -27,10 +32,32 @@ pub enum ConsumerState {
     ShuttingDown = 4,
 }
 
+impl ConsumerState {
+    const ALL: [ConsumerState; 5] = [
+        ConsumerState::Starting,
+        ConsumerState::Consuming,
+        ConsumerState::DatabaseOutage,
+        ConsumerState::Reconnecting,
+        ConsumerState::ShuttingDown,
+    ];
+
+    /// The value of the `state` label of `case_intake_consumer_state`.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConsumerState::Starting => "starting",
+            ConsumerState::Consuming => "consuming",
+            ConsumerState::DatabaseOutage => "database_outage",
+            ConsumerState::Reconnecting => "reconnecting",
+            ConsumerState::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
 /// Every metric of the worker.
 pub struct Metrics {
     registry: Mutex<Registry>,
     intakes: Family<Labels, Counter>,
+    failures: Family<Labels, Counter>,
     retries: Counter,
     dead_lettered: Counter,
     reconnects: Counter,
@@ -39,7 +66,7 @@ pub struct Metrics {
     window_size: Histogram,
     outbox_backlog: Gauge,
     outbox_oldest_seconds: Gauge,
-    consumer_state_gauge: Gauge,
+    consumer_state_gauge: Family<Labels, Gauge>,
     unparseable: Counter,
     parked: Gauge,
     intake_waiting: Gauge,
@@ -53,9 +80,9 @@ pub struct Metrics {
 }
 
 /// Registers each metric under its name and hands it back for the worker to keep.
-struct Registrar(Registry);
+struct Registrar<'a>(&'a mut Registry);
 
-impl Registrar {
+impl Registrar<'_> {
     fn add<M: prometheus_client::registry::Metric + Clone>(
         &mut self,
         name: &str,
@@ -73,6 +100,21 @@ impl Registrar {
     fn gauge(&mut self, name: &str, help: &str) -> Gauge {
         self.add(name, help, Gauge::default())
     }
+
+    fn counters(&mut self, name: &str, help: &str) -> Family<Labels, Counter> {
+        self.add(name, help, Family::default())
+    }
+
+    fn gauges(&mut self, name: &str, help: &str) -> Family<Labels, Gauge> {
+        self.add(name, help, Family::default())
+    }
+
+    /// `<prefix>_build_info{version="…"} 1`: which build runs, for dashboards and alerts.
+    fn build_info(&mut self) {
+        let labels = vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())];
+        self.0
+            .register("build", "The running build: its version", Info::new(labels));
+    }
 }
 
 impl Default for Metrics {
@@ -83,77 +125,70 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut r = Registrar(Registry::with_prefix("case_intake"));
-        let intakes = r.add(
-            "intakes",
-            "Intakes processed, by outcome (created, failed, duplicate) and error code",
-            Family::<Labels, Counter>::default(),
-        );
-        let retries = r.counter(
-            "retries",
-            "Intakes sent through the delayed retry queue after transient errors",
-        );
-        let dead_lettered = r.counter(
-            "dead_lettered",
-            "Dead-lettered deliveries recorded from the dead-letter queue",
-        );
-        let reconnects = r.counter("broker_reconnects", "Broker sessions rebuilt after a fault");
-        let events_published = r.counter("events_published", "Events confirmed by the broker");
-        let window_seconds = r.add(
-            "window_seconds",
-            "Time to process one window (transaction included)",
-            Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-        );
-        let window_size = r.add(
-            "window_size",
-            "Deliveries per window",
-            Histogram::new(exponential_buckets(1.0, 2.0, 11)),
-        );
-        let outbox_backlog = r.gauge(
-            "outbox_backlog",
-            "Events waiting in the outbox (read at scrape time)",
-        );
-        let outbox_oldest_seconds = r.gauge(
-            "outbox_oldest_age_seconds",
-            "Age of the oldest unpublished event (read at scrape time)",
-        );
-        let consumer_state_gauge = r.gauge(
-            "consumer_state",
-            "0 starting, 1 consuming, 2 database outage, 3 reconnecting, 4 shutting down",
-        );
-        let unparseable = r.counter(
-            "unparseable_deliveries",
-            "Broker sessions ended by a delivery the AMQP client could not parse (such a message \
-             is parked after its delivery limits)",
-        );
-        let parked = r.gauge(
-            "parked_messages",
-            "Messages in the parking queue (read every health check)",
-        );
-        let intake_waiting = r.gauge(
-            "intake_queue_ready",
-            "Messages ready in the intake queue (read every health check)",
-        );
-        Self {
-            registry: Mutex::new(r.0),
-            intakes,
-            retries,
-            dead_lettered,
-            reconnects,
-            events_published,
-            window_seconds,
-            window_size,
-            outbox_backlog,
-            outbox_oldest_seconds,
-            consumer_state_gauge,
-            unparseable,
-            parked,
-            intake_waiting,
+        // The process metrics have standard names without the service's prefix.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let mut r = Registrar(root.sub_registry_with_prefix("case_intake"));
+        r.build_info();
+        let m = Self {
+            intakes: r.counters(
+                "intakes",
+                "Intakes processed, by outcome (created, failed, duplicate)",
+            ),
+            failures: r.counters("intake_failures", "Failed intakes, by error code"),
+            retries: r.counter(
+                "retries",
+                "Intakes sent through the delayed retry queue after transient errors",
+            ),
+            dead_lettered: r.counter(
+                "dead_lettered",
+                "Dead-lettered deliveries recorded from the dead-letter queue",
+            ),
+            reconnects: r.counter("broker_reconnects", "Broker sessions rebuilt after a fault"),
+            events_published: r.counter("events_published", "Events confirmed by the broker"),
+            window_seconds: r.add(
+                "window_seconds",
+                "Time to process one window (transaction included)",
+                Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            ),
+            window_size: r.add(
+                "window_size",
+                "Deliveries per window",
+                Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            ),
+            outbox_backlog: r.gauge(
+                "outbox_backlog",
+                "Events waiting in the outbox (read at scrape time)",
+            ),
+            outbox_oldest_seconds: r.gauge(
+                "outbox_oldest_age_seconds",
+                "Age of the oldest unpublished event (read at scrape time)",
+            ),
+            consumer_state_gauge: r.gauges(
+                "consumer_state",
+                "1 for the state the consumers are in, 0 for the others",
+            ),
+            unparseable: r.counter(
+                "unparseable_deliveries",
+                "Broker sessions ended by a delivery the AMQP client could not parse (such a \
+                 message is parked after its delivery limits)",
+            ),
+            parked: r.gauge(
+                "parked_messages",
+                "Messages in the parking queue (read every health check)",
+            ),
+            intake_waiting: r.gauge(
+                "intake_queue_ready",
+                "Messages ready in the intake queue (read every health check)",
+            ),
+            registry: Mutex::new(root),
             state: AtomicU8::new(ConsumerState::Starting as u8),
             started: Instant::now(),
             last_progress_ms: AtomicI64::new(0),
             waiting: AtomicI64::new(-1),
-        }
+        };
+        m.set_state(ConsumerState::Starting);
+        m
     }
 
     pub fn shared() -> Arc<Self> {
@@ -161,17 +196,19 @@ impl Metrics {
     }
 
     /// Counts one outcome: `kind` is `created`, `failed` or `duplicate`; `code` the error code
-    /// of a failure.
+    /// of a failure, counted in a family of its own so that no series has an empty label.
     pub fn record_outcome(&self, kind: &str, code: Option<&str>) {
         if code == Some("dead_lettered") {
             self.dead_lettered.inc();
         }
         self.intakes
-            .get_or_create(&vec![
-                ("outcome".to_owned(), kind.to_owned()),
-                ("code".to_owned(), code.unwrap_or_default().to_owned()),
-            ])
+            .get_or_create(&vec![("outcome".to_owned(), kind.to_owned())])
             .inc();
+        if let Some(code) = code {
+            self.failures
+                .get_or_create(&vec![("code".to_owned(), code.to_owned())])
+                .inc();
+        }
     }
 
     pub fn record_window(&self, size: usize, seconds: f64) {
@@ -234,9 +271,16 @@ impl Metrics {
         self.events_published.inc_by(n as u64);
     }
 
+    /// Moves the consumers to `state`: its series goes to 1 and every other to 0, under the
+    /// registry's lock so that a scrape never sees two states at 1 or none.
     pub fn set_state(&self, state: ConsumerState) {
+        let _scrape = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         self.state.store(state as u8, Ordering::Relaxed);
-        self.consumer_state_gauge.set(state as i64);
+        for s in ConsumerState::ALL {
+            self.consumer_state_gauge
+                .get_or_create(&vec![("state".to_owned(), s.label().to_owned())])
+                .set(i64::from(s == state));
+        }
     }
 
     pub fn state(&self) -> ConsumerState {
@@ -269,17 +313,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_with_labels() {
+    fn renders_outcomes_without_empty_labels() {
         let m = Metrics::new();
         m.record_outcome("failed", Some("unauthorized"));
+        m.record_outcome("created", None);
+        let text = m.render();
+        for series in [
+            r#"case_intake_intakes_total{outcome="failed"} 1"#,
+            r#"case_intake_intakes_total{outcome="created"} 1"#,
+            r#"case_intake_intake_failures_total{code="unauthorized"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == series),
+                "{series} missing: {text}"
+            );
+        }
+        assert!(!text.contains(r#"="""#), "an empty label value: {text}");
+    }
+
+    #[test]
+    fn consumer_state_is_one_hot() {
+        let m = Metrics::new();
+        let at_one = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with("case_intake_consumer_state{") && l.ends_with(" 1"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let text = m.render();
+        assert_eq!(
+            at_one(&text),
+            [r#"case_intake_consumer_state{state="starting"} 1"#]
+        );
         m.set_state(ConsumerState::Consuming);
         let text = m.render();
-        assert!(
-            text.contains(r#"case_intake_intakes_total{outcome="failed",code="unauthorized"} 1"#),
-            "{text}"
+        assert_eq!(
+            at_one(&text),
+            [r#"case_intake_consumer_state{state="consuming"} 1"#]
         );
-        assert!(text.contains("case_intake_consumer_state 1"), "{text}");
+        for state in ConsumerState::ALL {
+            let series = format!(r#"case_intake_consumer_state{{state="{}"}}"#, state.label());
+            assert!(text.contains(&series), "{series} missing: {text}");
+        }
+        assert!(text.contains(r#"case_intake_consumer_state{state="reconnecting"} 0"#));
         assert_eq!(m.state(), ConsumerState::Consuming);
+    }
+
+    #[test]
+    fn renders_build_info_and_process_metrics() {
+        let text = Metrics::new().render();
+        let build = format!(
+            r#"case_intake_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.contains(&build), "{text}");
+        if cfg!(target_os = "linux") {
+            for name in [
+                "process_cpu_seconds_total ",
+                "process_resident_memory_bytes ",
+                "process_open_fds ",
+                "process_start_time_seconds ",
+            ] {
+                assert!(
+                    text.lines().any(|l| l.starts_with(name)),
+                    "{name} missing: {text}"
+                );
+            }
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]

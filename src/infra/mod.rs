@@ -1,11 +1,12 @@
-//! The ground every layer stands on: settings, metrics, PostgreSQL connections (`db`,
-//! `nodelay`), retry backoff, thread stack sizes, log throttling and redaction. Calls nothing
-//! above it.
+//! The ground every layer stands on: settings, metrics (with the process's own in `process`),
+//! PostgreSQL connections (`db`, `nodelay`), retry backoff, thread stack sizes, log throttling
+//! and redaction. Calls nothing above it.
 
 pub mod backoff;
 pub mod db;
 pub mod metrics;
 pub mod nodelay;
+pub mod process;
 pub mod redact;
 pub mod settings;
 pub mod stack;

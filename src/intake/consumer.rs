@@ -417,7 +417,8 @@ fn log_outcomes(envelopes: &[Envelope], dispositions: &[Disposition]) {
         let span = tracing::info_span!(
             "intake",
             message_key = env.message_key.as_deref().unwrap_or(""),
-            correlation_id = env.correlation_id.as_deref().unwrap_or("")
+            correlation_id = env.correlation_id.as_deref().unwrap_or(""),
+            trace_id = env.trace.as_ref().map(|t| t.trace_id())
         );
         let _entered = span.enter();
         match d {

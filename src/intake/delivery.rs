@@ -14,6 +14,7 @@ use crate::intake::envelope::{
     Envelope, Oversize, check_correlation_id, check_message_key, is_unsafe_char, unsafe_text,
 };
 use crate::intake::error::{ErrorCode, IntakeError};
+use crate::intake::trace::TraceContext;
 use crate::store::auth::{TOKEN_HEADERS, hash_token, parse_token_header};
 use crate::store::crypto::Vault;
 
@@ -58,6 +59,7 @@ pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
             }
         };
     let mut token = None;
+    let trace = props.headers().as_ref().and_then(TraceContext::of_headers);
     if let Some(headers) = props.headers() {
         let depth = header_depth(headers);
         if depth > MAX_HEADER_DEPTH {
@@ -98,6 +100,7 @@ pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
         oversize,
         replay: None,
         forced_failure: problem,
+        trace,
     }
 }
 

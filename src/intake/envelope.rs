@@ -3,6 +3,7 @@
 
 use crate::intake::error::{ErrorCode, IntakeError};
 use crate::intake::event::ReplayInfo;
+use crate::intake::trace::TraceContext;
 use crate::store::auth::TokenHash;
 
 /// Longest accepted message key, in characters.
@@ -41,6 +42,8 @@ pub struct Envelope {
     /// exhausted, dead-lettered by the broker). It still goes through dedup: a key that already
     /// has an outcome keeps it.
     pub forced_failure: Option<IntakeError>,
+    /// The W3C trace context of the intake's headers, when valid: carried to its event.
+    pub trace: Option<TraceContext>,
 }
 
 /// Accepts a message key of 1 to 255 characters.

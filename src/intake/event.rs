@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::intake::error::IntakeError;
+use crate::intake::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 
 /// The content type of every event body (the relay sets it on every publish).
 pub use crate::outbox::relay::CONTENT_TYPE;
@@ -76,6 +77,17 @@ pub fn failed_data(
     });
     add_replay(&mut data, replay);
     data
+}
+
+/// Adds the intake's W3C trace context as the CloudEvents distributed-tracing extension
+/// attributes `traceparent` and `tracestate`. They are part of the stored event, so a
+/// re-published event carries the trace of the intake that created it.
+pub fn add_trace(event: &mut Event, trace: Option<&TraceContext>) {
+    let Some(trace) = trace else { return };
+    event.body[TRACEPARENT] = Value::String(trace.traceparent.clone());
+    if let Some(state) = &trace.tracestate {
+        event.body[TRACESTATE] = Value::String(state.clone());
+    }
 }
 
 /// Marks an event's data as coming from a replay of a failed intake.

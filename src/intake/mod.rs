@@ -2,7 +2,7 @@
 //! `envelope`), its body decoded and validated (`decode`, `validate`), a window of them decided
 //! and written in one transaction (`window`, with the household rules of `household`), and the
 //! consumer acks, retries or hands back each delivery as `disposition` decides (`consumer`,
-//! `classify`). `error` and `event` are what upstream systems see. May call `outbox` (to hand
+//! `classify`); `trace` reads the W3C trace context an intake carries to its event. `error` and `event` are what upstream systems see. May call `outbox` (to hand
 //! committed events to the relay), `store` and `infra`.
 
 pub mod classify;
@@ -14,5 +14,6 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod household;
+pub mod trace;
 pub mod validate;
 pub mod window;

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::intake::decode::{BodyLimits, decode_body, payload_hash, too_large};
 use crate::intake::envelope::Envelope;
 use crate::intake::error::{ErrorCode, FieldErrors, IntakeError};
-use crate::intake::event::{self, Event, ReplayInfo};
+use crate::intake::event::{self, Event};
 use crate::intake::household::{Placement, place};
 use crate::intake::validate::{Validated, validate};
 use crate::store::auth::{Caller, TokenHash};
@@ -541,7 +541,7 @@ impl Phase<'_, '_> {
             self.now,
         );
         let key = p.env.message_key.as_deref();
-        let ev = self.created_event(&row, v, &placement, key, p.env.replay);
+        let ev = self.created_event(&row, v, &placement, key, p.env);
         w.plan.cases.push(row);
         w.plan
             .record(caller.network_id(), key, &p.hash, Some(case_id), None, &ev);
@@ -560,7 +560,7 @@ impl Phase<'_, '_> {
         v: &Validated,
         placement: &Placement,
         key: Option<&str>,
-        replay: Option<ReplayInfo>,
+        env: &Envelope,
     ) -> Event {
         let mut data = store::case_json(row, &v.case);
         let data_obj = data.as_object_mut().expect("case_json returns an object");
@@ -579,15 +579,17 @@ impl Phase<'_, '_> {
             "warnings".into(),
             serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
         );
-        event::add_replay(&mut data, replay);
-        event::cloud_event(
+        event::add_replay(&mut data, env.replay);
+        let mut ev = event::cloud_event(
             &self.ctx.source,
             event::CASE_CREATED,
             &self.ctx.created_routing_key,
             key,
             self.now,
             data,
-        )
+        );
+        event::add_trace(&mut ev, env.trace.as_ref());
+        ev
     }
 
     /// Plans the failure of intake `i`: its outcome row (when it has a key), its failed
@@ -595,7 +597,7 @@ impl Phase<'_, '_> {
     fn fail(&self, i: usize, error: &IntakeError, w: &mut Written) -> Outcome {
         let p = &self.prepared[i];
         let key = p.env.message_key.as_deref();
-        let ev = failed_event(self.ctx, key, error, p.env.replay, self.now);
+        let ev = failed_event(self.ctx, key, error, p.env, self.now);
         if key.is_some() {
             let network = self.callers.namespace(p);
             w.plan
@@ -627,7 +629,7 @@ impl Phase<'_, '_> {
                     "this message key was already used with a different body; nothing was changed",
                 );
                 let key = p.env.message_key.as_deref();
-                let ev = failed_event(self.ctx, key, &error, p.env.replay, self.now);
+                let ev = failed_event(self.ctx, key, &error, p.env, self.now);
                 w.plan.fail(p, self.callers.of(p), &error, &ev);
                 w.plan.queue_event(i, &ev, p.env);
                 Outcome::Failed {
@@ -661,17 +663,19 @@ fn failed_event(
     ctx: &WindowContext,
     key: Option<&str>,
     error: &IntakeError,
-    replay: Option<ReplayInfo>,
+    env: &Envelope,
     now: chrono::DateTime<Utc>,
 ) -> Event {
-    event::cloud_event(
+    let mut ev = event::cloud_event(
         &ctx.source,
         event::CASE_FAILED,
         &ctx.failed_routing_key,
         key,
         now,
-        event::failed_data(key, error, replay),
-    )
+        event::failed_data(key, error, env.replay),
+    );
+    event::add_trace(&mut ev, env.trace.as_ref());
+    ev
 }
 
 /// The county and household must exist in the caller's network. A reference into another
@@ -891,6 +895,7 @@ mod tests {
             oversize: None,
             replay: None,
             forced_failure: None,
+            trace: None,
         }
     }
 

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
@@ -302,18 +303,47 @@ impl Relay {
 }
 
 /// The properties of an event's message: its id as `message_id` (consumers dedup by it),
-/// persistent, typed by its routing key, with the intake's correlation id.
+/// persistent, typed by its routing key, with the intake's correlation id and, as headers,
+/// the event's W3C trace context.
 fn properties(t: &Taken) -> BasicProperties {
-    let props = BasicProperties::default()
+    let mut props = BasicProperties::default()
         .with_message_id(t.event_id.to_string().into())
         .with_content_type(CONTENT_TYPE.into())
         .with_delivery_mode(2)
         .with_timestamp(Utc::now().timestamp().max(0) as u64)
         .with_type(t.routing_key.as_str().into());
-    match &t.correlation_id {
-        Some(c) => props.with_correlation_id(c.as_str().into()),
+    if let Some(c) = &t.correlation_id {
+        props = props.with_correlation_id(c.as_str().into());
+    }
+    match t.body.as_deref().and_then(trace_headers) {
+        Some(headers) => props.with_headers(headers),
         None => props,
     }
+}
+
+/// The CloudEvents distributed-tracing attributes of an event body (validated when the intake
+/// was read).
+#[derive(serde::Deserialize)]
+struct TraceAttributes {
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+/// The `traceparent` and `tracestate` headers of an event: the same values as its body's
+/// attributes, so AMQP-level tracing and CloudEvents consumers see one trace. Bodies without
+/// the attribute (most, when publishers do not trace) are not parsed.
+fn trace_headers(body: &str) -> Option<FieldTable> {
+    if !body.contains("\"traceparent\"") {
+        return None;
+    }
+    let attrs: TraceAttributes = serde_json::from_str(body).ok()?;
+    let mut headers = FieldTable::default();
+    let text = |s: String| AMQPValue::LongString(LongString::from(s.into_bytes()));
+    headers.insert("traceparent".into(), text(attrs.traceparent?));
+    if let Some(state) = attrs.tracestate {
+        headers.insert("tracestate".into(), text(state));
+    }
+    Some(headers)
 }
 
 /// Whether the broker took an event, by its confirm; logs why not.
@@ -333,5 +363,39 @@ fn taken_by_broker(t: &Taken, result: lapin::Result<Confirmation>) -> bool {
             tracing::warn!(event_id = %t.event_id, error = %e, "publish failed; will retry");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn text(headers: &FieldTable, name: &str) -> Option<String> {
+        match headers.inner().get(name)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8(s.as_bytes().to_vec()).unwrap()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn trace_headers_mirror_the_event_attributes() {
+        let body = serde_json::json!({"id": "e", "traceparent": PARENT, "tracestate": "a=1"});
+        let h = trace_headers(&body.to_string()).unwrap();
+        assert_eq!(text(&h, "traceparent").as_deref(), Some(PARENT));
+        assert_eq!(text(&h, "tracestate").as_deref(), Some("a=1"));
+
+        let body = serde_json::json!({"id": "e", "traceparent": PARENT});
+        let h = trace_headers(&body.to_string()).unwrap();
+        assert_eq!(text(&h, "tracestate"), None);
+    }
+
+    #[test]
+    fn no_trace_attribute_no_headers() {
+        assert!(trace_headers(r#"{"id":"e","data":{}}"#).is_none());
+        // The word inside the data is not the attribute.
+        let body = r#"{"id":"e","data":{"note":"traceparent"}}"#;
+        assert!(trace_headers(body).is_none());
     }
 }
