@@ -107,7 +107,7 @@ async fn list(
     json: bool,
     settings: &Settings,
 ) -> CliResult {
-    let pool = db::migrate(&settings.database).await?;
+    let pool = db::open_current(&settings.database).await?;
     let rows = failed::list(&pool, &select.filter(include_resolved, limit)?).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -133,7 +133,7 @@ async fn list(
 }
 
 async fn show(key: &str, network: Option<i64>, settings: &Settings) -> CliResult {
-    let pool = db::migrate(&settings.database).await?;
+    let pool = db::open_current(&settings.database).await?;
     let vault = Vault::from_settings(&settings.crypto)?;
     let rows = failed::show(&pool, &vault, key, network).await?;
     if rows.is_empty() {
@@ -150,7 +150,7 @@ pub async fn replay(select: &Selection, all: bool, json: bool, settings: &Settin
             "choose what to replay: --key, --code, --since/--until, --network or --all".into(),
         );
     }
-    let pool = db::migrate(&settings.database).await?;
+    let pool = db::open_current(&settings.database).await?;
     let filter = select.filter(false, 0)?;
     let ctx = supervisor::window_context(settings);
     let report = failed::replay(&pool, &ctx, &filter, settings.intake.window_size, |r| {

@@ -37,7 +37,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the worker (the default): migrate, then consume intakes until SIGINT/SIGTERM.
     Run,
-    /// Create the database if needed and apply pending migrations, then exit.
+    /// Create the database if needed and apply pending migrations, then exit. (`run` does so
+    /// too; every other command needs a database migrated already.)
     Migrate,
     /// Create a network with a group, an agent, an API key and counties; prints JSON with the
     /// token (shown once: only its hash is stored).
@@ -97,7 +98,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
             agent,
             counties,
         } => {
-            let pool = db::migrate(&settings.database).await?;
+            let pool = db::open_current(&settings.database).await?;
             let p = provision::provision(&pool, &network, &group, &agent, &counties).await?;
             println!("{}", serde_json::to_string_pretty(&p)?);
             Ok(())
@@ -109,7 +110,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
         Command::RotateKey => rotate_key(&settings).await,
         Command::Parked { command } => parked::parked_command(command, &settings).await,
         Command::RevokeKey { id } => {
-            let pool = db::migrate(&settings.database).await?;
+            let pool = db::open_current(&settings.database).await?;
             if provision::revoke_key(&pool, id).await? {
                 println!("revoked API key {id}");
                 Ok(())
@@ -121,7 +122,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
 }
 
 async fn rotate_key(settings: &Settings) -> CliResult {
-    let pool = db::migrate(&settings.database).await?;
+    let pool = db::open_current(&settings.database).await?;
     let vault = Vault::from_settings(&settings.crypto)?;
     let done = rotate::rotate(&pool, &vault, |r| {
         eprintln!("re-sealed {} SSNs, {} payloads", r.ssns, r.payloads)
