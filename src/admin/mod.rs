@@ -1,10 +1,12 @@
-//! Operator commands run by the binary: provisioning networks, inspecting and replaying failed
-//! intakes, key rotation, retention, and the parking queue's tools. May call `intake` (a replay
-//! runs the pipeline), `outbox`, `store` and `infra`; the worker's runtime (`app`) does not
-//! depend on them except for the retention janitor.
+//! Operator commands run by the binary: provisioning networks and managing their counties,
+//! agents and API keys, inspecting and replaying failed intakes, key rotation, retention, and
+//! the parking queue's tools. May call `intake` (a replay runs the pipeline), `outbox`, `store`
+//! and `infra`; the worker's runtime (`app`) does not depend on them except for the retention
+//! janitor.
 
 pub mod failed;
 pub mod parked;
 pub mod provision;
 pub mod retention;
 pub mod rotate;
+pub mod tenancy;
