@@ -180,9 +180,9 @@ async fn agents_and_keys_control_who_authenticates() {
     assert!(err.contains("is already inactive"), "{err}");
     let back = json(&env, &["agent", "reactivate", &agent, "--json"]).await;
     assert_eq!(back["active"], true);
-    assert!(authenticates(&env, &token).await);
     let err = refused(&env, &["agent", "reactivate", "999999"]).await;
     assert!(err.contains("no agent with id 999999"), "{err}");
+    assert!(authenticates(&env, &token).await);
     env.cleanup().await;
 }
 

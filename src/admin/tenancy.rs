@@ -63,6 +63,56 @@ pub struct NewNetwork {
     pub group_id: i64,
 }
 
+/// A county just added.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewCounty {
+    pub county_id: i64,
+    pub network_id: i64,
+    pub name: String,
+    pub state: Option<String>,
+}
+
+/// An agent just created.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewAgent {
+    pub agent_id: i64,
+    pub network_id: i64,
+    pub group_id: i64,
+    pub name: String,
+}
+
+/// An agent after `agent deactivate|reactivate`, with what its network can still do.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentChanged {
+    pub agent_id: i64,
+    pub network_id: i64,
+    pub active: bool,
+    /// Keys of the network that authenticate now; 0 means it can publish nothing.
+    pub usable_keys: i64,
+}
+
+/// An API key just created; `token` is shown once and never stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewApiKey {
+    pub api_key_id: i64,
+    pub agent_id: i64,
+    pub network_id: i64,
+    pub label: String,
+    /// False when the agent is inactive: the key works once it is re-activated.
+    pub agent_active: bool,
+    pub token: String,
+}
+
+/// An API key after `key revoke`, with what its network can still do.
+#[derive(Debug, Clone, Serialize)]
+pub struct RevokedKey {
+    pub api_key_id: i64,
+    pub network_id: i64,
+    /// Keys of the network that still authenticate; 0 means it can publish nothing until a
+    /// new key is created.
+    pub usable_keys: i64,
+}
+
 /// Creates a network and its first group (agents join a group).
 pub async fn create_network(
     pool: &PgPool,
@@ -87,21 +137,22 @@ pub async fn list_networks(pool: &PgPool) -> Result<Vec<NetworkRow>, AdminError>
     Ok(tenancy::list_networks(pool).await?)
 }
 
-async fn require_network(pool: &PgPool, network_id: i64) -> Result<(), AdminError> {
-    if tenancy::network_exists(pool, network_id).await? {
-        Ok(())
-    } else {
-        Err(AdminError::NotFound(no_network(network_id)))
+/// What `list` finds in a network, after checking that the network exists (an unknown id is an
+/// error, not an empty list).
+async fn in_network<T>(
+    pool: &PgPool,
+    network_id: i64,
+    list: impl std::future::Future<Output = Result<Vec<T>, sqlx::Error>>,
+) -> Result<Vec<T>, AdminError> {
+    if !tenancy::network_exists(pool, network_id).await? {
+        return Err(AdminError::NotFound(no_network(network_id)));
     }
+    Ok(list.await?)
 }
 
-/// A county just added.
-#[derive(Debug, Clone, Serialize)]
-pub struct NewCounty {
-    pub county_id: i64,
-    pub network_id: i64,
-    pub name: String,
-    pub state: Option<String>,
+/// The counties of a network, by name.
+pub async fn list_counties(pool: &PgPool, network_id: i64) -> Result<Vec<County>, AdminError> {
+    in_network(pool, network_id, tenancy::list_counties(pool, network_id)).await
 }
 
 /// Adds a county to an existing network; a county of the same name and state is a duplicate.
@@ -125,21 +176,6 @@ pub async fn add_county(
         name: name.to_owned(),
         state: state.map(str::to_owned),
     })
-}
-
-/// The counties of a network, by name.
-pub async fn list_counties(pool: &PgPool, network_id: i64) -> Result<Vec<County>, AdminError> {
-    require_network(pool, network_id).await?;
-    Ok(tenancy::list_counties(pool, network_id).await?)
-}
-
-/// An agent just created.
-#[derive(Debug, Clone, Serialize)]
-pub struct NewAgent {
-    pub agent_id: i64,
-    pub network_id: i64,
-    pub group_id: i64,
-    pub name: String,
 }
 
 /// Creates an active agent in the group `group` of a network (the group is created if the
@@ -172,18 +208,7 @@ pub async fn create_agent(
 
 /// The agents of a network.
 pub async fn list_agents(pool: &PgPool, network_id: i64) -> Result<Vec<AgentRow>, AdminError> {
-    require_network(pool, network_id).await?;
-    Ok(tenancy::list_agents(pool, network_id).await?)
-}
-
-/// An agent after `agent deactivate|reactivate`, with what its network can still do.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentChanged {
-    pub agent_id: i64,
-    pub network_id: i64,
-    pub active: bool,
-    /// Keys of the network that authenticate now; 0 means it can publish nothing.
-    pub usable_keys: i64,
+    in_network(pool, network_id, tenancy::list_agents(pool, network_id)).await
 }
 
 /// Deactivates (`active` false) or re-activates an agent: its keys stop or start working from
@@ -208,18 +233,6 @@ pub async fn set_agent_active(
         active,
         usable_keys: tenancy::usable_keys(pool, network_id).await?,
     })
-}
-
-/// An API key just created; `token` is shown once and never stored.
-#[derive(Debug, Clone, Serialize)]
-pub struct NewApiKey {
-    pub api_key_id: i64,
-    pub agent_id: i64,
-    pub network_id: i64,
-    pub label: String,
-    /// False when the agent is inactive: the key works once it is re-activated.
-    pub agent_active: bool,
-    pub token: String,
 }
 
 /// Creates an API key for an agent (of the agent's network); only the token's hash is stored.
@@ -255,18 +268,7 @@ pub async fn create_api_key(
 
 /// The API keys of a network, without secrets (only hashes are stored anyway).
 pub async fn list_api_keys(pool: &PgPool, network_id: i64) -> Result<Vec<ApiKeyRow>, AdminError> {
-    require_network(pool, network_id).await?;
-    Ok(tenancy::list_api_keys(pool, network_id).await?)
-}
-
-/// An API key after `key revoke`, with what its network can still do.
-#[derive(Debug, Clone, Serialize)]
-pub struct RevokedKey {
-    pub api_key_id: i64,
-    pub network_id: i64,
-    /// Keys of the network that still authenticate; 0 means it can publish nothing until a
-    /// new key is created.
-    pub usable_keys: i64,
+    in_network(pool, network_id, tenancy::list_api_keys(pool, network_id)).await
 }
 
 /// Revokes an API key from the next window on. Revoking a network's last usable key is

@@ -2,7 +2,7 @@
 //! rendering (a table or a line for people, `--json` for scripts). The logic is in
 //! `admin::tenancy`; every command opens an existing, migrated database.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -38,17 +38,39 @@ pub enum TenancyCommand {
     },
 }
 
+/// `--network N` and `--json`: what every listing of one network takes.
+#[derive(Args)]
+pub struct OfNetwork {
+    #[arg(long)]
+    network: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+/// An id and `--json`: what every change of one agent or key takes.
+#[derive(Args)]
+pub struct ById {
+    id: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+/// A name, the group it goes with and `--json`: what `network create` and `agent create` take.
+#[derive(Args)]
+pub struct NameInGroup {
+    #[arg(value_parser = non_blank)]
+    name: String,
+    /// The group (agency) of the network; created if the network has none of that name.
+    #[arg(long, default_value = "Intake", value_parser = non_blank)]
+    group: String,
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 pub enum NetworkCommand {
     /// Create a network with its first group (agents belong to a group).
-    Create {
-        #[arg(value_parser = non_blank)]
-        name: String,
-        #[arg(long, default_value = "Intake", value_parser = non_blank)]
-        group: String,
-        #[arg(long)]
-        json: bool,
-    },
+    Create(NameInGroup),
     /// List networks with their counties, active agents and usable API keys.
     List {
         #[arg(long)]
@@ -70,48 +92,25 @@ pub enum CountyCommand {
         json: bool,
     },
     /// List the counties of a network.
-    List {
-        #[arg(long)]
-        network: i64,
-        #[arg(long)]
-        json: bool,
-    },
+    List(OfNetwork),
 }
 
 #[derive(Subcommand)]
 pub enum AgentCommand {
-    /// Create an active agent in a network (its group is created if the network has none of
-    /// that name).
+    /// Create an active agent in a network (agent names are unique in a network).
     Create {
         #[arg(long)]
         network: i64,
-        #[arg(value_parser = non_blank)]
-        name: String,
-        #[arg(long, default_value = "Intake", value_parser = non_blank)]
-        group: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        agent: NameInGroup,
     },
     /// List the agents of a network.
-    List {
-        #[arg(long)]
-        network: i64,
-        #[arg(long)]
-        json: bool,
-    },
+    List(OfNetwork),
     /// Deactivate an agent: its keys are refused from the next message on.
-    Deactivate {
-        id: i64,
-        #[arg(long)]
-        json: bool,
-    },
+    Deactivate(ById),
     /// Re-activate an agent: its keys that are not revoked work again.
     #[command(alias = "re-activate")]
-    Reactivate {
-        id: i64,
-        #[arg(long)]
-        json: bool,
-    },
+    Reactivate(ById),
 }
 
 #[derive(Subcommand)]
@@ -126,18 +125,9 @@ pub enum KeyCommand {
         json: bool,
     },
     /// List the API keys of a network (ids, agents, labels, dates; never secrets).
-    List {
-        #[arg(long)]
-        network: i64,
-        #[arg(long)]
-        json: bool,
-    },
+    List(OfNetwork),
     /// Revoke an API key: it is refused from the next message on.
-    Revoke {
-        id: i64,
-        #[arg(long)]
-        json: bool,
-    },
+    Revoke(ById),
 }
 
 fn non_blank(s: &str) -> Result<String, String> {
@@ -174,17 +164,18 @@ fn show(s: &str) -> String {
     escape_controls(s).into_owned()
 }
 
+/// The line of a creation: `created network 3 "Name" with group 4`.
+fn named(done: &str, id: i64, name: &str, rest: &str) -> String {
+    format!("{done} {id} {:?} {rest}", show(name))
+}
+
 async fn network(pool: &PgPool, command: NetworkCommand) -> CliResult {
     match command {
-        NetworkCommand::Create { name, group, json } => {
+        NetworkCommand::Create(NameInGroup { name, group, json }) => {
             let n = tenancy::create_network(pool, &name, &group).await?;
             emit(json, &n, |n| {
-                format!(
-                    "created network {} {:?} with group {}",
-                    n.network_id,
-                    show(&n.name),
-                    n.group_id
-                )
+                let rest = format!("with group {}", n.group_id);
+                named("created network", n.network_id, &n.name, &rest)
             })
         }
         NetworkCommand::List { json } => {
@@ -221,15 +212,11 @@ async fn county(pool: &PgPool, command: CountyCommand) -> CliResult {
         } => {
             let c = tenancy::add_county(pool, network, &name, state.as_deref()).await?;
             emit(json, &c, |c| {
-                format!(
-                    "added county {} {:?} to network {}",
-                    c.county_id,
-                    show(&c.name),
-                    c.network_id
-                )
+                let rest = format!("to network {}", c.network_id);
+                named("added county", c.county_id, &c.name, &rest)
             })
         }
-        CountyCommand::List { network, json } => {
+        CountyCommand::List(OfNetwork { network, json }) => {
             let rows = tenancy::list_counties(pool, network).await?;
             emit(json, &rows, |rows| {
                 let mut out = format!("{:>6}  {:<6}  name", "id", "state");
@@ -247,22 +234,15 @@ async fn agent(pool: &PgPool, command: AgentCommand) -> CliResult {
     match command {
         AgentCommand::Create {
             network,
-            name,
-            group,
-            json,
+            agent: NameInGroup { name, group, json },
         } => {
             let a = tenancy::create_agent(pool, network, &name, &group).await?;
             emit(json, &a, |a| {
-                format!(
-                    "created agent {} {:?} in network {} (group {})",
-                    a.agent_id,
-                    show(&a.name),
-                    a.network_id,
-                    a.group_id
-                )
+                let rest = format!("in network {} (group {})", a.network_id, a.group_id);
+                named("created agent", a.agent_id, &a.name, &rest)
             })
         }
-        AgentCommand::List { network, json } => {
+        AgentCommand::List(OfNetwork { network, json }) => {
             let rows = tenancy::list_agents(pool, network).await?;
             emit(json, &rows, |rows| {
                 let mut out = format!(
@@ -282,8 +262,8 @@ async fn agent(pool: &PgPool, command: AgentCommand) -> CliResult {
                 out
             })
         }
-        AgentCommand::Deactivate { id, json } => set_active(pool, id, false, json).await,
-        AgentCommand::Reactivate { id, json } => set_active(pool, id, true, json).await,
+        AgentCommand::Deactivate(ById { id, json }) => set_active(pool, id, false, json).await,
+        AgentCommand::Reactivate(ById { id, json }) => set_active(pool, id, true, json).await,
     }
 }
 
@@ -326,7 +306,7 @@ async fn key(pool: &PgPool, command: KeyCommand) -> CliResult {
                 )
             })
         }
-        KeyCommand::List { network, json } => {
+        KeyCommand::List(OfNetwork { network, json }) => {
             let rows = tenancy::list_api_keys(pool, network).await?;
             emit(json, &rows, |rows| {
                 let mut out = format!(
@@ -350,7 +330,7 @@ async fn key(pool: &PgPool, command: KeyCommand) -> CliResult {
                 out
             })
         }
-        KeyCommand::Revoke { id, json } => revoke(pool, id, json).await,
+        KeyCommand::Revoke(ById { id, json }) => revoke(pool, id, json).await,
     }
 }
 

@@ -133,6 +133,44 @@ pub async fn existing_counties(
 // The operator's tenancy commands (`network`, `county`, `agent`, `key`): trusted, like
 // provisioning, they act on the network, agent or key the operator names.
 
+/// A network as `network list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct NetworkRow {
+    pub id: i64,
+    pub name: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub counties: i64,
+    pub active_agents: i64,
+    /// Keys not revoked whose agent is active: what can publish for the network.
+    pub usable_keys: i64,
+}
+
+/// An agent as `agent list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct AgentRow {
+    pub id: i64,
+    pub name: String,
+    pub group_id: i64,
+    pub group_name: String,
+    pub active: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Keys of the agent not revoked.
+    pub open_keys: i64,
+}
+
+/// An API key as `key list` shows it: never its hash.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+pub struct ApiKeyRow {
+    pub id: i64,
+    pub agent_id: i64,
+    pub agent_name: String,
+    pub label: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Not revoked and its agent active: the key authenticates.
+    pub usable: bool,
+}
+
 /// Creates a network without anything in it; returns its id.
 pub async fn insert_network_only(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("INSERT INTO networks (name) VALUES ($1) RETURNING id")
@@ -160,18 +198,6 @@ pub async fn ensure_group(
     .bind(name)
     .fetch_one(&mut *conn)
     .await
-}
-
-/// A network as `network list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
-pub struct NetworkRow {
-    pub id: i64,
-    pub name: String,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub counties: i64,
-    pub active_agents: i64,
-    /// Keys not revoked whose agent is active: what can publish for the network.
-    pub usable_keys: i64,
 }
 
 /// Every network, by id.
@@ -246,19 +272,6 @@ pub async fn insert_agent_once(
     .await
 }
 
-/// An agent as `agent list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
-pub struct AgentRow {
-    pub id: i64,
-    pub name: String,
-    pub group_id: i64,
-    pub group_name: String,
-    pub active: bool,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    /// Keys of the agent not revoked.
-    pub open_keys: i64,
-}
-
 /// The agents of a network, by id.
 pub async fn list_agents(pool: &PgPool, network_id: i64) -> Result<Vec<AgentRow>, sqlx::Error> {
     sqlx::query_as(
@@ -297,19 +310,6 @@ pub async fn set_agent_active(
     .bind(active)
     .fetch_optional(pool)
     .await
-}
-
-/// An API key as `key list` shows it: never its hash.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
-pub struct ApiKeyRow {
-    pub id: i64,
-    pub agent_id: i64,
-    pub agent_name: String,
-    pub label: String,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub revoked_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Not revoked and its agent active: the key authenticates.
-    pub usable: bool,
 }
 
 /// The API keys of a network, by id.
