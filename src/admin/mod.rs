@@ -1,7 +1,8 @@
-//! Operator commands run by the binary: provisioning networks, inspecting and replaying failed
-//! intakes, key rotation, retention, the parking queue's tools and the container healthcheck. May call `intake` (a replay
-//! runs the pipeline), `outbox`, `store` and `infra`; the worker's runtime (`app`) does not
-//! depend on them except for the retention janitor.
+//! Operator commands run by the binary: provisioning networks and managing their counties,
+//! agents and API keys, inspecting and replaying failed intakes, key rotation, retention, the
+//! parking queue's tools and the container healthcheck. May call `intake` (a replay runs the
+//! pipeline), `outbox`, `store` and `infra`; the worker's runtime (`app`) does not depend on
+//! them except for the retention janitor.
 
 pub mod failed;
 pub mod healthcheck;
@@ -9,3 +10,4 @@ pub mod parked;
 pub mod provision;
 pub mod retention;
 pub mod rotate;
+pub mod tenancy;

@@ -1,10 +1,12 @@
-//! Administration of tenants: networks, groups, agents, API keys and counties. Used by the
-//! `case-intake network`/`key`/`county` commands, by the benchmark and by tests. Its statements
-//! are in `store::tenancy`.
+//! One-step provisioning: a new network with a group, an agent, an API key and counties, in
+//! one transaction (`case-intake provision`, the benchmark, the fault suite and tests). The
+//! one-at-a-time commands on existing networks are in `admin::tenancy`; the statements in
+//! `store::tenancy`.
 
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::admin::tenancy::{AdminError, refusal};
 use crate::store::auth::{generate_token, hash_token};
 use crate::store::tenancy;
 
@@ -19,20 +21,29 @@ pub struct Provisioned {
     pub county_ids: Vec<i64>,
 }
 
-/// Creates a network with one group, one agent, an API key and the given counties.
+/// Creates a network with one group, one agent, an API key and the given counties; a network
+/// name in use already is refused as `Duplicate`.
 pub async fn provision(
     pool: &PgPool,
     network: &str,
     group: &str,
     agent: &str,
     counties: &[String],
-) -> Result<Provisioned, sqlx::Error> {
+) -> Result<Provisioned, AdminError> {
     let mut tx = pool.begin().await?;
     let tenancy::NewNetwork {
         network_id,
         group_id,
         agent_id,
-    } = tenancy::insert_network(&mut tx, network, group, agent).await?;
+    } = tenancy::insert_network(&mut tx, network, group, agent)
+        .await
+        .map_err(|e| {
+            refusal(
+                e,
+                || format!("a network named {network:?} already exists"),
+                || "a network vanished while it was provisioned".into(),
+            )
+        })?;
     let (api_key_id, token) = create_key(&mut tx, network_id, agent_id, "provisioned").await?;
     let mut county_ids = Vec::with_capacity(counties.len());
     for name in counties {

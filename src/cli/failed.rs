@@ -119,7 +119,7 @@ pub async fn failed_command(command: FailedCommand, settings: &Settings) -> CliR
 }
 
 async fn list(filter: &failed::Filter, after: i64, json: bool, settings: &Settings) -> CliResult {
-    let pool = db::migrate(&settings.database).await?;
+    let pool = db::open_current(&settings.database).await?;
     let page = failed::list(&pool, filter, after).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&page.rows)?);
@@ -167,7 +167,7 @@ fn cut(text: &str, max: usize) -> String {
 }
 
 async fn show(key: &str, network: Option<i64>, settings: &Settings) -> CliResult {
-    let pool = db::migrate(&settings.database).await?;
+    let pool = db::open_current(&settings.database).await?;
     let vault = Vault::from_settings(&settings.crypto)?;
     let rows = failed::show(&pool, &vault, key, network).await?;
     if rows.is_empty() {
@@ -193,7 +193,7 @@ pub async fn replay(
             "choose what to replay: --key, --code, --since/--until, --network or --all".into(),
         );
     }
-    let pool = db::migrate(&settings.database).await?;
+    let pool = db::open_current(&settings.database).await?;
     let filter = select.filter(false, 0);
     let total = failed::replay_count(&pool, &filter).await?;
     eprintln!("{total} open failed intake(s) selected");

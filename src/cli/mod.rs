@@ -4,6 +4,7 @@
 
 mod failed;
 mod parked;
+mod tenancy;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::store::crypto::Vault;
 
 use failed::{FailedCommand, Selection};
 use parked::ParkedCommand;
+use tenancy::TenancyCommand;
 
 /// What a command returns: its error is printed by `main` and sets a failing exit code.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
@@ -37,10 +39,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the worker (the default): migrate, then consume intakes until SIGINT/SIGTERM.
     Run,
-    /// Create the database if needed and apply pending migrations, then exit.
+    /// Create the database if needed and apply pending migrations, then exit. (`run` does so
+    /// too; every other command needs a database migrated already.)
     Migrate,
-    /// Create a network with a group, an agent, an API key and counties; prints JSON with the
-    /// token (shown once: only its hash is stored).
+    /// Create a network with a group, an agent, an API key and counties in one step; prints
+    /// JSON with the token (shown once: only its hash is stored).
     Provision {
         #[arg(long)]
         network: String,
@@ -52,8 +55,10 @@ pub enum Command {
         #[arg(long = "county")]
         counties: Vec<String>,
     },
-    /// Revoke an API key by id; it stops working for the next message.
+    /// Revoke an API key by id; it stops working for the next message (`key revoke ID`).
     RevokeKey { id: i64 },
+    #[command(flatten)]
+    Tenancy(TenancyCommand),
     /// Re-encrypt every SSN and failed-intake payload not sealed with `crypto.active_key`
     /// (keep the old key configured until this has finished).
     RotateKey,
@@ -108,7 +113,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
             agent,
             counties,
         } => {
-            let pool = db::migrate(&settings.database).await?;
+            let pool = db::open_current(&settings.database).await?;
             let p = provision::provision(&pool, &network, &group, &agent, &counties).await?;
             println!("{}", serde_json::to_string_pretty(&p)?);
             Ok(())
@@ -128,19 +133,15 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
         }
         Command::Parked { command } => parked::parked_command(command, &settings).await,
         Command::RevokeKey { id } => {
-            let pool = db::migrate(&settings.database).await?;
-            if provision::revoke_key(&pool, id).await? {
-                println!("revoked API key {id}");
-                Ok(())
-            } else {
-                Err(format!("no active API key with id {id}").into())
-            }
+            let pool = db::open_current(&settings.database).await?;
+            tenancy::revoke(&pool, id, false).await
         }
+        Command::Tenancy(command) => tenancy::tenancy_command(command, &settings).await,
     }
 }
 
 async fn rotate_key(settings: &Settings) -> CliResult {
-    let pool = db::migrate(&settings.database).await?;
+    let pool = db::open_current(&settings.database).await?;
     let vault = Vault::from_settings(&settings.crypto)?;
     let done = rotate::rotate(&pool, &vault, |r| {
         eprintln!("re-sealed {} SSNs, {} payloads", r.ssns, r.payloads)

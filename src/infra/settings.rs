@@ -151,6 +151,9 @@ pub struct DatabaseSettings {
     pub url_file: String,
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
+    /// Bounds every attempt to open a connection (a server that accepts TCP but never
+    /// answers), so a command fails with a message instead of hanging.
+    pub connect_timeout_ms: u64,
     /// Bounds how long a window waits on a household lock before it is retried as transient.
     pub lock_timeout_ms: u64,
     pub statement_timeout_ms: u64,
@@ -357,8 +360,12 @@ impl Settings {
     }
 
     /// Settings where 0 means nothing works (a queue without consumers, a sweep that spins).
-    fn positive_numbers(&self) -> [(&'static str, u64); 13] {
+    fn positive_numbers(&self) -> [(&'static str, u64); 14] {
         [
+            (
+                "database.connect_timeout_ms",
+                self.database.connect_timeout_ms,
+            ),
             (
                 "database.max_connections",
                 self.database.max_connections as u64,
@@ -386,6 +393,10 @@ impl Settings {
 impl DatabaseSettings {
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.acquire_timeout_ms)
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
     }
 }
 

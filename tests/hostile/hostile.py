@@ -1424,6 +1424,11 @@ def main() -> int:
     exit_code = 1
     try:
         TAP = Tap(ENV.events_exchange, f"hostile.{run_id}.tap")
+        # Only `run` and `migrate` create the database; provisioning needs it first.
+        migrated = ENV.cli("migrate", timeout=180)
+        if migrated.returncode != 0:
+            raise RuntimeError("migrate failed: "
+                               + mask(migrated.stderr.decode("utf-8", "replace"))[-2000:])
         p1 = provision(ENV, f"hostile-{run_id}", "Kings")
         p2 = provision(ENV, f"hostile-{run_id}-other", "Queens")
         token, token2 = p1["token"], p2["token"]
