@@ -402,6 +402,16 @@ fn events_bindings(defs: &Value) -> &Vec<Value> {
     defs["bindings"].as_array().expect("bindings")
 }
 
+/// The queues of the definitions file, by name.
+fn queues_by_name(defs: &Value) -> BTreeMap<&str, &Value> {
+    defs["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .map(|q| (q["name"].as_str().expect("queue name"), q))
+        .collect()
+}
+
 /// Whether an AMQP topic binding key matches a routing key, word by word: `*` stands for one
 /// word, `#` for zero or more.
 fn topic_matches(pattern: &[&str], key: &[&str]) -> bool {
@@ -434,12 +444,7 @@ fn definitions_declare_exactly_the_service_topology() {
         .collect();
     assert_eq!(vhosts, ["/"]);
 
-    let queues: BTreeMap<&str, &Value> = defs["queues"]
-        .as_array()
-        .expect("queues")
-        .iter()
-        .map(|q| (q["name"].as_str().expect("queue name"), q))
-        .collect();
+    let queues = queues_by_name(&defs);
     let names: BTreeSet<&str> = queues.keys().copied().collect();
     let service = BTreeSet::from([intake, dead.as_str(), retry.as_str(), parked.as_str()]);
     let events: BTreeSet<&str> = events_bindings(&defs)
@@ -504,12 +509,7 @@ fn definitions_declare_exactly_the_service_topology() {
 fn definitions_bind_an_events_queue_that_receives_every_event() {
     let amqp = defaults().amqp;
     let defs = json_file("rabbitmq/definitions.json");
-    let queues: BTreeMap<&str, &Value> = defs["queues"]
-        .as_array()
-        .expect("queues")
-        .iter()
-        .map(|q| (q["name"].as_str().expect("queue name"), q))
-        .collect();
+    let queues = queues_by_name(&defs);
     let bindings = events_bindings(&defs);
     assert!(!bindings.is_empty(), "the definitions bind an events queue");
     for b in bindings {

@@ -1,7 +1,8 @@
 //! Hostile envelopes through the real broker: every AMQP property and header the pipeline
 //! reads gets a stable outcome, and intake goes on behind each of them.
 
-use case_intake_harness::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
+use case_intake_harness::support::{TestEnv, token_header};
+use case_intake_harness::testkit::{broker_and_worker, failed_count, seed_of, to_bytes};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use serde_json::Value;
@@ -10,83 +11,89 @@ fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
-fn props(key: Option<&str>, correlation: &str, headers: FieldTable) -> BasicProperties {
-    let mut p = BasicProperties::default()
+fn props(key: &str, correlation: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
         .with_delivery_mode(2)
         .with_correlation_id(correlation.into())
-        .with_headers(headers);
-    if let Some(k) = key {
-        p = p.with_message_id(k.into());
+        .with_headers(headers)
+        .with_message_id(key.into())
+}
+
+/// A header table nested `depth` levels deep.
+fn nested(depth: usize) -> AMQPValue {
+    let mut deep = text("x");
+    for _ in 0..depth {
+        let mut t = FieldTable::default();
+        t.insert("n".into(), deep);
+        deep = AMQPValue::FieldTable(t);
     }
-    p
+    deep
 }
 
 #[tokio::test]
 async fn hostile_envelopes_get_a_stable_outcome_and_intake_goes_on() {
     let env = TestEnv::new().await;
-    let mut broker = Broker::connect(&env).await;
-    broker.declare_topology(&env).await;
-    let worker = RunningWorker::start(&env.settings);
-    let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    let (mut broker, worker) = broker_and_worker(&env).await;
+    let body = to_bytes(&seed_of(&env.a));
     let (h, v) = token_header(&env.a.token);
     let auth = || {
         let mut t = FieldTable::default();
         t.insert(h.into(), text(&v));
         t
     };
-
-    // A message key with a NUL: no usable key, never sent to PostgreSQL.
-    broker
-        .publish_props(props(Some("k\u{0}ey"), "c-nul-key", auth()), &body)
-        .await;
-    // A key with a terminal escape sequence.
-    broker
-        .publish_props(props(Some("k\u{1b}[31m\u{7}"), "c-esc-key", auth()), &body)
-        .await;
-    // A correlation id with control characters: failed under the key, id dropped.
-    broker
-        .publish_props(props(Some("bad-corr"), "c\u{0}x", auth()), &body)
-        .await;
-    // A header nested 40 levels deep.
-    let mut deep = text("x");
-    for _ in 0..40 {
-        let mut t = FieldTable::default();
-        t.insert("n".into(), deep);
-        deep = AMQPValue::FieldTable(t);
-    }
-    let mut headers = auth();
-    headers.insert("x-deep".into(), deep);
-    broker
-        .publish_props(props(Some("deep"), "c-deep", headers), &body)
-        .await;
-    // Two different credentials on one message.
-    let mut headers = auth();
-    headers.insert("Authorize".into(), text(&format!("Token {}", env.b.token)));
-    broker
-        .publish_props(props(Some("ambiguous"), "c-ambiguous", headers), &body)
-        .await;
-    // The same credential under both names is fine.
-    let mut headers = auth();
-    headers.insert("Authorize".into(), text(&v));
-    broker
-        .publish_props(props(Some("same-twice"), "c-same", headers), &body)
-        .await;
-    // A retry count set by the publisher means nothing.
-    let mut headers = auth();
-    headers.insert("x-case-intake-retries".into(), AMQPValue::LongLongInt(999));
-    headers.insert("x-case-intake-retries-tag".into(), text(&"ab".repeat(32)));
-    broker
-        .publish_props(props(Some("forged-retries"), "c-forged", headers), &body)
-        .await;
-    // A body far over the limit: refused by size, stored as a bounded prefix.
+    let auth_and = |extra: &[(&str, AMQPValue)]| {
+        let mut t = auth();
+        for (name, value) in extra {
+            t.insert((*name).into(), value.clone());
+        }
+        t
+    };
     let big = vec![b' '; 300_000];
-    broker
-        .publish_props(props(Some("big"), "c-big", auth()), &big)
-        .await;
-    // And a valid intake behind all of them.
-    broker
-        .publish_props(props(Some("after"), "c-after", auth()), &body)
-        .await;
+
+    // (message key, correlation id, headers, body), published in this order.
+    let sends: [(&str, &str, FieldTable, &[u8]); 9] = [
+        // A message key with a NUL: no usable key, never sent to PostgreSQL.
+        ("k\u{0}ey", "c-nul-key", auth(), &body),
+        // A key with a terminal escape sequence.
+        ("k\u{1b}[31m\u{7}", "c-esc-key", auth(), &body),
+        // A correlation id with control characters: failed under the key, id dropped.
+        ("bad-corr", "c\u{0}x", auth(), &body),
+        // A header nested 40 levels deep.
+        ("deep", "c-deep", auth_and(&[("x-deep", nested(40))]), &body),
+        // Two different credentials on one message.
+        (
+            "ambiguous",
+            "c-ambiguous",
+            auth_and(&[("Authorize", text(&format!("Token {}", env.b.token)))]),
+            &body,
+        ),
+        // The same credential under both names is fine.
+        (
+            "same-twice",
+            "c-same",
+            auth_and(&[("Authorize", text(&v))]),
+            &body,
+        ),
+        // A retry count set by the publisher means nothing.
+        (
+            "forged-retries",
+            "c-forged",
+            auth_and(&[
+                ("x-case-intake-retries", AMQPValue::LongLongInt(999)),
+                ("x-case-intake-retries-tag", text(&"ab".repeat(32))),
+            ]),
+            &body,
+        ),
+        // A body far over the limit: refused by size, stored as a bounded prefix.
+        ("big", "c-big", auth(), &big),
+        // And a valid intake behind all of them.
+        ("after", "c-after", auth(), &body),
+    ];
+    for (key, correlation, headers, body) in sends {
+        broker
+            .publish_props(props(key, correlation, headers), body)
+            .await;
+    }
 
     let expect = [
         (
@@ -157,10 +164,7 @@ async fn hostile_envelopes_get_a_stable_outcome_and_intake_goes_on() {
 
     // Every failure is stored once, with what PostgreSQL can hold; the big body only as its
     // size, hash and a prefix.
-    let failed: i64 = env
-        .scalar_i64("SELECT count(*) FROM failed_intakes WHERE error_code = 'invalid_envelope'")
-        .await;
-    assert_eq!(failed, 4);
+    assert_eq!(failed_count(&env, "invalid_envelope").await, 4);
     let (bytes, truncated, sealed): (Option<i64>, bool, i32) = sqlx::query_as(
         "SELECT payload_bytes, payload_truncated, octet_length(payload_sealed)
            FROM failed_intakes WHERE message_key = 'big'",

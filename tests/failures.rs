@@ -6,35 +6,22 @@ use case_intake::intake::error::ErrorCode;
 use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{TestEnv, seed_body, token_header};
 use case_intake_harness::testkit::{
-    broker_and_worker, created, failed as failed_code, message_count, process_seed, publish_as,
-    replay, to_bytes, with,
+    broker_and_worker, created, failed as failed_code, failed_count, failed_with_code,
+    failed_with_key, joining, list_failed, message_count, process_as, process_seed, publish_as,
+    replay, seed_envelope, seed_of, to_bytes,
 };
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
-use serde_json::json;
 use sqlx::Connection;
 
 #[tokio::test]
 async fn replay_succeeds_once_the_missing_county_exists() {
     let env = TestEnv::new().await;
-    let token = env.a.token.clone();
     let body = seed_body(424_242);
-    let out = env
-        .process(&[env.envelope("needs-county", Some(&token), &body)])
-        .await;
-    assert_eq!(failed_code(&out[0]), ErrorCode::ValidationFailed);
+    let out = process_as(&env, "needs-county", &env.a, &body).await;
+    assert_eq!(failed_code(&out), ErrorCode::ValidationFailed);
 
-    let listed = failed::list(
-        &env.pool,
-        &Filter {
-            code: Some("validation_failed".into()),
-            limit: 10,
-            ..Filter::default()
-        },
-        0,
-    )
-    .await
-    .unwrap();
+    let listed = list_failed(&env, &failed_with_code("validation_failed")).await;
     assert_eq!(
         (listed.rows.len(), listed.total, listed.next_after),
         (1, 1, None)
@@ -108,10 +95,8 @@ async fn replay_succeeds_once_the_missing_county_exists() {
         ]
     );
     // A re-published duplicate now gets the created outcome.
-    let out = env
-        .process(&[env.envelope("needs-county", Some(&token), &body)])
-        .await;
-    assert!(matches!(out[0], Outcome::Duplicate { .. }));
+    let out = process_as(&env, "needs-county", &env.a, &body).await;
+    assert!(matches!(out, Outcome::Duplicate { .. }));
     assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 1);
     env.cleanup().await;
 }
@@ -119,7 +104,7 @@ async fn replay_succeeds_once_the_missing_county_exists() {
 #[tokio::test]
 async fn replaying_a_key_that_has_since_succeeded_creates_nothing() {
     let env = TestEnv::new().await;
-    let body = seed_body(env.a.county_ids[0]);
+    let body = seed_of(&env.a);
     // First without a valid token (kept in the unauthenticated namespace), then properly.
     env.process(&[env.envelope("later-ok", Some("wrong"), &body)])
         .await;
@@ -128,10 +113,7 @@ async fn replaying_a_key_that_has_since_succeeded_creates_nothing() {
     let out = env.process(&[env_ok]).await;
     assert!(matches!(out[0], Outcome::Created { .. }));
     // The failed intake carries the wrong token's hash, so replaying it fails again...
-    let by_key = Filter {
-        key: Some("later-ok".into()),
-        ..Filter::default()
-    };
+    let by_key = failed_with_key("later-ok");
     let r = replay(&env, &by_key).await;
     assert_eq!((r.selected, r.failed), (1, 1));
     // ...and a failed intake replayed with the right caller finds the existing case.
@@ -175,11 +157,7 @@ async fn a_lock_past_the_timeout_goes_through_the_retry_queue_and_then_succeeds(
     let (_, household) = created(&process_seed(&env, "head", &env.a).await);
     let (mut broker, worker) = broker_and_worker(&env).await;
     let lock = lock_households(&env).await;
-    let join = with(
-        seed_body(env.a.county_ids[0]),
-        "household",
-        json!(household),
-    );
+    let join = joining(env.a.county_ids[0], household);
     publish_as(&broker, &env.a.token, Some("join"), None, &to_bytes(&join)).await;
     // Wait until the intake has been through the retry queue at least once, then release.
     let retried_queue = case_intake::outbox::topology::retry_queue(&env.settings.amqp.intake_queue);
@@ -206,12 +184,7 @@ async fn a_lock_that_never_ends_fails_the_intake_with_retries_exhausted() {
     let (_, household) = created(&process_seed(&env, "head", &env.a).await);
     let lock = lock_households(&env).await;
     let (mut broker, worker) = broker_and_worker(&env).await;
-    let join = with(
-        seed_body(env.a.county_ids[0]),
-        "household",
-        json!(household),
-    );
-    let stuck = to_bytes(&join);
+    let stuck = to_bytes(&joining(env.a.county_ids[0], household));
     publish_as(
         &broker,
         &env.a.token,
@@ -230,11 +203,7 @@ async fn a_lock_that_never_ends_fails_the_intake_with_retries_exhausted() {
     lock.close().await.unwrap();
     worker.stop().await;
     // Kept for replay, which succeeds now that the lock is gone.
-    let code = Filter {
-        code: Some("retries_exhausted".into()),
-        ..Filter::default()
-    };
-    let r = replay(&env, &code).await;
+    let r = replay(&env, &failed_with_code("retries_exhausted")).await;
     assert_eq!((r.selected, r.created), (1, 1));
     env.cleanup().await;
 }
@@ -251,7 +220,7 @@ async fn dead_lettered_intakes_become_failed_intakes_unless_already_done() {
         h.into(),
         lapin::types::AMQPValue::LongString(v.as_bytes().to_vec().into()),
     );
-    let body = to_bytes(&seed_body(env.a.county_ids[0]));
+    let body = to_bytes(&seed_of(&env.a));
     for key in ["poison", "done"] {
         broker
             .publish
@@ -279,10 +248,7 @@ async fn dead_lettered_intakes_become_failed_intakes_unless_already_done() {
     let again = events.iter().find(|e| e.2["subject"] == "done").unwrap();
     assert_eq!(again.2["id"], done.event_id().to_string());
     worker.stop().await;
-    let kept = env
-        .scalar_i64("SELECT count(*) FROM failed_intakes WHERE error_code = 'dead_lettered'")
-        .await;
-    assert_eq!(kept, 1);
+    assert_eq!(failed_count(&env, "dead_lettered").await, 1);
     env.cleanup().await;
 }
 
@@ -290,14 +256,10 @@ async fn dead_lettered_intakes_become_failed_intakes_unless_already_done() {
 async fn retention_purges_old_keys_and_resolved_failures_but_not_what_the_outbox_needs() {
     let env = TestEnv::new().await;
     env.process(&[
-        env.envelope("old", Some(&env.a.token), &seed_body(env.a.county_ids[0])),
-        env.envelope("new", Some(&env.a.token), &seed_body(env.a.county_ids[0])),
-        env.envelope("bad", None, &seed_body(env.a.county_ids[0])),
-        env.envelope(
-            "unsent",
-            Some(&env.a.token),
-            &seed_body(env.a.county_ids[0]),
-        ),
+        seed_envelope(&env, "old", &env.a),
+        seed_envelope(&env, "new", &env.a),
+        env.envelope("bad", None, &seed_of(&env.a)),
+        seed_envelope(&env, "unsent", &env.a),
     ])
     .await;
     // 'unsent' is past retention too, but its event has not left yet (broker down for a

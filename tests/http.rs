@@ -1,44 +1,84 @@
 //! The HTTP surface over real HTTP: liveness, readiness, metrics and the counties endpoint.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use case_intake::app::http::{HttpState, serve};
 use case_intake::infra::metrics::{ConsumerState, Metrics};
 use case_intake_harness::support::{Broker, TestEnv, seed_body, token_header};
+use reqwest::Response;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-/// Serves the HTTP surface of `metrics` on a free local port; returns its base URL.
-async fn start_http(env: &TestEnv, metrics: Arc<Metrics>, stop: &CancellationToken) -> String {
-    start_http_with(env, metrics, stop, std::time::Duration::from_secs(120)).await
+/// How long messages may wait with no completed window before liveness fails, where a test
+/// does not look at it: far longer than any test.
+const QUIET_STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// A fresh test environment whose HTTP surface is served on a free local port, and a client.
+struct Surface {
+    env: TestEnv,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    base: String,
+    client: reqwest::Client,
 }
 
-async fn start_http_with(
-    env: &TestEnv,
-    metrics: Arc<Metrics>,
-    stop: &CancellationToken,
-    stall_limit: std::time::Duration,
-) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = HttpState {
-        pool: env.pool.clone(),
-        metrics,
-        stall_limit,
-    };
-    tokio::spawn(serve(listener, state, stop.clone()));
-    base
+impl Surface {
+    /// Serves the surface of a new environment; liveness fails after `stall_limit` without
+    /// progress while messages wait.
+    async fn start(stall_limit: Duration) -> Self {
+        let env = TestEnv::new().await;
+        let metrics = Metrics::shared();
+        let stop = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = HttpState {
+            pool: env.pool.clone(),
+            metrics: metrics.clone(),
+            stall_limit,
+        };
+        tokio::spawn(serve(listener, state, stop.clone()));
+        Self {
+            env,
+            metrics,
+            stop,
+            base,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// `GET path`, with the header `(name, value)` if one is given.
+    async fn get(&self, path: &str, header: Option<(&str, String)>) -> Response {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Stops serving and removes the environment.
+    async fn finish(self) {
+        self.stop.cancel();
+        self.env.cleanup().await;
+    }
+}
+
+const COUNTIES: &str = "/api/v1/counties/";
+
+/// The names of `counties`, as the counties endpoint lists them.
+fn names(counties: &[Value]) -> Vec<&str> {
+    counties
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test]
 async fn liveness_fails_while_messages_wait_and_nothing_is_consumed() {
-    let env = TestEnv::new().await;
-    let metrics = Metrics::shared();
-    let stop = CancellationToken::new();
-    let limit = std::time::Duration::from_millis(50);
-    let base = start_http_with(&env, metrics.clone(), &stop, limit).await;
-    let client = reqwest::Client::new();
-    let live = || async { client.get(format!("{base}/healthz")).send().await.unwrap() };
+    let limit = Duration::from_millis(50);
+    let http = Surface::start(limit).await;
+    let metrics = &http.metrics;
+    let live = || http.get("/healthz", None);
 
     // Nothing known of the queue yet, then an empty queue: alive.
     assert_eq!(live().await.status(), 200);
@@ -58,34 +98,29 @@ async fn liveness_fails_while_messages_wait_and_nothing_is_consumed() {
     // A completed window is progress.
     metrics.record_window(1, 0.001);
     assert_eq!(live().await.status(), 200);
-    stop.cancel();
-    env.cleanup().await;
+    http.finish().await;
 }
 
 #[tokio::test]
 async fn probes_follow_the_consumer_and_metrics_count_outcomes() {
-    let env = TestEnv::new().await;
-    let metrics = Metrics::shared();
-    let stop = CancellationToken::new();
-    let base = start_http(&env, metrics.clone(), &stop).await;
-    let client = reqwest::Client::new();
+    let http = Surface::start(QUIET_STALL_LIMIT).await;
+    let env = &http.env;
 
-    let live = client.get(format!("{base}/healthz")).send().await.unwrap();
-    assert_eq!(live.status(), 200);
+    assert_eq!(http.get("/healthz", None).await.status(), 200);
     // No worker yet: alive but not ready.
-    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    let ready = http.get("/readyz", None).await;
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "not ready");
 
-    let mut broker = Broker::connect(&env).await;
+    let mut broker = Broker::connect(env).await;
     let worker_stop = CancellationToken::new();
     let worker = tokio::spawn(case_intake::app::supervisor::run_with(
         env.settings.clone(),
         worker_stop.clone(),
-        metrics.clone(),
+        http.metrics.clone(),
     ));
-    broker.declare_topology(&env).await;
+    broker.declare_topology(env).await;
     let (h, v) = token_header(&env.a.token);
     let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
     broker.publish(Some("m1"), &[(h, &v)], None, &body).await;
@@ -93,28 +128,20 @@ async fn probes_follow_the_consumer_and_metrics_count_outcomes() {
     broker.events(2).await;
 
     // Once the event is out, the consumer is running: ready.
-    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(http.get("/readyz", None).await.status(), 200);
     // The counters are bumped, and the outbox rows marked published, just after the events
     // leave: poll until they show (bounded), then check them all.
     let created = r#"case_intake_intakes_total{outcome="created"} 1"#;
     let mut text = String::new();
     for _ in 0..600 {
-        text = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        text = http.get("/metrics", None).await.text().await.unwrap();
         if text.contains(created)
             && text.contains(r#"code="unauthorized""#)
             && text.contains("case_intake_outbox_backlog 0")
         {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for wanted in [
         created,
@@ -133,60 +160,36 @@ async fn probes_follow_the_consumer_and_metrics_count_outcomes() {
     worker_stop.cancel();
     worker.await.unwrap().unwrap();
     // Stopped: not ready any more.
-    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
-    stop.cancel();
-    env.cleanup().await;
+    assert_eq!(http.get("/readyz", None).await.status(), 503);
+    http.finish().await;
 }
 
 #[tokio::test]
 async fn counties_endpoint_lists_only_the_callers_network() {
-    let env = TestEnv::new().await;
-    let stop = CancellationToken::new();
-    let base = start_http(&env, Metrics::shared(), &stop).await;
-    let client = reqwest::Client::new();
-    let url = format!("{base}/api/v1/counties/");
+    let http = Surface::start(QUIET_STALL_LIMIT).await;
+    let env = &http.env;
+    let token_of_a = || Some(("Authorization", format!("Token {}", env.a.token)));
 
-    let res = client
-        .get(&url)
-        .header("Authorization", format!("Token {}", env.a.token))
-        .send()
-        .await
-        .unwrap();
+    let res = http.get(COUNTIES, token_of_a()).await;
     assert_eq!(res.status(), 200);
     let counties: Vec<Value> = res.json().await.unwrap();
-    let names: Vec<&str> = counties
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["Kings", "Queens"]);
+    assert_eq!(names(&counties), ["Kings", "Queens"]);
     let ids: Vec<i64> = counties.iter().map(|c| c["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, env.a.county_ids);
 
     // The seed's header name works too.
-    let res = client
-        .get(&url)
-        .header("Authorize", format!("Token {}", env.b.token))
-        .send()
-        .await
-        .unwrap();
-    let counties: Vec<Value> = res.json().await.unwrap();
-    let names: Vec<&str> = counties
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["Bexar", "Travis"]);
+    let token_of_b = Some(("Authorize", format!("Token {}", env.b.token)));
+    let counties: Vec<Value> = http.get(COUNTIES, token_of_b).await.json().await.unwrap();
+    assert_eq!(names(&counties), ["Bexar", "Travis"]);
 
     for header in [
         None,
         Some("Token nope".to_owned()),
         Some(format!("Bearer {}", env.a.token)),
     ] {
-        let mut req = client.get(&url);
-        if let Some(h) = header {
-            req = req.header("Authorization", h);
-        }
-        let res = req.send().await.unwrap();
+        let res = http
+            .get(COUNTIES, header.map(|h| ("Authorization", h)))
+            .await;
         assert_eq!(res.status(), 401);
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unauthorized");
@@ -194,13 +197,6 @@ async fn counties_endpoint_lists_only_the_callers_network() {
     case_intake::admin::provision::revoke_key(&env.pool, env.a.api_key_id)
         .await
         .unwrap();
-    let res = client
-        .get(&url)
-        .header("Authorization", format!("Token {}", env.a.token))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 401);
-    stop.cancel();
-    env.cleanup().await;
+    assert_eq!(http.get(COUNTIES, token_of_a()).await.status(), 401);
+    http.finish().await;
 }

@@ -3,11 +3,12 @@
 //! decided on the first delivery; control characters are escaped wherever a failed intake is
 //! shown.
 
-use case_intake::admin::failed::{self, Filter};
+use case_intake::admin::failed;
 use case_intake::intake::error::ErrorCode;
 use case_intake_harness::support::TestEnv;
 use case_intake_harness::testkit::{
-    broker_and_worker, failed as failed_code, publish_as, to_bytes,
+    broker_and_worker, failed as failed_code, failed_with_key, list_failed, process_as, publish_as,
+    to_bytes,
 };
 use serde_json::{Value, json};
 
@@ -123,17 +124,7 @@ async fn ssns_anywhere_in_a_body_are_masked_in_the_event_the_stored_error_and_fa
     // redaction escaped it first.
     assert!(!show_output.contains(r"\u001b"), "{show_output}");
 
-    let listed = failed::list(
-        &env.pool,
-        &Filter {
-            key: Some("hygiene-ssn".into()),
-            limit: 10,
-            ..Filter::default()
-        },
-        0,
-    )
-    .await
-    .unwrap();
+    let listed = list_failed(&env, &failed_with_key("hygiene-ssn")).await;
     let list_output = serde_json::to_string_pretty(&listed.rows).unwrap();
     assert_no_ssn("failed list", &list_output);
     assert_no_raw_controls("failed list", &list_output);
@@ -156,10 +147,8 @@ async fn a_nul_in_an_unknown_field_name_fails_validation_on_the_first_delivery()
 
     // One window, one attempt: decided as a validation failure (before, the error's NUL made
     // the outcome row unstorable and the window failed, delivery after delivery).
-    let out = env
-        .process(&[env.envelope("nul-direct", Some(&env.a.token), &body)])
-        .await;
-    assert_eq!(failed_code(&out[0]), ErrorCode::ValidationFailed);
+    let out = process_as(&env, "nul-direct", &env.a, &body).await;
+    assert_eq!(failed_code(&out), ErrorCode::ValidationFailed);
 
     // Over the broker: the first delivery gets the failed event, and only one failure is kept.
     let (mut broker, worker) = broker_and_worker(&env).await;

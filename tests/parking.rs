@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use case_intake::admin::parked::{Client, FieldValue, Headers, Properties, Table};
 use case_intake::outbox::topology::{dead_letter_queue, parked_queue};
-use case_intake_harness::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
+use case_intake_harness::support::{TestEnv, token_header};
+use case_intake_harness::testkit::{broker_and_worker, seed_of, to_bytes};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -36,11 +37,9 @@ async fn wait_for_count(queue: &str, n: u32) -> u32 {
 #[tokio::test]
 async fn unparseable_deliveries_are_parked_and_intake_goes_on() {
     let env = TestEnv::new().await;
-    let mut broker = Broker::connect(&env).await;
-    broker.declare_topology(&env).await;
-    let worker = RunningWorker::start(&env.settings);
+    let (mut broker, worker) = broker_and_worker(&env).await;
     let (h, v) = token_header(&env.a.token);
-    let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    let body = to_bytes(&seed_of(&env.a));
 
     // Two messages lapin cannot parse, between valid intakes.
     broker

@@ -1,18 +1,44 @@
 //! The window pipeline against the real PostgreSQL: household rules, idempotency, tenancy,
 //! failures and the invariants under concurrent windows.
 
+use case_intake::intake::envelope::Envelope;
 use case_intake::intake::error::ErrorCode;
 use case_intake::intake::validate::{KNOWN_FIELDS, READ_ONLY_FIELDS};
 use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{TestEnv, seed_body};
-use case_intake_harness::testkit::{created, event_of, failed, process_seed, seed_envelope, with};
+use case_intake_harness::testkit::{
+    created, envelope_from, event_of, failed, failed_count, foreign_and_missing, joining,
+    process_as, process_seed, seed_envelope, seed_of, with,
+};
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+/// Runs `envelopes` as one window in a task of its own (it is to wait for a lock the test
+/// holds); the task ends with the window's outcomes.
+fn spawn_window(env: &TestEnv, envelopes: Vec<Envelope>) -> JoinHandle<Vec<Outcome>> {
+    let (pool, ctx) = (
+        env.pool.clone(),
+        case_intake::app::supervisor::window_context(&env.settings),
+    );
+    tokio::spawn(async move {
+        case_intake::intake::window::run(&pool, &ctx, &envelopes)
+            .await
+            .expect("window processed")
+    })
+}
+
+/// The head case of `household`.
+async fn head_of(env: &TestEnv, household: i64) -> i64 {
+    sqlx::query_scalar("SELECT head_case_id FROM households WHERE id = $1")
+        .bind(household)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
 
 #[tokio::test]
 async fn household_rules_create_join_and_replace_heads() {
     let env = TestEnv::new().await;
-    let county = env.a.county_ids[0];
-    let token = env.a.token.clone();
 
     // No household: one is created and the case heads it, even with head_of_household false.
     let (first, household) = created(&process_seed(&env, "k1", &env.a).await);
@@ -22,11 +48,8 @@ async fn household_rules_create_join_and_replace_heads() {
     assert_eq!(ev["data"]["household_id"], household);
 
     // Joining with false keeps the head.
-    let join = with(seed_body(county), "household", json!(household));
-    let out = env
-        .process(&[env.envelope("k2", Some(&token), &join)])
-        .await;
-    let (second, h2) = created(&out[0]);
+    let join = joining(env.a.county_ids[0], household);
+    let (second, h2) = created(&process_as(&env, "k2", &env.a, &join).await);
     assert_eq!(h2, household);
     let ev = event_of(&env, "k2", env.a.network_id).await;
     assert_eq!(ev["data"]["head_of_household"], false);
@@ -35,20 +58,12 @@ async fn household_rules_create_join_and_replace_heads() {
 
     // Joining with true replaces the head and names the previous one.
     let replace = with(join.clone(), "head_of_household", json!(true));
-    let out = env
-        .process(&[env.envelope("k3", Some(&token), &replace)])
-        .await;
-    let (third, _) = created(&out[0]);
+    let (third, _) = created(&process_as(&env, "k3", &env.a, &replace).await);
     let ev = event_of(&env, "k3", env.a.network_id).await;
     assert_eq!(ev["data"]["head_of_household"], true);
     assert_eq!(ev["data"]["previous_head_case_id"], first);
 
-    let head: i64 = sqlx::query_scalar("SELECT head_case_id FROM households WHERE id = $1")
-        .bind(household)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(head, third);
+    assert_eq!(head_of(&env, household).await, third);
     let flags: Vec<(i64, bool)> = sqlx::query_as(
         "SELECT id, head_of_household FROM cases WHERE household_id = $1 ORDER BY id",
     )
@@ -64,26 +79,21 @@ async fn household_rules_create_join_and_replace_heads() {
 #[tokio::test]
 async fn replacements_within_one_window_keep_one_head() {
     let env = TestEnv::new().await;
-    let county = env.a.county_ids[0];
-    let token = env.a.token.clone();
     let (_, household) = created(&process_seed(&env, "h", &env.a).await);
-    let body = with(seed_body(county), "household", json!(household));
-    let body = with(body, "head_of_household", json!(true));
+    let body = with(
+        joining(env.a.county_ids[0], household),
+        "head_of_household",
+        json!(true),
+    );
     let window: Vec<_> = (0..5)
         .map(|i| {
             let mut b = body.clone();
             b["first_name"] = json!(format!("Member{i}"));
-            env.envelope(&format!("r{i}"), Some(&token), &b)
+            envelope_from(&env, &format!("r{i}"), &env.a, &b)
         })
         .collect();
     let out = env.process(&window).await;
-    let last = created(&out[4]).0;
-    let head: i64 = sqlx::query_scalar("SELECT head_case_id FROM households WHERE id = $1")
-        .bind(household)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(head, last);
+    assert_eq!(head_of(&env, household).await, created(&out[4]).0);
     // Each replacement names the head it displaced, in order.
     for i in 1..5 {
         let ev = event_of(&env, &format!("r{i}"), env.a.network_id).await;
@@ -96,18 +106,13 @@ async fn replacements_within_one_window_keep_one_head() {
 #[tokio::test]
 async fn redelivered_key_creates_nothing_and_repeats_the_original_event() {
     let env = TestEnv::new().await;
-    let token = env.a.token.clone();
-    let body = seed_body(env.a.county_ids[0]);
-    let first = env
-        .process(&[env.envelope("dup", Some(&token), &body)])
-        .await;
-    let original = first[0].event_id();
+    let original = process_seed(&env, "dup", &env.a).await.event_id();
     // Again in a later window, and twice within one window.
     let again = env
         .process(&[
-            env.envelope("dup", Some(&token), &body),
-            env.envelope("fresh", Some(&token), &body),
-            env.envelope("fresh", Some(&token), &body),
+            seed_envelope(&env, "dup", &env.a),
+            seed_envelope(&env, "fresh", &env.a),
+            seed_envelope(&env, "fresh", &env.a),
         ])
         .await;
     assert_eq!(again[0], Outcome::Duplicate { event_id: original });
@@ -127,19 +132,15 @@ async fn redelivered_key_creates_nothing_and_repeats_the_original_event() {
 #[tokio::test]
 async fn same_key_with_another_body_is_rejected_and_changes_nothing() {
     let env = TestEnv::new().await;
-    let token = env.a.token.clone();
-    let body = seed_body(env.a.county_ids[0]);
-    let first = env.process(&[env.envelope("k", Some(&token), &body)]).await;
-    let mut other = body.clone();
-    other["first_name"] = json!("Jane");
-    let out = env
-        .process(&[env.envelope("k", Some(&token), &other)])
-        .await;
-    assert_eq!(failed(&out[0]), ErrorCode::IdempotencyKeyReused);
+    let body = seed_of(&env.a);
+    let first = process_seed(&env, "k", &env.a).await;
+    let other = with(body.clone(), "first_name", json!("Jane"));
+    let out = process_as(&env, "k", &env.a, &other).await;
+    assert_eq!(failed(&out), ErrorCode::IdempotencyKeyReused);
     assert_eq!(env.scalar_i64("SELECT count(*) FROM cases").await, 1);
     // The recorded outcome is still the first one.
     let ev = event_of(&env, "k", env.a.network_id).await;
-    assert_eq!(ev["id"], first[0].event_id().to_string());
+    assert_eq!(ev["id"], first.event_id().to_string());
     // Key order or whitespace differences are the same body.
     let obj = body.as_object().unwrap();
     let reversed: Vec<String> = obj
@@ -148,7 +149,7 @@ async fn same_key_with_another_body_is_rejected_and_changes_nothing() {
         .map(|(k, v)| format!("\n  {:?} :  {}", k, v))
         .collect();
     let reordered = format!("{{{}\n}}", reversed.join(","));
-    let mut env_reordered = env.envelope("k", Some(&token), &body);
+    let mut env_reordered = seed_envelope(&env, "k", &env.a);
     env_reordered.body = reordered.into_bytes();
     let out = env.process(&[env_reordered]).await;
     assert!(matches!(out[0], Outcome::Duplicate { .. }), "{out:?}");
@@ -173,17 +174,14 @@ async fn the_same_key_in_another_network_is_another_intake() {
 async fn references_into_another_network_look_like_missing_ones() {
     let env = TestEnv::new().await;
     let (_, household_a) = created(&process_seed(&env, "a1", &env.a).await);
-    let foreign = with(
-        seed_body(env.a.county_ids[0]),
-        "household",
-        json!(household_a),
-    );
-    let missing = with(seed_body(999_999), "household", json!(999_999));
     let out = env
-        .process(&[
-            env.envelope("b1", Some(&env.b.token), &foreign),
-            env.envelope("b2", Some(&env.b.token), &missing),
-        ])
+        .process(&foreign_and_missing(
+            &env,
+            ["b1", "b2"],
+            &env.b,
+            &env.a,
+            household_a,
+        ))
         .await;
     assert_eq!(failed(&out[0]), ErrorCode::ValidationFailed);
     assert_eq!(failed(&out[1]), ErrorCode::ValidationFailed);
@@ -204,14 +202,14 @@ async fn references_into_another_network_look_like_missing_ones() {
 #[tokio::test]
 async fn unauthenticated_intakes_fail_and_revocation_applies_to_the_next_message() {
     let env = TestEnv::new().await;
-    let body = seed_body(env.a.county_ids[0]);
+    let body = seed_of(&env.a);
     let mut no_token = env.envelope("n1", None, &body);
     no_token.token = None;
     let out = env
         .process(&[
             no_token,
             env.envelope("n2", Some("not-a-real-token"), &body),
-            env.envelope("n3", Some(&env.a.token), &body),
+            seed_envelope(&env, "n3", &env.a),
         ])
         .await;
     assert_eq!(failed(&out[0]), ErrorCode::Unauthorized);
@@ -222,28 +220,22 @@ async fn unauthenticated_intakes_fail_and_revocation_applies_to_the_next_message
             .await
             .unwrap()
     );
-    let out = env
-        .process(&[env.envelope("n4", Some(&env.a.token), &body)])
-        .await;
-    assert_eq!(failed(&out[0]), ErrorCode::Unauthorized);
+    let out = process_seed(&env, "n4", &env.a).await;
+    assert_eq!(failed(&out), ErrorCode::Unauthorized);
     // Failed intakes are kept with their error for inspection and replay.
-    let kept = env
-        .scalar_i64("SELECT count(*) FROM failed_intakes WHERE error_code = 'unauthorized'")
-        .await;
-    assert_eq!(kept, 3);
+    assert_eq!(failed_count(&env, "unauthorized").await, 3);
     env.cleanup().await;
 }
 
 #[tokio::test]
 async fn bad_messages_fail_alone_with_stable_codes() {
     let env = TestEnv::new().await;
-    let token = env.a.token.clone();
-    let good = seed_body(env.a.county_ids[0]);
-    let mut malformed = env.envelope("m1", Some(&token), &good);
+    let good = seed_of(&env.a);
+    let mut malformed = seed_envelope(&env, "m1", &env.a);
     malformed.body = b"{\"first_name\": ".to_vec();
-    let mut too_large = env.envelope("m2", Some(&token), &good);
+    let mut too_large = seed_envelope(&env, "m2", &env.a);
     too_large.body = vec![b' '; env.settings.intake.max_body_bytes + 1];
-    let mut no_key = env.envelope("m3", Some(&token), &good);
+    let mut no_key = seed_envelope(&env, "m3", &env.a);
     no_key.message_key = None;
     let mut invalid = good.clone();
     invalid["first_name"] = json!("");
@@ -255,11 +247,11 @@ async fn bad_messages_fail_alone_with_stable_codes() {
     let out = env
         .process(&[
             malformed,
-            env.envelope("ok1", Some(&token), &good),
+            seed_envelope(&env, "ok1", &env.a),
             too_large,
             no_key,
-            env.envelope("m4", Some(&token), &invalid),
-            env.envelope("ok2", Some(&token), &good),
+            envelope_from(&env, "m4", &env.a, &invalid),
+            seed_envelope(&env, "ok2", &env.a),
         ])
         .await;
     assert_eq!(failed(&out[0]), ErrorCode::MalformedJson);
@@ -439,23 +431,12 @@ async fn new_households_are_written_before_the_window_waits_for_a_household_lock
         .unwrap();
 
     // A window with a new household and a join of the locked one.
-    let join = with(
-        seed_body(env.a.county_ids[0]),
-        "household",
-        json!(household),
-    );
+    let join = joining(env.a.county_ids[0], household);
     let envelopes = vec![
         seed_envelope(&env, "new", &env.a),
-        env.envelope("join", Some(&env.a.token), &join),
+        envelope_from(&env, "join", &env.a, &join),
     ];
-    let (pool, ctx) = (
-        env.pool.clone(),
-        case_intake::app::supervisor::window_context(&env.settings),
-    );
-    let window =
-        tokio::spawn(
-            async move { case_intake::intake::window::run(&pool, &ctx, &envelopes).await },
-        );
+    let window = spawn_window(&env, envelopes);
 
     // Wait (no time limit of our own: the statement and lock timeouts bound it) until the
     // window's session is blocked on the household lock.
@@ -495,7 +476,7 @@ async fn new_households_are_written_before_the_window_waits_for_a_household_lock
 
     sqlx::query("COMMIT").execute(&mut *blocker).await.unwrap();
     drop(blocker);
-    let out = window.await.unwrap().unwrap();
+    let out = window.await.unwrap();
     let (_, new_household) = created(&out[0]);
     let (_, joined) = created(&out[1]);
     assert_ne!(new_household, household);
@@ -529,14 +510,7 @@ async fn a_key_written_by_a_concurrent_window_meanwhile_reruns_the_window_and_cr
         seed_envelope(&env, "raced", &env.a),
         seed_envelope(&env, "alone", &env.a),
     ];
-    let (pool, ctx) = (
-        env.pool.clone(),
-        case_intake::app::supervisor::window_context(&env.settings),
-    );
-    let window =
-        tokio::spawn(
-            async move { case_intake::intake::window::run(&pool, &ctx, &envelopes).await },
-        );
+    let window = spawn_window(&env, envelopes);
 
     // Wait until the window, at its end, waits for the other transaction's key.
     loop {
@@ -559,7 +533,7 @@ async fn a_key_written_by_a_concurrent_window_meanwhile_reruns_the_window_and_cr
 
     // The window lost the race for "raced": it ran again, found the committed outcome (with
     // another body: the key was reused) and created a case only for "alone".
-    let out = window.await.unwrap().unwrap();
+    let out = window.await.unwrap();
     assert_eq!(failed(&out[0]), ErrorCode::IdempotencyKeyReused);
     let (case_id, _) = created(&out[1]);
     let cases: Vec<i64> = sqlx::query_scalar("SELECT id FROM cases")

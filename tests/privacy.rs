@@ -5,8 +5,11 @@ use case_intake::admin::failed::{self, Filter};
 use case_intake::intake::error::ErrorCode;
 use case_intake::intake::window::Outcome;
 use case_intake::store::crypto::{Purpose, Vault};
-use case_intake_harness::support::{TestEnv, seed_body};
-use case_intake_harness::testkit::{created, event_of, failed, process_seed, seed_envelope, with};
+use case_intake_harness::support::TestEnv;
+use case_intake_harness::testkit::{
+    created, envelope_from, event_of, failed, foreign_and_missing, list_failed, process_as,
+    process_seed, seed_envelope, seed_of, with,
+};
 use secrecy::SecretString;
 use serde_json::json;
 use sqlx::Row;
@@ -14,9 +17,9 @@ use sqlx::Row;
 #[tokio::test]
 async fn failed_payloads_are_sealed_and_keys_rotate() {
     let mut env = TestEnv::new().await;
-    let bad = with(seed_body(env.a.county_ids[0]), "last_name", json!(null));
+    let bad = with(seed_of(&env.a), "last_name", json!(null));
     env.process(&[
-        env.envelope("sealed-1", Some(&env.a.token), &bad),
+        envelope_from(&env, "sealed-1", &env.a, &bad),
         seed_envelope(&env, "sealed-2", &env.a),
     ])
     .await;
@@ -84,20 +87,10 @@ async fn network_a_can_learn_nothing_about_network_b() {
     let env = TestEnv::new().await;
     // B has a case, a household and counties; A tries to reach them.
     let (_, b_household) = created(&process_seed(&env, "b-key", &env.b).await);
-    let into_b = with(
-        seed_body(env.b.county_ids[0]),
-        "household",
-        json!(b_household),
-    );
-    let nowhere = with(seed_body(9_999_999), "household", json!(9_999_999));
-    let out = env
-        .process(&[
-            env.envelope("a-1", Some(&env.a.token), &into_b),
-            env.envelope("a-2", Some(&env.a.token), &nowhere),
-            // The same key as B's: a separate intake, no collision, no reuse error.
-            seed_envelope(&env, "b-key", &env.a),
-        ])
-        .await;
+    let [into_b, nowhere] = foreign_and_missing(&env, ["a-1", "a-2"], &env.a, &env.b, b_household);
+    // The same key as B's: a separate intake, no collision, no reuse error.
+    let same_key = seed_envelope(&env, "b-key", &env.a);
+    let out = env.process(&[into_b, nowhere, same_key]).await;
     // Same error for B's county and household as for ids that exist nowhere.
     let a1 = event_of(&env, "a-1", env.a.network_id).await;
     let a2 = event_of(&env, "a-2", env.a.network_id).await;
@@ -111,20 +104,14 @@ async fn network_a_can_learn_nothing_about_network_b() {
         .unwrap();
     assert_eq!(members, 1);
     // B's listing shows B's failures only, and A's events never name B's data.
-    let bad_b = with(seed_body(env.b.county_ids[0]), "email", json!("nope"));
-    env.process(&[env.envelope("b-bad", Some(&env.b.token), &bad_b)])
-        .await;
-    let b_failed = failed::list(
-        &env.pool,
-        &Filter {
-            network: Some(env.b.network_id),
-            limit: 100,
-            ..Filter::default()
-        },
-        0,
-    )
-    .await
-    .unwrap();
+    let bad_b = with(seed_of(&env.b), "email", json!("nope"));
+    process_as(&env, "b-bad", &env.b, &bad_b).await;
+    let of_b = Filter {
+        network: Some(env.b.network_id),
+        limit: 100,
+        ..Filter::default()
+    };
+    let b_failed = list_failed(&env, &of_b).await;
     let keys: Vec<_> = b_failed
         .rows
         .iter()
@@ -151,10 +138,8 @@ async fn network_a_can_learn_nothing_about_network_b() {
 async fn a_token_of_one_network_never_authenticates_as_another() {
     let env = TestEnv::new().await;
     // B's token with A's county: B's caller is used, so A's county is "not of your network".
-    let out = env
-        .process(&[env.envelope("x", Some(&env.b.token), &seed_body(env.a.county_ids[0]))])
-        .await;
-    assert_eq!(failed(&out[0]), ErrorCode::ValidationFailed);
+    let out = process_as(&env, "x", &env.b, &seed_of(&env.a)).await;
+    assert_eq!(failed(&out), ErrorCode::ValidationFailed);
     let network: Option<i64> =
         sqlx::query_scalar("SELECT network_id FROM failed_intakes WHERE message_key = 'x'")
             .fetch_one(&env.pool)

@@ -60,14 +60,17 @@ impl RunningRelay {
     }
 }
 
-async fn declare_events_exchange(env: &TestEnv) {
+/// A new environment whose events exchange exists, with no queue bound to it yet.
+async fn env_with_events_exchange() -> TestEnv {
+    let env = TestEnv::new().await;
     let conn = amqp_connect().await.unwrap();
     case_intake_harness::support::declare_events_exchange(
         &conn.create_channel().await.unwrap(),
-        env,
+        &env,
     )
     .await;
     let _ = conn.close(200, "OK".into()).await;
+    env
 }
 
 /// Polls `sql` until it returns `want` (the relay works in the background).
@@ -79,6 +82,15 @@ async fn wait_for(env: &TestEnv, sql: &'static str, want: i64) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("`{sql}` never returned {want}");
+}
+
+/// Waits until `relays` have emptied the outbox (published rows leave it in the transaction
+/// that published them), then stops them.
+async fn publish_all_then_stop<const N: usize>(env: &TestEnv, relays: [RunningRelay; N]) {
+    wait_for(env, "SELECT count(*) FROM outbox", 0).await;
+    for relay in relays {
+        relay.stop().await;
+    }
 }
 
 #[tokio::test]
@@ -108,17 +120,14 @@ async fn rows_handed_over_by_a_window_are_published_without_a_sweep() {
         props.message_id().as_ref().map(|m| m.to_string()),
         Some(out[0].event_id().to_string())
     );
-    // Published rows leave the outbox in the transaction that published them.
-    wait_for(&env, "SELECT count(*) FROM outbox", 0).await;
-    relay.stop().await;
+    publish_all_then_stop(&env, [relay]).await;
     env.cleanup().await;
 }
 
 #[tokio::test]
 async fn an_unroutable_event_is_put_back_with_a_pause_and_published_once_routable() {
-    let env = TestEnv::new().await;
     // The exchange exists but no queue is bound: the broker returns the event (mandatory).
-    declare_events_exchange(&env).await;
+    let env = env_with_events_exchange().await;
     let lonely = process_seed(&env, "lonely", &env.a).await;
     let relay = RunningRelay::start(&env, 100, 500).await;
     wait_for(
@@ -137,15 +146,13 @@ async fn an_unroutable_event_is_put_back_with_a_pause_and_published_once_routabl
     let mut broker = Broker::connect(&env).await;
     let (_, _, event) = broker.next_event().await;
     assert_eq!(event["id"], lonely.event_id().to_string());
-    wait_for(&env, "SELECT count(*) FROM outbox", 0).await;
-    relay.stop().await;
+    publish_all_then_stop(&env, [relay]).await;
     env.cleanup().await;
 }
 
 #[tokio::test]
 async fn two_relays_on_one_outbox_publish_each_row_exactly_once() {
-    let env = TestEnv::new().await;
-    declare_events_exchange(&env).await;
+    let env = env_with_events_exchange().await;
     // A durable queue of this test's own, bound to every event, counted at the end.
     let conn = amqp_connect().await.unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -175,10 +182,8 @@ async fn two_relays_on_one_outbox_publish_each_row_exactly_once() {
         RunningRelay::start(&env, 50, 100),
         RunningRelay::start(&env, 50, 100)
     );
-    wait_for(&env, "SELECT count(*) FROM outbox", 0).await;
+    publish_all_then_stop(&env, [one, two]).await;
     // Both stopped: every publication either happened before a commit or not at all.
-    one.stop().await;
-    two.stop().await;
     assert_eq!(message_count(&ch, &tap).await, 1_200);
     ch.queue_delete(tap.as_str().into(), Default::default())
         .await

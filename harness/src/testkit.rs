@@ -107,3 +107,78 @@ pub async fn message_count(ch: &Channel, queue: &str) -> u32 {
     let declared = ch.queue_declare(queue.into(), passive, FieldTable::default());
     declared.await.expect("the queue exists").message_count()
 }
+
+// Bodies and envelopes of one caller, and failed intakes by code or key.
+
+/// The seed body in `caller`'s first county.
+pub fn seed_of(caller: &Provisioned) -> Value {
+    seed_body(caller.county_ids[0])
+}
+
+/// The seed body in `county`, joining `household`.
+pub fn joining(county: i64, household: i64) -> Value {
+    with(seed_body(county), "household", serde_json::json!(household))
+}
+
+/// `body` under `key`, sent by `caller` with its own token.
+pub fn envelope_from(env: &TestEnv, key: &str, caller: &Provisioned, body: &Value) -> Envelope {
+    env.envelope(key, Some(&caller.token), body)
+}
+
+/// Processes `body`, sent by `caller` under `key`, alone in a window; its outcome.
+pub async fn process_as(env: &TestEnv, key: &str, caller: &Provisioned, body: &Value) -> Outcome {
+    let mut out = env.process(&[envelope_from(env, key, caller, body)]).await;
+    out.remove(0)
+}
+
+/// How many failed intakes are stored with error code `code`.
+pub async fn failed_count(env: &TestEnv, code: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM failed_intakes WHERE error_code = $1")
+        .bind(code)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+/// The failed intakes with error code `code`, at most 100 (as `failed list --code`).
+pub fn failed_with_code(code: &str) -> Filter {
+    Filter {
+        code: Some(code.to_owned()),
+        limit: 100,
+        ..Filter::default()
+    }
+}
+
+/// The failed intakes of message key `key`, at most 100 (as `failed list --key`).
+pub fn failed_with_key(key: &str) -> Filter {
+    Filter {
+        key: Some(key.to_owned()),
+        limit: 100,
+        ..Filter::default()
+    }
+}
+
+/// The first page of failed intakes `filter` selects, in the display form `failed list` prints.
+pub async fn list_failed(env: &TestEnv, filter: &Filter) -> failed::Page {
+    failed::list(&env.pool, filter, 0)
+        .await
+        .expect("failed intakes listed")
+}
+
+/// Two envelopes under `keys` that `caller` must not be able to tell apart: the first joins
+/// `other`'s household `household` in `other`'s first county, the second names a county and a
+/// household that exist nowhere.
+pub fn foreign_and_missing(
+    env: &TestEnv,
+    keys: [&str; 2],
+    caller: &Provisioned,
+    other: &Provisioned,
+    household: i64,
+) -> [Envelope; 2] {
+    let foreign = joining(other.county_ids[0], household);
+    let missing = joining(9_999_999, 9_999_999);
+    [
+        envelope_from(env, keys[0], caller, &foreign),
+        envelope_from(env, keys[1], caller, &missing),
+    ]
+}
