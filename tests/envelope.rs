@@ -173,3 +173,77 @@ async fn hostile_envelopes_get_a_stable_outcome_and_intake_goes_on() {
     assert!(sealed < 8192, "{sealed} bytes stored");
     env.cleanup().await;
 }
+
+/// For publishers that can set headers but not AMQP properties: the key and correlation id
+/// travel in the `message-id` and `correlation-id` headers, and a header that disagrees with
+/// its property is refused, never picked from.
+#[tokio::test]
+async fn the_key_and_correlation_id_may_travel_as_headers() {
+    let env = TestEnv::new().await;
+    let mut broker = Broker::connect(&env).await;
+    broker.declare_topology(&env).await;
+    let worker = RunningWorker::start(&env.settings);
+    let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    let (h, v) = token_header(&env.a.token);
+
+    broker
+        .publish(
+            None,
+            &[
+                (h, &v),
+                ("Message-Id", "hdr-key"),
+                ("correlation-id", "c-hdr"),
+            ],
+            None,
+            &body,
+        )
+        .await;
+    let (rk, p, ev) = broker.next_event_for("hdr-key").await;
+    assert_eq!(rk, "case.created", "{ev}");
+    assert_eq!(ev["data"]["message_key"], "hdr-key");
+    assert_eq!(
+        p.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("c-hdr")
+    );
+
+    // The same key again, as a property this time: the same intake, the same event.
+    broker
+        .publish(Some("hdr-key"), &[(h, &v)], None, &body)
+        .await;
+    let (_, _, again) = broker.next_event_for("hdr-key").await;
+    assert_eq!(again["id"], ev["id"]);
+
+    // Property and header disagree: no key is chosen.
+    broker
+        .publish(
+            Some("prop-key"),
+            &[(h, &v), ("message-id", "other-key")],
+            Some("c-conflict"),
+            &body,
+        )
+        .await;
+    let (rk, p, ev) = broker.next_event().await;
+    assert_eq!(rk, "case.failed", "{ev}");
+    assert_eq!(
+        p.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("c-conflict")
+    );
+    assert_eq!(ev["subject"], Value::Null);
+    assert_eq!(ev["data"]["error"]["code"], "invalid_envelope");
+    assert!(!ev.to_string().contains("other-key"));
+
+    // A header key with a control character is refused like the property.
+    broker
+        .publish(
+            None,
+            &[(h, &v), ("message-id", "k\u{1b}[2J")],
+            Some("c-esc"),
+            &body,
+        )
+        .await;
+    let (rk, _, ev) = broker.next_event().await;
+    assert_eq!(rk, "case.failed", "{ev}");
+    assert_eq!(ev["data"]["error"]["code"], "invalid_envelope");
+    worker.stop().await;
+    env.cleanup().await;
+}
