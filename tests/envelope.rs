@@ -21,13 +21,19 @@ fn props(key: Option<&str>, correlation: &str, headers: FieldTable) -> BasicProp
     p
 }
 
+/// A broker client subscribed to the test's events, a running worker, and a valid body.
+async fn start(env: &TestEnv) -> (Broker, RunningWorker, Vec<u8>) {
+    let broker = Broker::connect(env).await;
+    broker.declare_topology(env).await;
+    let worker = RunningWorker::start(&env.settings);
+    let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    (broker, worker, body)
+}
+
 #[tokio::test]
 async fn hostile_envelopes_get_a_stable_outcome_and_intake_goes_on() {
     let env = TestEnv::new().await;
-    let mut broker = Broker::connect(&env).await;
-    broker.declare_topology(&env).await;
-    let worker = RunningWorker::start(&env.settings);
-    let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    let (mut broker, worker, body) = start(&env).await;
     let (h, v) = token_header(&env.a.token);
     let auth = || {
         let mut t = FieldTable::default();
@@ -180,10 +186,7 @@ async fn hostile_envelopes_get_a_stable_outcome_and_intake_goes_on() {
 #[tokio::test]
 async fn the_key_and_correlation_id_may_travel_as_headers() {
     let env = TestEnv::new().await;
-    let mut broker = Broker::connect(&env).await;
-    broker.declare_topology(&env).await;
-    let worker = RunningWorker::start(&env.settings);
-    let body = serde_json::to_vec(&seed_body(env.a.county_ids[0])).unwrap();
+    let (mut broker, worker, body) = start(&env).await;
     let (h, v) = token_header(&env.a.token);
 
     broker

@@ -12,10 +12,10 @@ use case_intake::intake::window::{self, Outcome};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -363,17 +363,9 @@ impl Broker {
 
 /// Declares the test's events exchange as the worker does (idempotent).
 pub async fn declare_events_exchange(ch: &Channel, env: &TestEnv) {
-    ch.exchange_declare(
-        env.settings.amqp.events_exchange.as_str().into(),
-        ExchangeKind::Topic,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    case_intake::outbox::topology::declare_events_exchange(ch, &env.settings.amqp)
+        .await
+        .unwrap();
 }
 
 /// Binds `queue` to every event of the test's exchange.

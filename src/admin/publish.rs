@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
@@ -19,6 +19,7 @@ use crate::infra::settings::AmqpSettings;
 use crate::intake::delivery::KEY_HEADER;
 use crate::intake::envelope::{MAX_KEY_CHARS, check_message_key, is_unsafe_char};
 use crate::intake::event::CASE_CREATED;
+use crate::outbox::topology;
 
 /// Longest key, in bytes, that fits the AMQP `message_id` property (a short string); a longer
 /// key (of multi-byte characters) travels in the `message-id` header.
@@ -117,7 +118,7 @@ async fn subscribe(
     amqp: &AmqpSettings,
 ) -> Result<lapin::Consumer, PublishError> {
     let ch = conn.create_channel().await?;
-    declare_events_exchange(&ch, amqp).await?;
+    topology::declare_events_exchange(&ch, amqp).await?;
     let private = QueueDeclareOptions {
         exclusive: true,
         auto_delete: true,
@@ -148,22 +149,6 @@ async fn subscribe(
             FieldTable::default(),
         )
         .await?)
-}
-
-/// Declares the events exchange exactly as the worker does (idempotent), so a queue can be
-/// bound before the worker's first start.
-async fn declare_events_exchange(ch: &Channel, amqp: &AmqpSettings) -> lapin::Result<()> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    ch.exchange_declare(
-        amqp.events_exchange.as_str().into(),
-        ExchangeKind::Topic,
-        durable,
-        FieldTable::default(),
-    )
-    .await
 }
 
 /// Publishes with confirms and `mandatory`: a missing intake queue is reported, not lost.
