@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use case_intake::admin::failed::Filter;
 use case_intake::infra::settings::Settings;
-use case_intake::intake::delivery::{RETRIES_HEADER, RETRIES_TAG_HEADER};
+use case_intake::intake::delivery::{
+    CORRELATION_HEADER, KEY_HEADER, RETRIES_HEADER, RETRIES_TAG_HEADER,
+};
 use case_intake::intake::envelope::MAX_KEY_CHARS;
 use case_intake::intake::error::{ALL_CODES, ErrorCode, IntakeError};
 use case_intake::intake::event::{CASE_CREATED, CASE_FAILED, CONTENT_TYPE};
@@ -264,7 +266,8 @@ fn the_documented_names_are_the_service_defaults() {
 
     // AMQP properties and headers of an intake.
     let props = c.schema("IntakeProperties");
-    assert_eq!(props["required"], json!(["message_id"]));
+    // The key may come from the `message-id` header instead, so the property is not required.
+    assert_eq!(props.get("required"), None);
     assert_eq!(
         props["properties"]["message_id"]["maxLength"],
         json!(MAX_KEY_CHARS)
@@ -278,16 +281,13 @@ fn the_documented_names_are_the_service_defaults() {
         .keys()
         .map(|h| h.to_ascii_lowercase())
         .collect();
-    // The token headers, the W3C trace context, and the retry counter the service keeps
-    // (reserved, never accepted).
+    // The token headers, the key and correlation headers, the W3C trace context, and the retry
+    // counter the service keeps (reserved, never accepted).
     let expected: BTreeSet<String> = TOKEN_HEADERS
         .iter()
-        .chain([
-            &RETRIES_HEADER,
-            &RETRIES_TAG_HEADER,
-            &TRACEPARENT,
-            &TRACESTATE,
-        ])
+        .chain([&KEY_HEADER, &CORRELATION_HEADER])
+        .chain([&TRACEPARENT, &TRACESTATE])
+        .chain([&RETRIES_HEADER, &RETRIES_TAG_HEADER])
         .map(|h| h.to_string())
         .collect();
     assert_eq!(headers, expected);

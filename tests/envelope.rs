@@ -1,7 +1,7 @@
 //! Hostile envelopes through the real broker: every AMQP property and header the pipeline
 //! reads gets a stable outcome, and intake goes on behind each of them.
 
-use case_intake_harness::support::{TestEnv, token_header};
+use case_intake_harness::support::{Broker, RunningWorker, TestEnv, token_header};
 use case_intake_harness::testkit::{broker_and_worker, failed_count, seed_of, to_bytes};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -30,11 +30,16 @@ fn nested(depth: usize) -> AMQPValue {
     deep
 }
 
+/// A broker client subscribed to the test's events, a running worker, and a valid body.
+async fn start(env: &TestEnv) -> (Broker, RunningWorker, Vec<u8>) {
+    let (broker, worker) = broker_and_worker(env).await;
+    (broker, worker, to_bytes(&seed_of(&env.a)))
+}
+
 #[tokio::test]
 async fn hostile_envelopes_get_a_stable_outcome_and_intake_goes_on() {
     let env = TestEnv::new().await;
-    let (mut broker, worker) = broker_and_worker(&env).await;
-    let body = to_bytes(&seed_of(&env.a));
+    let (mut broker, worker, body) = start(&env).await;
     let (h, v) = token_header(&env.a.token);
     let auth = || {
         let mut t = FieldTable::default();
@@ -175,5 +180,76 @@ async fn hostile_envelopes_get_a_stable_outcome_and_intake_goes_on() {
     assert_eq!(bytes, Some(300_000));
     assert!(truncated);
     assert!(sealed < 8192, "{sealed} bytes stored");
+    env.cleanup().await;
+}
+
+/// For publishers that can set headers but not AMQP properties: the key and correlation id
+/// travel in the `message-id` and `correlation-id` headers, and a header that disagrees with
+/// its property is refused, never picked from.
+#[tokio::test]
+async fn the_key_and_correlation_id_may_travel_as_headers() {
+    let env = TestEnv::new().await;
+    let (mut broker, worker, body) = start(&env).await;
+    let (h, v) = token_header(&env.a.token);
+
+    broker
+        .publish(
+            None,
+            &[
+                (h, &v),
+                ("Message-Id", "hdr-key"),
+                ("correlation-id", "c-hdr"),
+            ],
+            None,
+            &body,
+        )
+        .await;
+    let (rk, p, ev) = broker.next_event_for("hdr-key").await;
+    assert_eq!(rk, "case.created", "{ev}");
+    assert_eq!(ev["data"]["message_key"], "hdr-key");
+    assert_eq!(
+        p.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("c-hdr")
+    );
+
+    // The same key again, as a property this time: the same intake, the same event.
+    broker
+        .publish(Some("hdr-key"), &[(h, &v)], None, &body)
+        .await;
+    let (_, _, again) = broker.next_event_for("hdr-key").await;
+    assert_eq!(again["id"], ev["id"]);
+
+    // Property and header disagree: no key is chosen.
+    broker
+        .publish(
+            Some("prop-key"),
+            &[(h, &v), ("message-id", "other-key")],
+            Some("c-conflict"),
+            &body,
+        )
+        .await;
+    let (rk, p, ev) = broker.next_event().await;
+    assert_eq!(rk, "case.failed", "{ev}");
+    assert_eq!(
+        p.correlation_id().as_ref().map(|c| c.as_str()),
+        Some("c-conflict")
+    );
+    assert_eq!(ev["subject"], Value::Null);
+    assert_eq!(ev["data"]["error"]["code"], "invalid_envelope");
+    assert!(!ev.to_string().contains("other-key"));
+
+    // A header key with a control character is refused like the property.
+    broker
+        .publish(
+            None,
+            &[(h, &v), ("message-id", "k\u{1b}[2J")],
+            Some("c-esc"),
+            &body,
+        )
+        .await;
+    let (rk, _, ev) = broker.next_event().await;
+    assert_eq!(rk, "case.failed", "{ev}");
+    assert_eq!(ev["data"]["error"]["code"], "invalid_envelope");
+    worker.stop().await;
     env.cleanup().await;
 }

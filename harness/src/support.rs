@@ -10,9 +10,9 @@ use case_intake::infra::settings::Settings;
 use case_intake::intake::envelope::Envelope;
 use case_intake::intake::window::{self, Outcome};
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -270,19 +270,9 @@ impl Broker {
 
 /// Declares the test's events exchange as the worker does (idempotent).
 pub async fn declare_events_exchange(ch: &Channel, env: &TestEnv) {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    let exchange = env.settings.amqp.events_exchange.as_str();
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Topic,
-        durable,
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    case_intake::outbox::topology::declare_events_exchange(ch, &env.settings.amqp)
+        .await
+        .unwrap();
 }
 
 /// Binds `queue` to every event of the test's exchange.

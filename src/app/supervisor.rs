@@ -9,7 +9,6 @@ use futures_util::StreamExt;
 use lapin::options::{BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
-use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -282,27 +281,16 @@ async fn supervise(
 
 /// The AMQP URL with the configured heartbeat and the frame size the io thread's stack is
 /// sized for (src/stack.rs), unless the URL sets them.
-fn amqp_url(settings: &Settings) -> String {
-    let mut url = settings.amqp.url.expose_secret().to_owned();
-    for (name, value) in [
-        ("heartbeat", settings.amqp.heartbeat_secs.to_string()),
-        ("frame_max", crate::infra::stack::FRAME_MAX.to_string()),
-    ] {
-        if !url.contains(&format!("{name}=")) {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            url = format!("{url}{sep}{name}={value}");
-        }
-    }
-    url
-}
-
 async fn connect(settings: &Settings, name: &str) -> Result<Connection, SessionError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     let timeout = Duration::from_millis(settings.amqp.connect_timeout_ms);
-    tokio::time::timeout(timeout, Connection::connect(&amqp_url(settings), props))
-        .await
-        .map_err(|_| SessionError::ConnectTimeout)?
-        .map_err(SessionError::Broker)
+    tokio::time::timeout(
+        timeout,
+        Connection::connect(&settings.amqp.connection_url(), props),
+    )
+    .await
+    .map_err(|_| SessionError::ConnectTimeout)?
+    .map_err(SessionError::Broker)
 }
 
 /// The first error a connection reports; ends the session at once (a consumer blocked on a

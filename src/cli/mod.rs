@@ -4,9 +4,10 @@
 
 mod failed;
 mod parked;
+mod publish;
 mod tenancy;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -54,7 +55,14 @@ pub enum Command {
         /// A county of the network; repeat for several.
         #[arg(long = "county")]
         counties: Vec<String>,
+        /// Write the token to this file (created readable by its owner only) instead of
+        /// printing it.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
+    /// Publish one intake (a JSON file or `-` for stdin) to the intake queue, persistent, with
+    /// publisher confirms; `--wait` prints its outcome event.
+    Publish(publish::PublishArgs),
     /// Revoke an API key by id; it stops working for the next message (`key revoke ID`).
     RevokeKey { id: i64 },
     #[command(flatten)]
@@ -112,12 +120,13 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
             group,
             agent,
             counties,
+            token_file,
         } => {
             let pool = db::open_current(&settings.database).await?;
             let p = provision::provision(&pool, &network, &group, &agent, &counties).await?;
-            println!("{}", serde_json::to_string_pretty(&p)?);
-            Ok(())
+            print_provisioned(p, token_file.as_deref())
         }
+        Command::Publish(args) => publish::publish(args, &settings).await,
         Command::Failed { command } => failed::failed_command(command, &settings).await,
         Command::Replay {
             select,
@@ -138,6 +147,33 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
         }
         Command::Tenancy(command) => tenancy::tenancy_command(command, &settings).await,
     }
+}
+
+/// Prints what `provision` created; with a token file the token goes there (owner-only) and
+/// the output names the file instead.
+fn print_provisioned(p: provision::Provisioned, token_file: Option<&Path>) -> CliResult {
+    let mut out = serde_json::to_value(&p)?;
+    if let Some(path) = token_file {
+        write_private(path, &p.token)
+            .map_err(|e| format!("cannot write the token file {}: {e}", path.display()))?;
+        out["token"] = serde_json::Value::Null;
+        out["token_file"] = path.display().to_string().into();
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Writes `text` to `path`, replacing it, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    writeln!(file, "{text}")
 }
 
 async fn rotate_key(settings: &Settings) -> CliResult {

@@ -183,6 +183,24 @@ pub struct AmqpSettings {
     pub retry_delay_ms: u64,
 }
 
+impl AmqpSettings {
+    /// The URL the service's lapin connections use: `url` with the heartbeat and the frame
+    /// size the stacks are sized for (src/infra/stack.rs), unless the URL sets them itself.
+    pub fn connection_url(&self) -> String {
+        let mut url = self.url.expose_secret().to_owned();
+        for (name, value) in [
+            ("heartbeat", self.heartbeat_secs.to_string()),
+            ("frame_max", crate::infra::stack::FRAME_MAX.to_string()),
+        ] {
+            if !url.contains(&format!("{name}=")) {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                url = format!("{url}{sep}{name}={value}");
+            }
+        }
+        url
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntakeSettings {

@@ -27,6 +27,14 @@ pub const MAX_HEADER_DEPTH: usize = 16;
 /// recognise it; the rest is dropped as soon as its size and hash are known.
 pub const OVERSIZE_PREFIX_BYTES: usize = 4096;
 
+/// Header carrying the message key when the `message_id` property is absent, for publishers
+/// that can set headers but not AMQP properties (matched case-insensitively).
+pub const KEY_HEADER: &str = "message-id";
+
+/// Header carrying the correlation id when the `correlation_id` property is absent (matched
+/// case-insensitively).
+pub const CORRELATION_HEADER: &str = "correlation-id";
+
 /// Header counting how many times an intake went through the retry queue (first delivery: 0).
 pub const RETRIES_HEADER: &str = "x-case-intake-retries";
 
@@ -42,22 +50,34 @@ pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
     let props = &delivery.properties;
     let mut problem: Option<IntakeError> = None;
 
-    let raw_key = props.message_id().as_ref().map(|k| k.as_str());
-    let message_key = match raw_key {
-        Some(k) if k.chars().any(is_unsafe_char) => {
+    let headers = props.headers().as_ref();
+    let message_key = match envelope_text(
+        props.message_id().as_ref().map(|k| k.as_str()),
+        headers,
+        "message_id",
+        KEY_HEADER,
+    ) {
+        Err(e) => {
+            problem.get_or_insert(e);
+            None
+        }
+        Ok(Some(k)) if k.chars().any(is_unsafe_char) => {
             problem.get_or_insert(unsafe_text("message_id"));
             None
         }
-        k => check_message_key(k),
+        Ok(k) => check_message_key(k.as_deref()),
     };
-    let correlation_id =
-        match check_correlation_id(props.correlation_id().as_ref().map(|c| c.as_str())) {
-            Ok(c) => c,
-            Err(e) => {
-                problem.get_or_insert(e);
-                None
-            }
-        };
+    let correlation_id = envelope_text(
+        props.correlation_id().as_ref().map(|c| c.as_str()),
+        headers,
+        "correlation_id",
+        CORRELATION_HEADER,
+    )
+    .and_then(|c| check_correlation_id(c.as_deref()));
+    let correlation_id = correlation_id.unwrap_or_else(|e| {
+        problem.get_or_insert(e);
+        None
+    });
     let mut token = None;
     let trace = props.headers().as_ref().and_then(TraceContext::of_headers);
     if let Some(headers) = props.headers() {
@@ -118,6 +138,40 @@ pub fn header_depth(headers: &FieldTable) -> usize {
         }
     }
     deepest
+}
+
+/// One envelope text: its AMQP property, or else its header (`header`, any case). Two sources
+/// that disagree (the property and a header, or two headers) are refused as
+/// `invalid_envelope`, never resolved by picking one; so is a header that is not text.
+fn envelope_text(
+    property: Option<&str>,
+    headers: Option<&FieldTable>,
+    property_name: &str,
+    header: &str,
+) -> Result<Option<String>, IntakeError> {
+    let values = headers
+        .into_iter()
+        .flat_map(|h| h.inner().iter())
+        .filter(|(name, _)| name.as_str().eq_ignore_ascii_case(header))
+        .map(|(_, value)| text_of(value));
+    let mut chosen = property.map(str::to_owned);
+    let refuse = |message: String| Err(IntakeError::new(ErrorCode::InvalidEnvelope, message));
+    for value in values {
+        let Some(value) = value else {
+            return refuse(format!("the {header} header must be a text value"));
+        };
+        match &chosen {
+            Some(c) if *c != value => {
+                return refuse(format!(
+                    "the {property_name} property and the {header} header (or two {header} \
+                     headers) differ; send one value"
+                ));
+            }
+            Some(_) => {}
+            None => chosen = Some(value),
+        }
+    }
+    Ok(chosen)
 }
 
 /// The token of the authorization headers (`authorization` or the seed's `Authorize`, names
@@ -195,11 +249,22 @@ pub fn retry_headers(props: &BasicProperties, vault: &Vault, count: u32) -> Fiel
     headers
 }
 
+/// The bytes of the key a retry tag is bound to: the `message_id` property, or else the key
+/// header (a delivery whose key the pipeline refused never reaches the retry queue).
 fn message_id_bytes(props: &BasicProperties) -> &[u8] {
-    props
-        .message_id()
-        .as_ref()
-        .map_or(&[][..], |k| k.as_str().as_bytes())
+    if let Some(k) = props.message_id() {
+        return k.as_str().as_bytes();
+    }
+    let header = props.headers().as_ref().and_then(|h| {
+        h.inner()
+            .iter()
+            .find(|(name, _)| name.as_str().eq_ignore_ascii_case(KEY_HEADER))
+    });
+    match header {
+        Some((_, AMQPValue::LongString(s))) => s.as_bytes(),
+        Some((_, AMQPValue::ShortString(s))) => s.as_str().as_bytes(),
+        _ => &[],
+    }
 }
 
 #[cfg(test)]
@@ -275,6 +340,51 @@ mod tests {
         assert_eq!(token_of(&table(&[("x", text("Token abc"))])).unwrap(), None);
         let t = table(&[("authorization", text("Bearer abc"))]);
         assert_eq!(token_of(&t).unwrap(), None);
+    }
+
+    #[test]
+    fn the_key_header_stands_in_for_the_property() {
+        let text_of =
+            |p: Option<&str>, t: &FieldTable| envelope_text(p, Some(t), "message_id", KEY_HEADER);
+        let empty = FieldTable::default();
+        assert_eq!(text_of(Some("k"), &empty).unwrap().as_deref(), Some("k"));
+        assert_eq!(text_of(None, &empty).unwrap(), None);
+        let t = table(&[("Message-ID", text("k"))]);
+        assert_eq!(text_of(None, &t).unwrap().as_deref(), Some("k"));
+        assert_eq!(text_of(Some("k"), &t).unwrap().as_deref(), Some("k"));
+        // Disagreeing sources, or a header that is not text, are refused, never picked from.
+        let refused = [
+            text_of(Some("other"), &t),
+            text_of(
+                None,
+                &table(&[("message-id", text("a")), ("MESSAGE-ID", text("b"))]),
+            ),
+            text_of(None, &table(&[("message-id", AMQPValue::LongLongInt(7))])),
+        ];
+        for r in refused {
+            assert_eq!(r.unwrap_err().code, ErrorCode::InvalidEnvelope);
+        }
+        assert_eq!(
+            envelope_text(None, None, "correlation_id", CORRELATION_HEADER),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_header_key_binds_the_retry_tag() {
+        let v = vault();
+        let keyed =
+            |k: &str| BasicProperties::default().with_headers(table(&[(KEY_HEADER, text(k))]));
+        let props = keyed("k-1");
+        let ours = props.clone().with_headers({
+            let mut h = retry_headers(&props, &v, 2);
+            h.insert(KEY_HEADER.into(), text("k-1"));
+            h
+        });
+        assert_eq!(retries_of(&ours, &v), 2);
+        let mut moved = retry_headers(&props, &v, 2);
+        moved.insert(KEY_HEADER.into(), text("k-2"));
+        assert_eq!(retries_of(&keyed("k-2").with_headers(moved), &v), 0);
     }
 
     #[test]

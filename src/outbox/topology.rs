@@ -122,6 +122,12 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> lapin::Result<()
             retry_queue_arguments(&amqp.intake_queue, amqp.retry_delay_ms),
         )
         .await?;
+    declare_events_exchange(channel, amqp).await
+}
+
+/// Declares the events exchange (topic, durable; idempotent). Also used by `case-intake
+/// publish`, which binds its private queue before the worker may have started.
+pub async fn declare_events_exchange(channel: &Channel, amqp: &AmqpSettings) -> lapin::Result<()> {
     channel
         .exchange_declare(
             amqp.events_exchange.as_str().into(),
@@ -132,6 +138,5 @@ pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> lapin::Result<()
             },
             FieldTable::default(),
         )
-        .await?;
-    Ok(())
+        .await
 }
