@@ -75,39 +75,30 @@ mod tests {
 
     #[test]
     fn transient_errors_go_through_the_retry_queue_until_the_last_attempt() {
-        assert_eq!(
-            decide(Err(ErrorClass::Transient), || 0, 5),
-            Disposition::Retry
-        );
-        assert_eq!(
-            decide(Err(ErrorClass::Transient), || 3, 5),
-            Disposition::Retry
-        );
-        assert_eq!(
-            decide(Err(ErrorClass::Transient), || 4, 5),
-            Disposition::Exhausted
-        );
-        assert_eq!(
-            decide(Err(ErrorClass::Transient), || 9, 5),
-            Disposition::Exhausted
-        );
-        // A retry count at the top of its range does not overflow into a fresh retry.
-        assert_eq!(
-            decide(Err(ErrorClass::Transient), || u32::MAX, 5),
-            Disposition::Exhausted
-        );
+        // (retry count so far, disposition) with 5 attempts in all; a count at the top of its
+        // range does not overflow into a fresh retry.
+        let cases = [
+            (0, Disposition::Retry),
+            (3, Disposition::Retry),
+            (4, Disposition::Exhausted),
+            (9, Disposition::Exhausted),
+            (u32::MAX, Disposition::Exhausted),
+        ];
+        for (retries, expected) in cases {
+            let got = decide(Err(ErrorClass::Transient), || retries, 5);
+            assert_eq!(got, expected, "after {retries} retries");
+        }
     }
 
     #[test]
     fn unknown_errors_are_handed_back_to_the_broker() {
-        assert_eq!(
-            decide(Err(ErrorClass::Unknown), || 0, 5),
-            Disposition::Requeue
-        );
-        assert_eq!(
-            decide(Err(ErrorClass::Outage), || 0, 5),
-            Disposition::Requeue
-        );
+        for class in [ErrorClass::Unknown, ErrorClass::Outage] {
+            assert_eq!(
+                decide(Err(class), || 0, 5),
+                Disposition::Requeue,
+                "{class:?}"
+            );
+        }
     }
 
     #[test]
