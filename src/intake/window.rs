@@ -937,40 +937,50 @@ mod tests {
         }])
     }
 
+    /// The error code `decide` gives `env` in `slot` from `caller`.
+    fn failure_of(env: &Envelope, slot: &Slot, caller: Option<Caller>) -> ErrorCode {
+        code(decide(
+            &prepared(env),
+            slot,
+            caller,
+            &ours(),
+            &HashMap::new(),
+        ))
+    }
+
+    /// The seed intake under `key`, its envelope marked to fail with `failure`.
+    fn forced(key: Option<&str>, failure: IntakeError) -> Envelope {
+        let mut env = envelope(key, seed());
+        env.forced_failure = Some(failure);
+        env
+    }
+
     #[test]
     fn an_intake_without_a_key_fails_with_its_envelope_problem() {
-        let env = envelope(None, seed());
-        let p = prepared(&env);
-        let heads = HashMap::new();
         let caller = Some(Caller::for_tests(NETWORK));
+        let no_key = envelope(None, seed());
+        let unsafe_key = forced(None, crate::intake::envelope::unsafe_text("message_id"));
         assert_eq!(
-            code(decide(&p, &Slot::NoKey, caller, &ours(), &heads)),
+            failure_of(&no_key, &Slot::NoKey, caller),
             ErrorCode::MissingMessageKey
         );
-        let mut env = envelope(None, seed());
-        env.forced_failure = Some(crate::intake::envelope::unsafe_text("message_id"));
-        let p = prepared(&env);
         assert_eq!(
-            code(decide(&p, &Slot::NoKey, caller, &ours(), &heads)),
+            failure_of(&unsafe_key, &Slot::NoKey, caller),
             ErrorCode::InvalidEnvelope
         );
     }
 
     #[test]
     fn forced_failures_and_missing_callers_fail_before_the_body_is_read() {
-        let heads = HashMap::new();
-        let mut env = envelope(Some("k"), seed());
-        env.forced_failure = Some(IntakeError::new(ErrorCode::DeadLettered, "dead"));
-        let p = prepared(&env);
+        let dead = forced(Some("k"), IntakeError::new(ErrorCode::DeadLettered, "dead"));
         let caller = Some(Caller::for_tests(NETWORK));
         assert_eq!(
-            code(decide(&p, &Slot::Fresh, caller, &ours(), &heads)),
+            failure_of(&dead, &Slot::Fresh, caller),
             ErrorCode::DeadLettered
         );
-        let env = envelope(Some("k"), seed());
-        let p = prepared(&env);
+        let anonymous = envelope(Some("k"), seed());
         assert_eq!(
-            code(decide(&p, &Slot::Fresh, None, &ours(), &heads)),
+            failure_of(&anonymous, &Slot::Fresh, None),
             ErrorCode::Unauthorized
         );
     }
