@@ -46,10 +46,13 @@ pub enum Command {
     /// Create a network with a group, an agent, an API key and counties in one step; prints
     /// JSON with the token (shown once: only its hash is stored).
     Provision {
+        /// The new network's name (unique).
         #[arg(long)]
         network: String,
+        /// The name of the network's first group, which the agent belongs to.
         #[arg(long, default_value = "Intake")]
         group: String,
+        /// The name of the agent the API key acts as (cases record it as their entry agent).
         #[arg(long, default_value = "intake-api")]
         agent: String,
         /// A county of the network; repeat for several.

@@ -13,8 +13,10 @@ pub enum ParkedCommand {
     /// Show parked messages (properties and headers escaped, SSNs masked, credentials
     /// redacted, never the body), then put them all back.
     List {
+        /// Show at most this many (all are put back).
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Print JSON instead of the human listing.
         #[arg(long)]
         json: bool,
     },

@@ -41,8 +41,10 @@ pub enum TenancyCommand {
 /// `--network N` and `--json`: what every listing of one network takes.
 #[derive(Args)]
 pub struct OfNetwork {
+    /// The network's id (`network list` shows them).
     #[arg(long)]
     network: i64,
+    /// Print JSON instead of the human table.
     #[arg(long)]
     json: bool,
 }
@@ -50,7 +52,9 @@ pub struct OfNetwork {
 /// An id and `--json`: what every change of one agent or key takes.
 #[derive(Args)]
 pub struct ById {
+    /// The id (`agent list` / `key list` show them).
     id: i64,
+    /// Print JSON instead of the human line.
     #[arg(long)]
     json: bool,
 }
@@ -58,11 +62,13 @@ pub struct ById {
 /// A name, the group it goes with and `--json`: what `network create` and `agent create` take.
 #[derive(Args)]
 pub struct NameInGroup {
+    /// The name (unique: networks by name, agents by name within their network).
     #[arg(value_parser = non_blank)]
     name: String,
     /// The group (agency) of the network; created if the network has none of that name.
     #[arg(long, default_value = "Intake", value_parser = non_blank)]
     group: String,
+    /// Print JSON instead of the human line.
     #[arg(long)]
     json: bool,
 }
@@ -73,6 +79,7 @@ pub enum NetworkCommand {
     Create(NameInGroup),
     /// List networks with their counties, active agents and usable API keys.
     List {
+        /// Print JSON instead of the human table.
         #[arg(long)]
         json: bool,
     },
@@ -82,12 +89,16 @@ pub enum NetworkCommand {
 pub enum CountyCommand {
     /// Add a county to a network (then failed intakes that named it can be replayed).
     Add {
+        /// The network's id (`network list` shows them).
         #[arg(long)]
         network: i64,
+        /// The county's name.
         #[arg(value_parser = non_blank)]
         name: String,
+        /// Its state (e.g. NY), where one network spans states with same-named counties.
         #[arg(long, value_parser = non_blank)]
         state: Option<String>,
+        /// Print JSON instead of the human line.
         #[arg(long)]
         json: bool,
     },
@@ -99,6 +110,7 @@ pub enum CountyCommand {
 pub enum AgentCommand {
     /// Create an active agent in a network (agent names are unique in a network).
     Create {
+        /// The network's id (`network list` shows them).
         #[arg(long)]
         network: i64,
         #[command(flatten)]
@@ -117,10 +129,13 @@ pub enum AgentCommand {
 pub enum KeyCommand {
     /// Create an API key for an agent; prints the token once (only its hash is stored).
     Create {
+        /// The agent the key acts as (`agent list` shows ids).
         #[arg(long)]
         agent: i64,
+        /// A label to recognise the key by in `key list` (e.g. the system that holds it).
         #[arg(long, default_value = "")]
         label: String,
+        /// Print JSON (with the token, shown once) instead of the human lines.
         #[arg(long)]
         json: bool,
     },
