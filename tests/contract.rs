@@ -14,7 +14,7 @@ use case_intake::intake::delivery::{
 };
 use case_intake::intake::envelope::MAX_KEY_CHARS;
 use case_intake::intake::error::{ALL_CODES, ErrorCode, IntakeError};
-use case_intake::intake::event::{CASE_CREATED, CASE_FAILED, CONTENT_TYPE};
+use case_intake::intake::event::{CASE_CREATED, CASE_FAILED, CONTENT_TYPE, INTAKE_RESOLVED};
 use case_intake::intake::validate::{KNOWN_FIELDS, READ_ONLY_FIELDS, validate};
 use case_intake::intake::window::Outcome;
 use case_intake::store::auth::TOKEN_HEADERS;
@@ -231,6 +231,12 @@ fn the_documented_names_are_the_service_defaults() {
             &s.amqp.failed_routing_key,
             "caseFailed",
             CASE_FAILED,
+        ),
+        (
+            "intakeResolved",
+            &s.amqp.resolved_routing_key,
+            "intakeResolved",
+            INTAKE_RESOLVED,
         ),
     ] {
         let ch = c.channel(channel);
@@ -633,15 +639,27 @@ async fn real_events_match_the_event_schemas() {
             .unwrap();
     let created_v = c.event_validator(&env.settings.amqp.created_routing_key);
     let failed_v = c.event_validator(&env.settings.amqp.failed_routing_key);
+    let resolved_v = c.event_validator(&env.settings.amqp.resolved_routing_key);
     for (routing_key, event) in outbox.iter().chain(&stored) {
         assert_eq!(event["type"], routing_key.as_str());
         let v = if *routing_key == env.settings.amqp.created_routing_key {
             &created_v
+        } else if *routing_key == env.settings.amqp.resolved_routing_key {
+            &resolved_v
         } else {
             &failed_v
         };
         assert_valid(v, event, &format!("a real {routing_key} event"));
     }
+    // The replay that created the case announced the resolution.
+    assert!(
+        outbox
+            .iter()
+            .any(|(k, e)| *k == env.settings.amqp.resolved_routing_key
+                && e["data"]["resolution"] == "replayed"
+                && e["data"]["case_id"].is_i64()),
+        "a case.intake_resolved event for the replay that created its case"
+    );
 
     // Trace context is carried on created and failed events alike.
     for rk in [

@@ -92,6 +92,8 @@ async fn replay_succeeds_once_the_missing_county_exists() {
             ("case.failed".to_owned(), None),
             ("case.failed".to_owned(), Some(2)),
             ("case.created".to_owned(), Some(3)),
+            // The replay that created the case announces that the failure is resolved.
+            ("case.intake_resolved".to_owned(), None),
         ]
     );
     // A re-published duplicate now gets the created outcome.
@@ -267,7 +269,7 @@ async fn retention_purges_old_keys_and_resolved_failures_but_not_what_the_outbox
     sqlx::raw_sql(
         "UPDATE intake_outcomes SET created_at = now() - interval '31 days' WHERE message_key IN ('old', 'bad', 'unsent');
          DELETE FROM outbox WHERE outcome_key IS DISTINCT FROM 'unsent';
-         UPDATE failed_intakes SET resolved_at = now() - interval '31 days'",
+         UPDATE failed_intakes SET resolved_at = now() - interval '31 days', resolution = 'dismissed'",
     )
     .execute(&env.pool)
     .await

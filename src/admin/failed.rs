@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use crate::infra::redact;
 use crate::intake::classify::{classify, retry_transient};
 use crate::intake::envelope::{Envelope, Oversize};
-use crate::intake::event::ReplayInfo;
+use crate::intake::event::{ReplayInfo, Resolution};
 use crate::intake::window::{self, Outcome, WindowContext};
 use crate::store;
 use crate::store::auth::TokenHash;
@@ -245,7 +245,9 @@ pub async fn replay(
                     oversize: s.oversize,
                     replay: Some(ReplayInfo {
                         attempt: s.intake.attempts + 1,
-                        failed_intake_id: s.intake.id,
+                        failed_intake_id: Some(s.intake.id),
+                        supersedes: Some(s.intake.event_id),
+                        how: Resolution::Replayed,
                     }),
                     forced_failure: None,
                     // A replay is an operator's action, not part of the original trace.

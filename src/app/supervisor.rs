@@ -75,6 +75,7 @@ pub fn window_context(settings: &Settings) -> WindowContext {
         source: settings.events.source.clone(),
         created_routing_key: settings.amqp.created_routing_key.clone(),
         failed_routing_key: settings.amqp.failed_routing_key.clone(),
+        resolved_routing_key: settings.amqp.resolved_routing_key.clone(),
         limits: BodyLimits {
             max_body_bytes: settings.intake.max_body_bytes,
             max_depth: settings.intake.max_depth,
@@ -86,6 +87,7 @@ pub fn window_context(settings: &Settings) -> WindowContext {
                 .expect("crypto settings are validated when settings load"),
         ),
         handoff: None,
+        operator: None,
     }
 }
 

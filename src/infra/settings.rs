@@ -173,6 +173,8 @@ pub struct AmqpSettings {
     pub events_exchange: String,
     pub created_routing_key: String,
     pub failed_routing_key: String,
+    /// Routing key of `case.intake_resolved` events.
+    pub resolved_routing_key: String,
     pub prefetch: u16,
     /// Declare queues and exchanges at start; off when operators import definitions instead.
     pub declare_topology: bool,
@@ -313,6 +315,7 @@ impl Settings {
             ("amqp.events_exchange", &self.amqp.events_exchange),
             ("amqp.created_routing_key", &self.amqp.created_routing_key),
             ("amqp.failed_routing_key", &self.amqp.failed_routing_key),
+            ("amqp.resolved_routing_key", &self.amqp.resolved_routing_key),
             ("events.source", &self.events.source),
         ] {
             if value.trim().is_empty() || value.len() > 255 {

@@ -54,6 +54,23 @@ impl ErrorCode {
         }
     }
 
+    /// True for failures caused by the message itself, which its sender can correct: a key
+    /// whose recorded outcome is one of these may be re-published with a different body, which
+    /// is then processed as the key's next attempt ("fix and resend", docs/operations.md).
+    /// `retries_exhausted` and `dead_lettered` say nothing about the body (an operator
+    /// replays them), `idempotency_key_reused` is never a key's recorded outcome, and
+    /// `missing_message_key` has no key.
+    pub fn resendable(self) -> bool {
+        matches!(
+            self,
+            Self::MalformedJson
+                | Self::PayloadTooLarge
+                | Self::Unauthorized
+                | Self::ValidationFailed
+                | Self::InvalidEnvelope
+        )
+    }
+
     /// Parses a stored code back (used by the replay and listing commands).
     pub fn parse(code: &str) -> Option<Self> {
         ALL_CODES.iter().copied().find(|c| c.as_str() == code)

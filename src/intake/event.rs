@@ -18,6 +18,9 @@ pub use crate::outbox::relay::CONTENT_TYPE;
 pub const CASE_CREATED: &str = "case.created";
 /// The CloudEvents `type` of a failed intake.
 pub const CASE_FAILED: &str = "case.failed";
+/// The CloudEvents `type` of a failed intake that was resolved (a later attempt created its
+/// case, or an operator dismissed it).
+pub const INTAKE_RESOLVED: &str = "case.intake_resolved";
 
 /// An event ready for the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,12 +31,42 @@ pub struct Event {
     pub body: Value,
 }
 
-/// Identifies a replayed intake on its events (attempt 2 is the first replay).
+/// How a failed intake was resolved (`failed_intakes.resolution`, and the `resolution` of a
+/// `case.intake_resolved` event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// An operator replayed it unchanged (`case-intake replay`).
+    Replayed,
+    /// The upstream system re-published its key with a corrected body.
+    Resent,
+    /// An operator corrected its body (`case-intake failed edit`).
+    Edited,
+    /// An operator dismissed it (`case-intake failed dismiss`): no further attempt.
+    Dismissed,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replayed => "replayed",
+            Self::Resent => "resent",
+            Self::Edited => "edited",
+            Self::Dismissed => "dismissed",
+        }
+    }
+}
+
+/// Identifies a later attempt of a failed intake on its events (attempt 2 is the first retry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayInfo {
     pub attempt: i32,
-    /// The failed intake being replayed; resolved in the replay's transaction.
-    pub failed_intake_id: i64,
+    /// The failed intake this attempt retries; resolved in the attempt's transaction (`None`
+    /// when a resent key's failed intake is gone, deleted by retention).
+    pub failed_intake_id: Option<i64>,
+    /// The event of the failure this attempt supersedes.
+    pub supersedes: Option<Uuid>,
+    pub how: Resolution,
 }
 
 /// Builds a CloudEvents envelope around `data`.
@@ -90,11 +123,54 @@ pub fn add_trace(event: &mut Event, trace: Option<&TraceContext>) {
     }
 }
 
-/// Marks an event's data as coming from a replay of a failed intake.
+/// Marks an event's data as coming from a later attempt of a failed intake: its number, how
+/// it came (`replayed`, `edited`, `resent`) and the failure event it supersedes.
 pub fn add_replay(data: &mut Value, replay: Option<ReplayInfo>) {
     if let Some(replay) = replay {
-        data["replay"] = json!({ "replayed": true, "attempt": replay.attempt });
+        data["replay"] = json!({
+            "replayed": true,
+            "attempt": replay.attempt,
+            "how": replay.how,
+            "supersedes_event_id": replay.supersedes,
+        });
     }
+}
+
+/// What a `case.intake_resolved` event says: which failure of which key ended, how, and the
+/// case it came to (none for a dismissal). Ids and names only: no personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved<'a> {
+    pub message_key: Option<&'a str>,
+    pub how: Resolution,
+    /// The `case.failed` event of the failure that ended.
+    pub failed_event_id: Uuid,
+    pub attempt: i32,
+    /// The outcome event of the attempt that resolved it.
+    pub outcome_event_id: Option<Uuid>,
+    pub case_id: Option<i64>,
+    pub household_id: Option<i64>,
+}
+
+/// The case and household of a `case.created` event (`None` for any other event).
+pub fn case_of(ev: &Event) -> Option<(i64, i64)> {
+    if ev.body["type"] != CASE_CREATED {
+        return None;
+    }
+    let data = &ev.body["data"];
+    Some((data["case_id"].as_i64()?, data["household_id"].as_i64()?))
+}
+
+/// The `data` of a `case.intake_resolved` event.
+pub fn resolved_data(r: &Resolved<'_>) -> Value {
+    json!({
+        "message_key": r.message_key,
+        "resolution": r.how,
+        "failed_event_id": r.failed_event_id,
+        "attempt": r.attempt,
+        "event_id": r.outcome_event_id,
+        "case_id": r.case_id,
+        "household_id": r.household_id,
+    })
 }
 
 #[cfg(test)]
@@ -131,11 +207,14 @@ mod tests {
             &err,
             Some(ReplayInfo {
                 attempt: 2,
-                failed_intake_id: 1,
+                failed_intake_id: Some(1),
+                supersedes: None,
+                how: Resolution::Edited,
             }),
         );
         assert_eq!(d["error"]["code"], "unauthorized");
         assert_eq!(d["replay"]["attempt"], 2);
+        assert_eq!(d["replay"]["how"], "edited");
         assert!(d["error"].get("fields").is_none());
     }
 

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::intake::decode::{BodyLimits, decode_body, payload_hash, too_large};
 use crate::intake::envelope::Envelope;
 use crate::intake::error::{ErrorCode, FieldErrors, IntakeError};
-use crate::intake::event::{self, Event};
+use crate::intake::event::{self, Event, ReplayInfo, Resolution};
 use crate::intake::household::{Placement, place};
 use crate::intake::validate::{Validated, validate};
 use crate::store::auth::{Caller, TokenHash};
@@ -35,12 +35,16 @@ pub struct WindowContext {
     pub source: String,
     pub created_routing_key: String,
     pub failed_routing_key: String,
+    pub resolved_routing_key: String,
     pub limits: BodyLimits,
     /// Seals SSNs and failed payloads before they are written.
     pub vault: std::sync::Arc<crate::store::crypto::Vault>,
     /// Where a committed window hands its outbox rows to this process's relay (`None` where
     /// no relay runs, as in a command-line replay: a worker's sweep publishes those rows).
     pub handoff: Option<std::sync::Arc<crate::outbox::relay::Handoff>>,
+    /// The operator on whose behalf a command-line replay or edit runs (recorded as
+    /// `resolved_by`); `None` in the worker.
+    pub operator: Option<String>,
 }
 
 /// What became of one intake; the consumer logs it, tests assert on it.
@@ -120,6 +124,16 @@ enum Slot {
     Follower { first: usize },
     /// The key has a committed outcome from an earlier transaction.
     Existing(store::StoredOutcome),
+    /// The key's committed outcome is a failure its sender can correct, and this body differs:
+    /// decided as the key's next attempt, its outcome replacing the failure (fix and resend).
+    Resend(store::StoredOutcome),
+}
+
+impl Slot {
+    /// True when the intake is decided on its own body (a first occurrence or a resend).
+    fn is_decided_here(&self) -> bool {
+        matches!(self, Slot::Fresh | Slot::Resend(_))
+    }
 }
 
 /// When a window takes its message keys.
@@ -143,6 +157,42 @@ pub async fn run(
     ctx: &WindowContext,
     envelopes: &[Envelope],
 ) -> Result<Vec<Outcome>, sqlx::Error> {
+    let decided = run_finishing(pool, ctx, envelopes, Finish::Commit).await?;
+    Ok(decided.into_iter().map(|d| d.outcome).collect())
+}
+
+/// What processing `envelopes` would do, without doing it: the window's transaction runs in
+/// full (the same decisions, locks and constraint checks as [`run`]) and is rolled back, so
+/// nothing is written and no event queued. Ids in the result were drawn from the sequences
+/// and are not used again; a later real run allocates others.
+pub async fn preview(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    envelopes: &[Envelope],
+) -> Result<Vec<Decided>, sqlx::Error> {
+    run_finishing(pool, ctx, envelopes, Finish::Rollback).await
+}
+
+/// One intake's outcome with, from [`preview`], the body of the event it would publish.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub outcome: Outcome,
+    pub event: Option<Value>,
+}
+
+/// Whether a window's transaction commits, or is rolled back after deciding ([`preview`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    Commit,
+    Rollback,
+}
+
+async fn run_finishing(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    envelopes: &[Envelope],
+    finish: Finish,
+) -> Result<Vec<Decided>, sqlx::Error> {
     let now = Utc::now();
     let today = now.date_naive();
     let prepared: Vec<Prepared> = envelopes.iter().map(|e| prepare(e, ctx, today)).collect();
@@ -150,7 +200,7 @@ pub async fn run(
     // saves a write per key. A lost race for a key (an intake re-published while its first
     // copy is in another window) re-runs the window claiming its keys first, which cannot
     // lose one.
-    if let Some(outcomes) = transaction(pool, ctx, &prepared, now, Claim::AtEnd).await? {
+    if let Some(outcomes) = transaction(pool, ctx, &prepared, now, Claim::AtEnd, finish).await? {
         return Ok(outcomes);
     }
     tracing::debug!(
@@ -160,7 +210,7 @@ pub async fn run(
     // A window that claims first cannot lose a key; were it to happen (a bug), the error is
     // of no transient or outage class, so the deliveries go back and the broker's delivery
     // limit dead-letters them rather than the window spinning or holding as an outage.
-    transaction(pool, ctx, &prepared, now, Claim::First)
+    transaction(pool, ctx, &prepared, now, Claim::First, finish)
         .await?
         .ok_or_else(|| sqlx::Error::InvalidArgument("a message key claimed first was taken".into()))
 }
@@ -177,7 +227,8 @@ async fn transaction(
     prepared: &[Prepared<'_>],
     now: chrono::DateTime<Utc>,
     claim: Claim,
-) -> Result<Option<Vec<Outcome>>, sqlx::Error> {
+    finish: Finish,
+) -> Result<Option<Vec<Decided>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let callers = authenticate(&mut tx, prepared).await?;
     let (slots, early_heads) = claim_keys(&mut tx, prepared, &callers, claim).await?;
@@ -212,23 +263,41 @@ async fn transaction(
     phase.decide_and_place(&mut tx, &locked, &mut w).await?;
     phase.answer_duplicates(&mut w);
 
-    let resolved: Vec<i64> = prepared
+    phase.resolve(&mut w);
+    store::resolve_failed(&mut tx, &w.plan.resolved, now).await?;
+    let outcomes: Vec<Outcome> = w
+        .outcomes
         .iter()
-        .filter_map(|p| p.env.replay.map(|r| r.failed_intake_id))
+        .map(|o| o.clone().expect("every envelope is decided"))
         .collect();
-    store::resolve_failed(&mut tx, &resolved, now).await?;
+    // Only a preview returns the events (the worker's windows do not need the copies).
+    let events: Vec<Option<Value>> = match finish {
+        Finish::Commit => vec![None; outcomes.len()],
+        Finish::Rollback => (0..outcomes.len())
+            .map(|i| {
+                let id = outcomes[i].event_id();
+                let ev = w.plan.event(id).or_else(|| phase.stored_event(i, id));
+                ev.map(|e| e.body)
+            })
+            .collect(),
+    };
     let Some(outbox_ids) = w.plan.write(&mut tx, now, &ctx.vault, claim).await? else {
         tx.rollback().await?;
         return Ok(None);
     };
-    tx.commit().await?;
-    if let Some(handoff) = &ctx.handoff {
-        handoff.push(&outbox_ids);
+    match finish {
+        Finish::Rollback => tx.rollback().await?,
+        Finish::Commit => {
+            tx.commit().await?;
+            if let Some(handoff) = &ctx.handoff {
+                handoff.push(&outbox_ids);
+            }
+        }
     }
+    let decided = outcomes.into_iter().zip(events);
     Ok(Some(
-        w.outcomes
-            .into_iter()
-            .map(|o| o.expect("every envelope is decided"))
+        decided
+            .map(|(outcome, event)| Decided { outcome, event })
             .collect(),
     ))
 }
@@ -300,16 +369,35 @@ async fn claim_keys(
             .collect(),
     };
     if !lost.is_empty() {
-        let stored = store::stored_outcomes(tx, &lost).await?;
+        // A window that claims first locks the rows it reads, so a failure it supersedes is
+        // still the key's outcome when it writes; one that claims at the end finds out then.
+        let stored = store::stored_outcomes(tx, &lost, claim == Claim::First).await?;
         for (i, p) in prepared.iter().enumerate() {
             if let (Slot::Fresh, Some(key)) = (&slots[i], p.env.message_key.as_deref())
                 && let Some(s) = stored.get(&(callers.namespace(p), key.to_owned()))
             {
-                slots[i] = Slot::Existing(s.clone());
+                slots[i] = if resends(p, s) {
+                    Slot::Resend(s.clone())
+                } else {
+                    Slot::Existing(s.clone())
+                };
             }
         }
     }
     Ok((slots, early_heads))
+}
+
+/// True when an intake supersedes its key's committed outcome: a failure its sender can
+/// correct (see [`ErrorCode::resendable`]), and another body. The same body answers the
+/// recorded outcome again; a created case keeps its key bound to its body.
+fn resends(p: &Prepared, stored: &store::StoredOutcome) -> bool {
+    p.env.replay.is_none()
+        && stored.payload_hash.as_slice() != p.hash
+        && stored
+            .error_code
+            .as_deref()
+            .and_then(ErrorCode::parse)
+            .is_some_and(ErrorCode::resendable)
 }
 
 /// The first occurrence of each key within the window (per network) and the keys to claim.
@@ -354,8 +442,11 @@ impl References {
             households: Vec::new(),
         };
         for (i, p) in prepared.iter().enumerate() {
-            if let (Slot::Fresh, Some(c), None) = (&slots[i], callers.of(p), &p.env.forced_failure)
-            {
+            if let (true, Some(c), None) = (
+                slots[i].is_decided_here(),
+                callers.of(p),
+                &p.env.forced_failure,
+            ) {
                 if let Some(county) = p.county {
                     refs.counties.push(InNetwork {
                         id: county,
@@ -416,12 +507,13 @@ fn decide<'v>(
                 "the message_id property must hold a message key of 1 to 255 characters",
             )
         }))),
-        (Slot::Fresh, _) if p.env.forced_failure.is_some() => p.env.forced_failure.clone().map(Err),
-        (Slot::Fresh, None) => Some(Err(IntakeError::new(
+        (s, _) if !s.is_decided_here() => None,
+        _ if p.env.forced_failure.is_some() => p.env.forced_failure.clone().map(Err),
+        (_, None) => Some(Err(IntakeError::new(
             ErrorCode::Unauthorized,
             "a valid API token is required in the authorization header as `Token <api_token>`",
         ))),
-        (Slot::Fresh, Some(caller)) => {
+        (_, Some(caller)) => {
             let mut refs = check_references(p, caller, counties, heads);
             Some(match &p.body {
                 Err(e) if e.code == ErrorCode::ValidationFailed => {
@@ -435,7 +527,6 @@ fn decide<'v>(
                 Ok(_) => Err(IntakeError::validation(refs)),
             })
         }
-        _ => None,
     }
 }
 
@@ -450,6 +541,91 @@ struct Phase<'a, 'p> {
 }
 
 impl Phase<'_, '_> {
+    /// Which attempt intake `i` is when it retries a failure: an operator's replay or edit
+    /// (set on its envelope), or its sender's corrected body (a resend slot).
+    fn retry_of(&self, i: usize) -> Option<ReplayInfo> {
+        let p = &self.prepared[i];
+        match &self.slots[i] {
+            Slot::Resend(s) => Some(ReplayInfo {
+                attempt: s.failed.map_or(2, |(_, attempts)| attempts + 1),
+                failed_intake_id: s.failed.map(|(id, _)| id),
+                supersedes: Some(s.event.id),
+                how: Resolution::Resent,
+            }),
+            _ => p.env.replay,
+        }
+    }
+
+    /// Step 7: the failed intakes that this window's attempts retried are resolved, and those
+    /// whose attempt came to a case announce it (`case.intake_resolved`). An attempt that
+    /// failed again supersedes the failure without an announcement: its own `case.failed`
+    /// event (attempt N+1) tells.
+    fn resolve(&self, w: &mut Written) {
+        for i in 0..self.prepared.len() {
+            let (Some(retry), Some(outcome)) = (self.retry_of(i), w.outcomes[i].clone()) else {
+                continue;
+            };
+            let p = &self.prepared[i];
+            if let Some(id) = retry.failed_intake_id {
+                w.plan.resolved.push(store::ResolvedRow {
+                    failed_intake_id: id,
+                    how: retry.how,
+                    event_id: Some(outcome.event_id()),
+                    operator: self.ctx.operator.clone(),
+                    reason: None,
+                });
+            }
+            let case = match outcome {
+                Outcome::Created {
+                    case_id,
+                    household_id,
+                    ..
+                } => Some((case_id, household_id)),
+                // A replayed key that has since got its case: resolved by that case.
+                Outcome::Duplicate { event_id } => w
+                    .plan
+                    .event(event_id)
+                    .or_else(|| self.stored_event(i, event_id))
+                    .and_then(|ev| event::case_of(&ev)),
+                Outcome::Failed { .. } => None,
+            };
+            let (Some((case_id, household_id)), Some(supersedes)) = (case, retry.supersedes) else {
+                continue;
+            };
+            let resolved = event::Resolved {
+                message_key: p.env.message_key.as_deref(),
+                how: retry.how,
+                failed_event_id: supersedes,
+                attempt: retry.attempt,
+                outcome_event_id: Some(outcome.event_id()),
+                case_id: Some(case_id),
+                household_id: Some(household_id),
+            };
+            let ev = resolved_event(self.ctx, &resolved, p.env, self.now);
+            w.plan.queue_event(i, &ev, p.env);
+        }
+    }
+
+    /// The failure event a resent intake's outcome replaces.
+    fn replaces(&self, i: usize) -> Option<Uuid> {
+        match &self.slots[i] {
+            Slot::Resend(s) => Some(s.event.id),
+            _ => None,
+        }
+    }
+
+    /// The stored outcome event that intake `i` (a key seen before) answered with.
+    fn stored_event(&self, i: usize, id: Uuid) -> Option<Event> {
+        let slot = match &self.slots[i] {
+            Slot::Follower { first } => &self.slots[*first],
+            s => s,
+        };
+        match slot {
+            Slot::Existing(s) | Slot::Resend(s) if s.event.id == id => Some(s.event.clone()),
+            _ => None,
+        }
+    }
+
     /// Steps 4 and 5 for the intakes at `indices`: decide each, allocate the ids the creates
     /// need in one query, place each case and plan its rows and event, or plan the failure.
     async fn decide_and_place(
@@ -541,10 +717,16 @@ impl Phase<'_, '_> {
             self.now,
         );
         let key = p.env.message_key.as_deref();
-        let ev = self.created_event(&row, v, &placement, key, p.env);
+        let ev = self.created_event(&row, v, &placement, key, i);
         w.plan.cases.push(row);
-        w.plan
-            .record(caller.network_id(), key, &p.hash, Some(case_id), None, &ev);
+        w.plan.record(
+            caller.network_id(),
+            key,
+            &p.hash,
+            Outcomed::Case(case_id),
+            self.replaces(i),
+            &ev,
+        );
         w.plan.queue_event(i, &ev, p.env);
         Outcome::Created {
             case_id,
@@ -560,8 +742,9 @@ impl Phase<'_, '_> {
         v: &Validated,
         placement: &Placement,
         key: Option<&str>,
-        env: &Envelope,
+        i: usize,
     ) -> Event {
+        let env = self.prepared[i].env;
         let mut data = store::case_json(row, &v.case);
         let data_obj = data.as_object_mut().expect("case_json returns an object");
         data_obj.insert("household_id".into(), row.household_id.into());
@@ -579,7 +762,7 @@ impl Phase<'_, '_> {
             "warnings".into(),
             serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
         );
-        event::add_replay(&mut data, env.replay);
+        event::add_replay(&mut data, self.retry_of(i));
         let mut ev = event::cloud_event(
             &self.ctx.source,
             event::CASE_CREATED,
@@ -597,13 +780,15 @@ impl Phase<'_, '_> {
     fn fail(&self, i: usize, error: &IntakeError, w: &mut Written) -> Outcome {
         let p = &self.prepared[i];
         let key = p.env.message_key.as_deref();
-        let ev = failed_event(self.ctx, key, error, p.env, self.now);
+        let retry = self.retry_of(i);
+        let ev = failed_event(self.ctx, key, error, p.env, retry, self.now);
         if key.is_some() {
             let network = self.callers.namespace(p);
+            let failure = Outcomed::Failure(error.code);
             w.plan
-                .record(network, key, &p.hash, None, Some(error.code), &ev);
+                .record(network, key, &p.hash, failure, self.replaces(i), &ev);
         }
-        w.plan.fail(p, self.callers.of(p), error, &ev);
+        w.plan.fail(p, self.callers.of(p), error, retry, &ev);
         w.plan.queue_event(i, &ev, p.env);
         Outcome::Failed {
             code: error.code,
@@ -629,8 +814,9 @@ impl Phase<'_, '_> {
                     "this message key was already used with a different body; nothing was changed",
                 );
                 let key = p.env.message_key.as_deref();
-                let ev = failed_event(self.ctx, key, &error, p.env, self.now);
-                w.plan.fail(p, self.callers.of(p), &error, &ev);
+                let retry = p.env.replay;
+                let ev = failed_event(self.ctx, key, &error, p.env, retry, self.now);
+                w.plan.fail(p, self.callers.of(p), &error, retry, &ev);
                 w.plan.queue_event(i, &ev, p.env);
                 Outcome::Failed {
                     code: error.code,
@@ -664,6 +850,7 @@ fn failed_event(
     key: Option<&str>,
     error: &IntakeError,
     env: &Envelope,
+    retry: Option<ReplayInfo>,
     now: chrono::DateTime<Utc>,
 ) -> Event {
     let mut ev = event::cloud_event(
@@ -672,7 +859,26 @@ fn failed_event(
         &ctx.failed_routing_key,
         key,
         now,
-        event::failed_data(key, error, env.replay),
+        event::failed_data(key, error, retry),
+    );
+    event::add_trace(&mut ev, env.trace.as_ref());
+    ev
+}
+
+/// The `case.intake_resolved` event of a failure resolved by intake `env`'s attempt.
+fn resolved_event(
+    ctx: &WindowContext,
+    resolved: &event::Resolved<'_>,
+    env: &Envelope,
+    now: chrono::DateTime<Utc>,
+) -> Event {
+    let mut ev = event::cloud_event(
+        &ctx.source,
+        event::INTAKE_RESOLVED,
+        &ctx.resolved_routing_key,
+        resolved.message_key,
+        now,
+        event::resolved_data(resolved),
     );
     event::add_trace(&mut ev, env.trace.as_ref());
     ev
@@ -722,6 +928,13 @@ fn unique<T: std::hash::Hash + Eq + Ord + Copy>(items: impl IntoIterator<Item = 
     v
 }
 
+/// What a key's outcome row records: the case created, or the failure's code.
+#[derive(Debug, Clone, Copy)]
+enum Outcomed {
+    Case(i64),
+    Failure(ErrorCode),
+}
+
 /// Every write of a window, gathered in memory and flushed with one statement per table.
 #[derive(Default)]
 struct Plan {
@@ -733,6 +946,8 @@ struct Plan {
     head_updates: HashMap<i64, i64>,
     outcomes: Vec<OutcomeRow>,
     failed: Vec<FailedRow>,
+    /// Failed intakes resolved by this window's attempts.
+    resolved: Vec<store::ResolvedRow>,
     /// Events with the index of their intake: written in delivery order.
     outbox: Vec<(usize, OutboxRow)>,
     events: HashMap<Uuid, Event>,
@@ -756,31 +971,44 @@ impl Plan {
         }
     }
 
+    /// Records `ev` as the outcome of `key` (replacing the failure `replaces`, for a resend).
     fn record(
         &mut self,
         network_id: NetworkId,
         key: Option<&str>,
         payload_hash: &[u8; 32],
-        case_id: Option<i64>,
-        code: Option<ErrorCode>,
+        outcome: Outcomed,
+        replaces: Option<Uuid>,
         ev: &Event,
     ) {
         let Some(key) = key else { return };
+        let (case_id, code) = match outcome {
+            Outcomed::Case(id) => (Some(id), None),
+            Outcomed::Failure(code) => (None, Some(code.as_str().to_owned())),
+        };
         self.outcomes.push(OutcomeRow {
             network_id,
             message_key: key.to_owned(),
             payload_hash: payload_hash.to_vec(),
             case_id,
-            error_code: code.map(|c| c.as_str().to_owned()),
+            error_code: code,
             event_id: ev.id,
             event: ev.body.to_string(),
             routing_key: ev.routing_key.clone(),
+            replaces,
         });
         self.events.insert(ev.id, ev.clone());
         self.recorded.insert(ev.id, (network_id, key.to_owned()));
     }
 
-    fn fail(&mut self, p: &Prepared, caller: Option<Caller>, error: &IntakeError, ev: &Event) {
+    fn fail(
+        &mut self,
+        p: &Prepared,
+        caller: Option<Caller>,
+        error: &IntakeError,
+        retry: Option<ReplayInfo>,
+        ev: &Event,
+    ) {
         self.failed.push(FailedRow {
             network_id: caller.map(|c| c.network_id()),
             message_key: p.env.message_key.clone(),
@@ -796,7 +1024,8 @@ impl Plan {
             truncated: p.env.oversize.is_some(),
             error_code: error.code.as_str().to_owned(),
             error: serde_json::to_string(error).unwrap_or_default(),
-            attempts: p.env.replay.map_or(1, |r| r.attempt),
+            error_fields: store::failed::error_fields(&error.fields),
+            attempts: retry.map_or(1, |r| r.attempt),
             event_id: ev.id,
         });
     }
@@ -862,13 +1091,20 @@ impl Plan {
             .map(|(&household, &case)| HeadUpdate { household, case })
             .collect();
         store::update_heads(tx, &updates, now).await?;
+        let (replacing, new): (Vec<&OutcomeRow>, Vec<&OutcomeRow>) =
+            self.outcomes.iter().partition(|o| o.replaces.is_some());
+        let new: Vec<OutcomeRow> = new.into_iter().cloned().collect();
         match claim {
-            Claim::First => store::record_outcomes(tx, &self.outcomes).await?,
+            Claim::First => store::record_outcomes(tx, &new).await?,
             Claim::AtEnd => {
-                if store::insert_outcomes(tx, &self.outcomes).await? < self.outcomes.len() {
+                if store::insert_outcomes(tx, &new).await? < new.len() {
                     return Ok(None);
                 }
             }
+        }
+        // A failure superseded by a concurrent window meanwhile: this window runs again.
+        if !store::replace_outcomes(tx, &replacing).await? {
+            return Ok(None);
         }
         store::insert_failed(tx, &self.failed, now, vault).await?;
         let mut outbox = self.outbox;

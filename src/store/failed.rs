@@ -8,6 +8,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::intake::event::Resolution;
 use crate::store::crypto::{Purpose, Vault};
 use crate::store::ids::NetworkId;
 use crate::store::unnest::column;
@@ -27,8 +28,21 @@ pub struct FailedRow {
     pub truncated: bool,
     pub error_code: String,
     pub error: String,
+    /// The failing fields, sorted and comma-separated (see [`error_fields`]).
+    pub error_fields: String,
     pub attempts: i32,
     pub event_id: Uuid,
+}
+
+/// The failing fields of an error, sorted and comma-separated (`''` when it names none): with
+/// the code, the cause a failure is grouped by (`failed groups`).
+pub fn error_fields(fields: &crate::intake::error::FieldErrors) -> String {
+    // A BTreeMap: already sorted.
+    fields
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Inserts a window's failed intakes in one statement, each payload sealed whole under the
@@ -47,12 +61,12 @@ pub async fn insert_failed(
         "INSERT INTO failed_intakes (network_id, message_key, correlation_id, token_hash,
                                      payload_sealed, payload_key_id, error_code, error, attempts,
                                      event_id, created_at, payload_bytes, payload_sha256,
-                                     payload_truncated)
-         SELECT n, k, c, t, p, $11, code, e::jsonb, a, eid, $10, sz, h, tr
+                                     payload_truncated, error_fields)
+         SELECT n, k, c, t, p, $11, code, e::jsonb, a, eid, $10, sz, h, tr, ef
            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::bytea[],
                        $6::text[], $7::text[], $8::int[], $9::uuid[], $12::bigint[],
-                       $13::bytea[], $14::bool[])
-             AS u(n, k, c, t, p, code, e, a, eid, sz, h, tr)",
+                       $13::bytea[], $14::bool[], $15::text[])
+             AS u(n, k, c, t, p, code, e, a, eid, sz, h, tr, ef)",
     )
     .bind(column(rows, |r| r.network_id))
     .bind(column(rows, |r| r.message_key.as_deref()))
@@ -68,29 +82,51 @@ pub async fn insert_failed(
     .bind(column(rows, |r| r.payload_bytes))
     .bind(column(rows, |r| r.payload_sha256.as_slice()))
     .bind(column(rows, |r| r.truncated))
+    .bind(column(rows, |r| r.error_fields.as_str()))
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-/// Marks failed intakes as resolved by a replay (whatever the replay's own outcome: a new
-/// failure is recorded as a new row with the next attempt number).
+/// A failed intake that a later attempt (or an operator) resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedRow {
+    pub failed_intake_id: i64,
+    pub how: Resolution,
+    /// The outcome event of the attempt that resolved it (`None` for a dismissal).
+    pub event_id: Option<Uuid>,
+    pub operator: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Marks failed intakes as resolved, whatever the resolving attempt's own outcome (a new
+/// failure is recorded as a new row with the next attempt number). Returns the ids that were
+/// open: a row resolved meanwhile is left as it was.
 pub async fn resolve_failed(
     tx: &mut PgConnection,
-    ids: &[i64],
+    rows: &[ResolvedRow],
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(());
+) -> Result<Vec<i64>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
-    sqlx::query(
-        "UPDATE failed_intakes SET resolved_at = $2 WHERE id = ANY($1) AND resolved_at IS NULL",
+    sqlx::query_scalar(
+        "UPDATE failed_intakes f
+            SET resolved_at = $6, resolution = u.how, resolved_event_id = u.eid,
+                resolved_by = u.op, resolution_reason = u.why
+           FROM unnest($1::bigint[], $2::text[], $3::uuid[], $4::text[], $5::text[])
+                AS u(id, how, eid, op, why)
+          WHERE f.id = u.id AND f.resolved_at IS NULL
+      RETURNING f.id",
     )
-    .bind(ids)
+    .bind(column(rows, |r| r.failed_intake_id))
+    .bind(column(rows, |r| r.how.as_str()))
+    .bind(column(rows, |r| r.event_id))
+    .bind(column(rows, |r| r.operator.as_deref()))
+    .bind(column(rows, |r| r.reason.as_deref()))
     .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .fetch_all(&mut *tx)
+    .await
 }
 
 /// Which failed intakes a listing or a replay selects.

@@ -37,12 +37,12 @@ pub use cases::{
     CaseRow, HouseholdState, NewHousehold, allocate_ids, case_json, check_deferred_constraints,
     insert_cases, insert_households, lock_households, unflag_heads, update_heads,
 };
-pub use failed::{FailedRow, insert_failed, resolve_failed};
+pub use failed::{FailedRow, ResolvedRow, insert_failed, resolve_failed};
 pub use health::ping;
 pub use ids::{HeadUpdate, InNetwork, NetworkId};
 pub use outbox::{OutboxBody, OutboxRow, insert_outbox, outbox_backlog};
 pub use outcomes::{
     ClaimedKey, OutcomeRow, StoredOutcome, claim_keys, forget_failed_outcomes, insert_outcomes,
-    record_outcomes, stored_outcomes,
+    record_outcomes, replace_outcomes, stored_outcomes,
 };
 pub use tenancy::{County, counties, existing_counties};

@@ -94,37 +94,77 @@ pub async fn forget_failed_outcomes(
 pub struct StoredOutcome {
     pub payload_hash: Vec<u8>,
     pub event: Event,
+    /// The error code when the outcome is a failure.
+    pub error_code: Option<String>,
+    /// The failed intake that holds a failed outcome's event, when it is still kept: its id and
+    /// attempt number.
+    pub failed: Option<(i64, i32)>,
 }
 
-/// Reads the committed outcomes of keys that could not be claimed.
+/// Reads the committed outcomes of keys that could not be claimed. With `lock`, their rows are
+/// locked (`FOR UPDATE`), so that a failed outcome read here is still the key's outcome when
+/// the transaction replaces it (a window that claims first).
 pub async fn stored_outcomes(
     tx: &mut PgConnection,
     keys: &[(NetworkId, String)],
+    lock: bool,
 ) -> Result<HashMap<(NetworkId, String), StoredOutcome>, sqlx::Error> {
-    let rows: Vec<(NetworkId, String, Vec<u8>, Uuid, Value, String)> = sqlx::query_as(
-        "SELECT o.network_id, o.message_key, o.payload_hash, o.event_id, o.event, o.routing_key
+    type Row = (
+        NetworkId,
+        String,
+        Vec<u8>,
+        Uuid,
+        Value,
+        String,
+        Option<String>,
+        Option<i64>,
+        Option<i32>,
+    );
+    // The failed intake is looked up by its event (indexed); only failed outcomes have one.
+    let sql = if lock {
+        "SELECT o.network_id, o.message_key, o.payload_hash, o.event_id, o.event, o.routing_key,
+                o.error_code, f.id, f.attempts
            FROM intake_outcomes o
            JOIN unnest($1::bigint[], $2::text[]) AS u(n, k) ON o.network_id = u.n AND o.message_key = u.k
-          WHERE o.outcome IS NOT NULL",
-    )
-    .bind(column(keys, |k| k.0))
-    .bind(column(keys, |k| k.1.as_str()))
-    .fetch_all(&mut *tx)
-    .await?;
+           LEFT JOIN LATERAL (SELECT id, attempts FROM failed_intakes
+                               WHERE event_id = o.event_id AND o.outcome = 'failed'
+                               ORDER BY id LIMIT 1) f ON true
+          WHERE o.outcome IS NOT NULL
+          ORDER BY o.network_id, o.message_key
+            FOR UPDATE OF o"
+    } else {
+        "SELECT o.network_id, o.message_key, o.payload_hash, o.event_id, o.event, o.routing_key,
+                o.error_code, f.id, f.attempts
+           FROM intake_outcomes o
+           JOIN unnest($1::bigint[], $2::text[]) AS u(n, k) ON o.network_id = u.n AND o.message_key = u.k
+           LEFT JOIN LATERAL (SELECT id, attempts FROM failed_intakes
+                               WHERE event_id = o.event_id AND o.outcome = 'failed'
+                               ORDER BY id LIMIT 1) f ON true
+          WHERE o.outcome IS NOT NULL"
+    };
+    let rows: Vec<Row> = sqlx::query_as(sql)
+        .bind(column(keys, |k| k.0))
+        .bind(column(keys, |k| k.1.as_str()))
+        .fetch_all(&mut *tx)
+        .await?;
     Ok(rows
         .into_iter()
-        .map(|(network, key, payload_hash, id, body, routing_key)| {
-            let event = Event {
-                id,
-                routing_key,
-                body,
-            };
-            let outcome = StoredOutcome {
-                payload_hash,
-                event,
-            };
-            ((network, key), outcome)
-        })
+        .map(
+            |(network, key, payload_hash, id, body, routing_key, code, failed_id, attempts)| {
+                let event = Event {
+                    id,
+                    routing_key,
+                    body,
+                };
+                let outcome = StoredOutcome {
+                    payload_hash,
+                    event,
+                    error_code: code,
+                    failed: failed_id.zip(attempts),
+                };
+                ((network, key), outcome)
+            },
+        )
         .collect())
 }
 
@@ -139,6 +179,9 @@ pub struct OutcomeRow {
     pub event_id: Uuid,
     pub event: String,
     pub routing_key: String,
+    /// Set when the key's committed failure is being superseded (fix and resend): the event id
+    /// of that failure, which the row must still hold when it is replaced.
+    pub replaces: Option<Uuid>,
 }
 
 /// Fills in the outcome of keys claimed earlier in the transaction.
@@ -237,4 +280,40 @@ pub async fn insert_outcomes(
     .bind(&c.hashes);
     let inserted = c.bind_outcome(query).execute(&mut *tx).await?;
     Ok(inserted.rows_affected() as usize)
+}
+
+/// Replaces the failed outcomes of resent keys with their new outcome (body hash included);
+/// returns false when a row no longer holds the failure it was read with (a concurrent window
+/// superseded it first: the transaction is rolled back and the window runs again).
+pub async fn replace_outcomes(
+    tx: &mut PgConnection,
+    rows: &[&OutcomeRow],
+) -> Result<bool, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(true);
+    }
+    let mut sorted: Vec<&OutcomeRow> = rows.to_vec();
+    // Key order, as `claim_keys`.
+    sorted.sort_by(|a, b| (a.network_id, &a.message_key).cmp(&(b.network_id, &b.message_key)));
+    let c = OutcomeColumns::of(sorted.iter().copied());
+    let query = sqlx::query(
+        "UPDATE intake_outcomes o
+            SET outcome = CASE WHEN u.case_id IS NULL THEN 'failed' ELSE 'created' END,
+                payload_hash = u.h, case_id = u.case_id, error_code = u.code, event_id = u.eid,
+                event = u.ev::jsonb, routing_key = u.rk, updated_at = now()
+           FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
+                       $6::uuid[], $7::text[], $8::text[], $9::uuid[])
+                AS u(n, k, h, case_id, code, eid, ev, rk, prev)
+          WHERE o.network_id = u.n AND o.message_key = u.k AND o.event_id = u.prev
+            AND o.outcome = 'failed'",
+    )
+    .bind(&c.networks)
+    .bind(&c.keys)
+    .bind(&c.hashes);
+    let replaced = c
+        .bind_outcome(query)
+        .bind(column(&sorted, |r| r.replaces))
+        .execute(&mut *tx)
+        .await?;
+    Ok(replaced.rows_affected() as usize == sorted.len())
 }
