@@ -157,7 +157,8 @@ pub fn case_of(ev: &Event) -> Option<(i64, i64)> {
         return None;
     }
     let data = &ev.body["data"];
-    Some((data["case_id"].as_i64()?, data["household_id"].as_i64()?))
+    // The case's id is the CT/OI field `id` of the created case's data.
+    Some((data["id"].as_i64()?, data["household_id"].as_i64()?))
 }
 
 /// The `data` of a `case.intake_resolved` event.

@@ -295,6 +295,23 @@ pub async fn replace_outcomes(
     let mut sorted: Vec<&OutcomeRow> = rows.to_vec();
     // Key order, as `claim_keys`.
     sorted.sort_by(|a, b| (a.network_id, &a.message_key).cmp(&(b.network_id, &b.message_key)));
+    // An unpublished outbox row may still read the superseded failure's event from the
+    // outcome row (the failure's own event, not yet published): it gets a copy first, as
+    // `forget_failed_outcomes` does.
+    sqlx::query(
+        "UPDATE outbox b
+            SET body = o.event, outcome_network_id = NULL, outcome_key = NULL
+           FROM intake_outcomes o
+           JOIN unnest($1::bigint[], $2::text[], $3::uuid[]) AS u(n, k, prev)
+             ON o.network_id = u.n AND o.message_key = u.k AND o.event_id = u.prev
+          WHERE b.outcome_network_id = o.network_id AND b.outcome_key = o.message_key
+            AND b.event_id = o.event_id",
+    )
+    .bind(column(&sorted, |r| r.network_id))
+    .bind(column(&sorted, |r| r.message_key.as_str()))
+    .bind(column(&sorted, |r| r.replaces))
+    .execute(&mut *tx)
+    .await?;
     let c = OutcomeColumns::of(sorted.iter().copied());
     let query = sqlx::query(
         "UPDATE intake_outcomes o
