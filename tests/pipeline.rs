@@ -493,12 +493,13 @@ async fn a_key_written_by_a_concurrent_window_meanwhile_reruns_the_window_and_cr
 
     // Another transaction (as a concurrent window would) writes the outcome of key "raced"
     // and has not committed yet: the window below cannot see it when it looks its keys up.
+    // A failure a resend cannot supersede (`retries_exhausted`), so that the key stays bound.
     let mut other = env.pool.acquire().await.unwrap();
     sqlx::query("BEGIN").execute(&mut *other).await.unwrap();
     sqlx::query(
         "INSERT INTO intake_outcomes (network_id, message_key, payload_hash, outcome, error_code,
                                       event_id, event, routing_key)
-         VALUES ($1, 'raced', '\\x00', 'failed', 'validation_failed', gen_random_uuid(),
+         VALUES ($1, 'raced', '\\x00', 'failed', 'retries_exhausted', gen_random_uuid(),
                  '{\"type\": \"case.failed\"}', 'case.failed')",
     )
     .bind(env.a.network_id)
