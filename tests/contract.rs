@@ -768,8 +768,9 @@ fn the_readme_examples_match_the_contract() {
     let intake = c.named("IntakeBody");
     let created = c.event_validator(&s.amqp.created_routing_key);
     let failed = c.event_validator(&s.amqp.failed_routing_key);
+    let resolved = c.event_validator(&s.amqp.resolved_routing_key);
     let mut found = 0;
-    for tag in ["intake", "created", "failed"] {
+    for tag in ["intake", "created", "failed", "resolved"] {
         for (i, block) in readme_blocks(&readme, tag).iter().enumerate() {
             let what = format!("README.md ```json {tag} block {i}");
             let value: Value =
@@ -783,6 +784,7 @@ fn the_readme_examples_match_the_contract() {
                     );
                 }
                 "created" => assert_valid(&created, &value, &what),
+                "resolved" => assert_valid(&resolved, &value, &what),
                 _ => assert_valid(&failed, &value, &what),
             }
             found += 1;
