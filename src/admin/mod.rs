@@ -4,8 +4,11 @@
 //! `intake` (a replay runs the pipeline), `outbox`, `store` and `infra`; the worker's runtime
 //! (`app`) does not depend on them except for the retention janitor.
 
+pub mod dismiss;
 pub mod failed;
+pub mod groups;
 pub mod healthcheck;
+pub mod pacing;
 pub mod parked;
 pub mod provision;
 pub mod publish;
