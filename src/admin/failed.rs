@@ -6,10 +6,14 @@
 //! so printing a hostile intake can neither leak an SSN nor drive the operator's terminal.
 //! Replay reads the stored values, never these. The statements are in `store::failed`.
 
+use std::collections::BTreeMap;
+use std::time::Instant;
+
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use crate::admin::pacing::BulkOptions;
 use crate::infra::redact;
 use crate::intake::classify::{classify, retry_transient};
 use crate::intake::envelope::{Envelope, Oversize};
@@ -185,99 +189,148 @@ pub fn masked_payload(payload: &[u8]) -> Value {
     }
 }
 
-/// Totals of a replay.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Totals of a replay (of a dry run: what a replay would come to now).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct ReplayReport {
     pub selected: usize,
     pub created: usize,
     pub failed: usize,
+    /// Of `failed`, how many by error code.
+    pub failed_by_code: BTreeMap<&'static str, usize>,
     /// The key had since got a case (or the same outcome): nothing new was created.
     pub duplicate: usize,
     /// Failed intakes without a message key cannot be replayed under it, nor those whose
     /// payload key is no longer configured.
     pub skipped: usize,
+    /// Nothing was written: each window was rolled back.
+    pub dry_run: bool,
 }
 
-/// Replays the open failed intakes matching `f` in windows, calling `progress` after each.
+/// Replays the open failed intakes matching `f` in windows of `window_size`, calling
+/// `progress` after each.
 pub async fn replay(
     pool: &PgPool,
     ctx: &WindowContext,
     f: &Filter,
     window_size: usize,
+    progress: impl FnMut(&ReplayReport),
+) -> Result<ReplayReport, sqlx::Error> {
+    let options = BulkOptions {
+        window_size,
+        rate: None,
+        dry_run: false,
+    };
+    replay_with(pool, ctx, f, options, progress).await
+}
+
+/// Replays the open failed intakes matching `f` in batches paced to `options.rate`, calling
+/// `progress` once per batch; with `options.dry_run` each batch runs through
+/// [`window::preview`] (its transaction rolled back: nothing written, no event queued).
+pub async fn replay_with(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    f: &Filter,
+    options: BulkOptions,
     mut progress: impl FnMut(&ReplayReport),
 ) -> Result<ReplayReport, sqlx::Error> {
-    let mut report = ReplayReport::default();
+    let pacing = options.pacing();
+    let mut report = ReplayReport {
+        dry_run: options.dry_run,
+        ..ReplayReport::default()
+    };
     let mut after = 0;
     let page = Filter {
         include_resolved: false,
-        limit: window_size as i64,
+        limit: pacing.batch() as i64,
         ..f.clone()
     };
     // Only what failed before the replay started: a replay that fails again records a new
     // failed intake, which this run must not pick up again.
     let upto = store::failed::newest_failed_id(pool).await?;
     loop {
+        let started = Instant::now();
         let rows = select(pool, &page, after, upto).await?;
         let Some(last) = rows.last() else { break };
         after = last.intake.id;
-        report.selected += rows.len();
-        let envelopes: Vec<Envelope> = rows
-            .into_iter()
-            .filter_map(|s| {
-                let key = s.intake.message_key.clone();
-                if key.is_none() {
-                    report.skipped += 1;
-                    return None;
-                }
-                let Ok(payload) = s.payload(&ctx.vault) else {
-                    // Sealed with a key that is no longer configured: cannot be replayed.
-                    report.skipped += 1;
-                    return None;
-                };
-                Some(Envelope {
-                    message_key: key,
-                    correlation_id: s.intake.correlation_id.clone(),
-                    token: s
-                        .token_hash
-                        .as_deref()
-                        .and_then(|t| TokenHash::try_from(t).ok()),
-                    body: payload,
-                    oversize: s.oversize,
-                    replay: Some(ReplayInfo {
-                        attempt: s.intake.attempts + 1,
-                        failed_intake_id: Some(s.intake.id),
-                        supersedes: Some(s.intake.event_id),
-                        how: Resolution::Replayed,
-                    }),
-                    forced_failure: None,
-                    // A replay is an operator's action, not part of the original trace.
-                    trace: None,
-                })
-            })
-            .collect();
-        for outcome in process_retrying(pool, ctx, &envelopes).await? {
+        let n = rows.len();
+        report.selected += n;
+        let envelopes = envelopes_of(rows, ctx, &mut report);
+        for outcome in process_retrying(pool, ctx, &envelopes, options.dry_run).await? {
             match outcome {
                 Outcome::Created { .. } => report.created += 1,
-                Outcome::Failed { .. } => report.failed += 1,
+                Outcome::Failed { code, .. } => {
+                    report.failed += 1;
+                    *report.failed_by_code.entry(code.as_str()).or_default() += 1;
+                }
                 Outcome::Duplicate { .. } => report.duplicate += 1,
             }
         }
         progress(&report);
+        tokio::time::sleep(pacing.pause(n, started.elapsed())).await;
     }
     Ok(report)
 }
 
-/// Runs a window, re-running it a few times on transient errors.
+/// The envelopes replaying `rows` under their keys; rows that cannot be replayed (no key, a
+/// payload sealed with a key no longer configured) are counted as skipped.
+fn envelopes_of(
+    rows: Vec<Stored>,
+    ctx: &WindowContext,
+    report: &mut ReplayReport,
+) -> Vec<Envelope> {
+    rows.into_iter()
+        .filter_map(|s| {
+            let key = s.intake.message_key.clone();
+            if key.is_none() {
+                report.skipped += 1;
+                return None;
+            }
+            let Ok(payload) = s.payload(&ctx.vault) else {
+                // Sealed with a key that is no longer configured: cannot be replayed.
+                report.skipped += 1;
+                return None;
+            };
+            Some(Envelope {
+                message_key: key,
+                correlation_id: s.intake.correlation_id.clone(),
+                token: s
+                    .token_hash
+                    .as_deref()
+                    .and_then(|t| TokenHash::try_from(t).ok()),
+                body: payload,
+                oversize: s.oversize,
+                replay: Some(ReplayInfo {
+                    attempt: s.intake.attempts + 1,
+                    failed_intake_id: Some(s.intake.id),
+                    supersedes: Some(s.intake.event_id),
+                    how: Resolution::Replayed,
+                }),
+                forced_failure: None,
+                // A replay is an operator's action, not part of the original trace.
+                trace: None,
+            })
+        })
+        .collect()
+}
+
+/// Runs a window (or previews it, rolled back, on a dry run), re-running it a few times on
+/// transient errors.
 async fn process_retrying(
     pool: &PgPool,
     ctx: &WindowContext,
     envelopes: &[Envelope],
+    dry_run: bool,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
     if envelopes.is_empty() {
         return Ok(Vec::new());
     }
-    retry_transient(REPLAY_TRANSIENT_RETRIES, classify, || {
-        window::run(pool, ctx, envelopes)
+    retry_transient(REPLAY_TRANSIENT_RETRIES, classify, || async {
+        if dry_run {
+            let decided = window::preview(pool, ctx, envelopes).await?;
+            Ok(decided.into_iter().map(|d| d.outcome).collect())
+        } else {
+            window::run(pool, ctx, envelopes).await
+        }
     })
     .await
 }

@@ -1,11 +1,15 @@
 //! Operator commands run by the binary: provisioning networks and managing their counties,
-//! agents and API keys, publishing an intake, inspecting and replaying failed intakes, key
-//! rotation, retention, the parking queue's tools and the container healthcheck. May call
-//! `intake` (a replay runs the pipeline), `outbox`, `store` and `infra`; the worker's runtime
-//! (`app`) does not depend on them except for the retention janitor.
+//! agents and API keys, publishing an intake, inspecting, grouping, replaying and dismissing
+//! failed intakes (bulk work paced by `pacing`), key rotation, retention, the parking queue's
+//! tools and the container healthcheck. May call `intake` (a replay runs the pipeline),
+//! `outbox`, `store` and `infra`; the worker's runtime (`app`) does not depend on them except
+//! for the retention janitor.
 
+pub mod dismiss;
 pub mod failed;
+pub mod groups;
 pub mod healthcheck;
+pub mod pacing;
 pub mod parked;
 pub mod provision;
 pub mod publish;

@@ -1,13 +1,18 @@
 //! `case-intake failed …` and `case-intake replay`: selecting failed intakes, rendering them,
-//! and replaying them through the pipeline.
+//! and replaying them through the pipeline (throttled, or as a dry run). `failed groups` and
+//! `failed dismiss` are in `groups.rs` and `dismiss.rs`; they share the selection, the
+//! progress display and the confirmation here.
 
 use clap::Subcommand;
 
 use crate::admin::failed;
+use crate::admin::groups::GroupLabel;
+use crate::admin::pacing::BulkOptions;
 use crate::app::supervisor;
 use crate::infra::db;
 use crate::infra::settings::Settings;
 use crate::intake::error::ALL_CODES;
+use crate::intake::window::WindowContext;
 use crate::store::crypto::Vault;
 
 use super::CliResult;
@@ -43,9 +48,22 @@ pub enum FailedCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Open failed intakes per group (network, error code, failing fields), most numerous
+    /// first, with the label that selects the group again (`--group`).
+    Groups {
+        /// Only this network's groups.
+        #[arg(long)]
+        network: Option<i64>,
+        /// Print the groups as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark the selected open failed intakes resolved as dismissed (kept, with the operator
+    /// and the reason) and announce each with a `case.intake_resolved` event.
+    Dismiss(super::dismiss::DismissArgs),
 }
 
-/// Filters shared by `failed list` and `replay`.
+/// Filters shared by `failed list`, `replay` and `failed dismiss`.
 #[derive(clap::Args)]
 pub struct Selection {
     /// One message key.
@@ -54,6 +72,10 @@ pub struct Selection {
     /// An error code.
     #[arg(long, value_parser = error_codes())]
     code: Option<String>,
+    /// One failure group as `failed groups` labels it: `CODE` (every failure with that code)
+    /// or `CODE:FIELD,FIELD` (exactly that set of failing fields; `CODE:` for none).
+    #[arg(long, conflicts_with = "code")]
+    group: Option<GroupLabel>,
     /// One network's failed intakes.
     #[arg(long)]
     network: Option<i64>,
@@ -71,10 +93,12 @@ fn error_codes() -> clap::builder::PossibleValuesParser {
 }
 
 impl Selection {
-    fn filter(&self, include_resolved: bool, limit: i64) -> failed::Filter {
+    pub(super) fn filter(&self, include_resolved: bool, limit: i64) -> failed::Filter {
+        let group_code = self.group.as_ref().map(|g| g.code.as_str().to_owned());
         failed::Filter {
             key: self.key.clone(),
-            code: self.code.clone(),
+            code: self.code.clone().or(group_code),
+            fields: self.group.as_ref().and_then(|g| g.fields.clone()),
             network: self.network,
             since: self.since,
             until: self.until,
@@ -86,6 +110,7 @@ impl Selection {
     pub fn is_empty(&self) -> bool {
         self.key.is_none()
             && self.code.is_none()
+            && self.group.is_none()
             && self.network.is_none()
             && self.since.is_none()
             && self.until.is_none()
@@ -115,6 +140,10 @@ pub async fn failed_command(command: FailedCommand, settings: &Settings) -> CliR
             list(&filter, after, json, settings).await
         }
         FailedCommand::Show { key, network, .. } => show(&key, network, settings).await,
+        FailedCommand::Groups { network, json } => {
+            super::groups::groups(network, json, settings).await
+        }
+        FailedCommand::Dismiss(args) => super::dismiss::dismiss(&args, settings).await,
     }
 }
 
@@ -177,35 +206,109 @@ async fn show(key: &str, network: Option<i64>, settings: &Settings) -> CliResult
     Ok(())
 }
 
-/// Replays of more than this many failed intakes ask first (or need `--yes`).
-const ASK_ABOVE: i64 = 10;
+/// Bulk commands over more than this many failed intakes ask first (or need `--yes`).
+pub(super) const ASK_ABOVE: i64 = 10;
+
+/// Options shared by the bulk commands, `replay` and `failed dismiss`.
+#[derive(clap::Args)]
+pub struct BulkArgs {
+    /// Act on every open failed intake (required when no other filter is given).
+    #[arg(long)]
+    pub all: bool,
+    /// Go ahead without asking, however many are selected (more than 10 ask on a terminal,
+    /// and are refused without a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// At most this many failed intakes per second on average: batches of at most N, each
+    /// followed by a pause.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate: Option<u32>,
+    /// Run each batch's transaction and roll it back: report what would happen, write
+    /// nothing, queue no event.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The operator recorded as resolving the failed intakes (default: $CASE_INTAKE_OPERATOR,
+    /// else $USER, else $LOGNAME).
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// Print the totals as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BulkArgs {
+    pub(super) fn options(&self, settings: &Settings) -> BulkOptions {
+        BulkOptions {
+            window_size: settings.intake.window_size,
+            rate: self.rate,
+            dry_run: self.dry_run,
+        }
+    }
+
+    /// The operator from `--operator` or the environment, checked; `None` when neither names
+    /// one.
+    pub(super) fn operator(&self) -> Result<Option<String>, String> {
+        crate::admin::dismiss::operator_from(self.operator.as_deref(), |v| std::env::var(v).ok())
+            .map(|name| crate::admin::dismiss::check_operator(&name))
+            .transpose()
+    }
+
+    /// Asks (or refuses) before acting on more than [`ASK_ABOVE`]; a dry run writes nothing
+    /// and never asks.
+    pub(super) fn confirmed(&self, verb: &str, total: i64) -> CliResult {
+        if self.dry_run || total <= ASK_ABOVE || self.yes {
+            return Ok(());
+        }
+        if confirm(&format!("{verb} {total} failed intakes?"))? {
+            return Ok(());
+        }
+        Err(format!("nothing done: {total} selected; confirm, or add --yes").into())
+    }
+
+    /// Tells how the work is cut, when a rate cuts it.
+    pub(super) fn announce(&self, settings: &Settings, total: i64) {
+        if let Some(rate) = self.rate {
+            let batches = self
+                .options(settings)
+                .pacing()
+                .batches(total.max(0) as usize);
+            eprintln!(
+                "at most {rate}/s: {} batch(es) of at most {}",
+                batches.len(),
+                batches.first().copied().unwrap_or(0)
+            );
+        }
+        if self.dry_run {
+            eprintln!("dry run: every batch is rolled back; nothing is written");
+        }
+    }
+}
 
 /// `replay`: every selected open failed intake again, under its original key.
-pub async fn replay(
-    select: &Selection,
-    all: bool,
-    yes: bool,
-    json: bool,
-    settings: &Settings,
-) -> CliResult {
-    if select.is_empty() && !all {
+pub async fn replay(select: &Selection, bulk: &BulkArgs, settings: &Settings) -> CliResult {
+    if select.is_empty() && !bulk.all {
         return Err(
-            "choose what to replay: --key, --code, --since/--until, --network or --all".into(),
+            "choose what to replay: --key, --code, --group, --since/--until, --network or --all"
+                .into(),
         );
     }
+    let operator = bulk.operator()?;
     let pool = db::open_current(&settings.database).await?;
     let filter = select.filter(false, 0);
     let total = failed::replay_count(&pool, &filter).await?;
     eprintln!("{total} open failed intake(s) selected");
     if total == 0 {
-        return print_replay(&failed::ReplayReport::default(), json);
+        return print_replay(&failed::ReplayReport::default(), bulk.json);
     }
-    if total > ASK_ABOVE && !yes && !confirm(&format!("replay {total} failed intakes?"))? {
-        return Err(format!("not replayed: {total} selected; confirm, or add --yes").into());
-    }
-    let ctx = supervisor::window_context(settings);
+    bulk.confirmed("replay", total)?;
+    bulk.announce(settings, total);
+    let ctx = WindowContext {
+        operator,
+        ..supervisor::window_context(settings)
+    };
     let bar = progress_bar(total);
-    let report = failed::replay(&pool, &ctx, &filter, settings.intake.window_size, |r| {
+    let options = bulk.options(settings);
+    let report = failed::replay_with(&pool, &ctx, &filter, options, |r| {
         if bar.is_hidden() {
             eprintln!(
                 "replayed {} of {total} (created {}, failed again {}, already done {}, skipped {})",
@@ -216,24 +319,37 @@ pub async fn replay(
     })
     .await?;
     bar.finish_and_clear();
-    print_replay(&report, json)
+    print_replay(&report, bulk.json)
 }
 
 fn print_replay(report: &failed::ReplayReport, json: bool) -> CliResult {
     if json {
         println!("{}", serde_json::to_string(report)?);
-    } else {
-        println!(
-            "replayed {}: created {}, failed again {}, already done {}, skipped (no key) {}",
-            report.selected, report.created, report.failed, report.duplicate, report.skipped
-        );
+        return Ok(());
     }
+    let by_code: Vec<String> = report
+        .failed_by_code
+        .iter()
+        .map(|(code, n)| format!("{code} {n}"))
+        .collect();
+    let by_code = match by_code.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", by_code.join(", ")),
+    };
+    let (prefix, verb) = match report.dry_run {
+        true => ("dry run, nothing written: ", "would replay"),
+        false => ("", "replayed"),
+    };
+    println!(
+        "{prefix}{verb} {}: created {}, failed again {}{by_code}, already done {}, skipped (no key) {}",
+        report.selected, report.created, report.failed, report.duplicate, report.skipped
+    );
     Ok(())
 }
 
 /// A progress bar on stderr with the total; hidden (drawing nothing) when stderr is not a
 /// terminal, where the per-batch lines are printed instead.
-fn progress_bar(total: i64) -> indicatif::ProgressBar {
+pub(super) fn progress_bar(total: i64) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(total.max(0) as u64),
         indicatif::ProgressDrawTarget::stderr(),

@@ -2,7 +2,9 @@
 //! worker) and `admin` (operator commands), and renders what they return. On top of every
 //! other layer; only `main.rs` calls it.
 
+mod dismiss;
 mod failed;
+mod groups;
 mod parked;
 mod publish;
 mod tenancy;
@@ -19,7 +21,7 @@ use crate::infra::db;
 use crate::infra::settings::Settings;
 use crate::store::crypto::Vault;
 
-use failed::{FailedCommand, Selection};
+use failed::{BulkArgs, FailedCommand, Selection};
 use parked::ParkedCommand;
 use tenancy::TenancyCommand;
 
@@ -91,21 +93,14 @@ pub enum Command {
         #[arg(long)]
         live: bool,
     },
-    /// Process failed intakes again under their original message keys. Their events go
-    /// through the outbox: a running worker publishes them.
+    /// Process failed intakes again under their original message keys (throttled with
+    /// --rate, or as a --dry-run). Their events go through the outbox: a running worker
+    /// publishes them.
     Replay {
         #[command(flatten)]
         select: Selection,
-        /// Replay every open failed intake (required when no other filter is given).
-        #[arg(long)]
-        all: bool,
-        /// Replay without asking, however many are selected (more than 10 ask on a
-        /// terminal, and are refused without a terminal).
-        #[arg(long)]
-        yes: bool,
-        /// Print the totals as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        bulk: BulkArgs,
     },
 }
 
@@ -131,12 +126,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
         }
         Command::Publish(args) => publish::publish(args, &settings).await,
         Command::Failed { command } => failed::failed_command(command, &settings).await,
-        Command::Replay {
-            select,
-            all,
-            yes,
-            json,
-        } => failed::replay(&select, all, yes, json, &settings).await,
+        Command::Replay { select, bulk } => failed::replay(&select, &bulk, &settings).await,
         Command::RotateKey => rotate_key(&settings).await,
         Command::Healthcheck { live } => {
             let path = if live { "/healthz" } else { "/readyz" };

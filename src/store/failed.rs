@@ -137,6 +137,9 @@ pub struct Filter {
     pub network: Option<i64>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// Exactly these failing fields (`error_fields`: sorted, comma-separated, `''` for none):
+    /// with `code`, one failure group.
+    pub fields: Option<String>,
     /// Include failed intakes already resolved by a replay.
     pub include_resolved: bool,
     pub limit: i64,
@@ -175,7 +178,8 @@ pub struct StoredFailure {
 }
 
 /// The selection of a [`Filter`]: `$1`–`$6` its fields, `$7` the id to start after, `$8` the
-/// id to stop at (both for paging and for a replay that must not pick up its own failures).
+/// id to stop at (both for paging and for a replay that must not pick up its own failures),
+/// `$9` the exact failing fields.
 const WHERE: &str = "WHERE ($1::text IS NULL OR message_key = $1)
                        AND ($2::text IS NULL OR error_code = $2)
                        AND ($3::bigint IS NULL OR network_id = $3)
@@ -183,7 +187,8 @@ const WHERE: &str = "WHERE ($1::text IS NULL OR message_key = $1)
                        AND ($5::timestamptz IS NULL OR created_at < $5)
                        AND ($6 OR resolved_at IS NULL)
                        AND id > $7
-                       AND ($8::bigint IS NULL OR id <= $8)";
+                       AND ($8::bigint IS NULL OR id <= $8)
+                       AND ($9::text IS NULL OR error_fields = $9)";
 
 /// Columns by the names of [`StoredFailure`]'s fields.
 const COLUMNS: &str = "SELECT id, network_id, message_key, correlation_id, error_code, error,
@@ -192,7 +197,7 @@ const COLUMNS: &str = "SELECT id, network_id, message_key, correlation_id, error
                               payload_sha256
                          FROM failed_intakes";
 
-/// Binds a [`Filter`]'s selection as `$1`–`$8` (see [`WHERE`]).
+/// Binds a [`Filter`]'s selection as `$1`–`$9` (see [`WHERE`]).
 fn bind_selection<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     f: &'q Filter,
@@ -208,6 +213,7 @@ fn bind_selection<'q, O>(
         .bind(f.include_resolved)
         .bind(after)
         .bind(upto)
+        .bind(&f.fields)
 }
 
 /// The failed intakes matching `f` with an id above `after` (and at most `upto`), in id
@@ -219,7 +225,7 @@ pub async fn select_failed(
     upto: Option<i64>,
 ) -> Result<Vec<StoredFailure>, sqlx::Error> {
     // Made of constants only: nothing a caller passes is spliced into the text.
-    let sql = format!("{COLUMNS} {WHERE} ORDER BY id LIMIT $9");
+    let sql = format!("{COLUMNS} {WHERE} ORDER BY id LIMIT $10");
     bind_selection(sqlx::query_as(sqlx::AssertSqlSafe(sql)), f, after, upto)
         .bind(f.limit)
         .fetch_all(pool)
@@ -246,4 +252,35 @@ pub async fn newest_failed_id(pool: &PgPool) -> Result<Option<i64>, sqlx::Error>
     sqlx::query_scalar("SELECT max(id) FROM failed_intakes")
         .fetch_one(pool)
         .await
+}
+
+/// The open failed intakes of one group: one cause (code and failing fields) in one network.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct GroupRow {
+    pub network_id: Option<i64>,
+    pub error_code: String,
+    pub error_fields: String,
+    pub count: i64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+}
+
+/// The open failed intakes per group (network, code, failing fields), most numerous first;
+/// of one network when `network` is given (operators are trusted: `None` is every network).
+/// Each open failure is in exactly one group.
+pub async fn failure_groups(
+    pool: &PgPool,
+    network: Option<i64>,
+) -> Result<Vec<GroupRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT network_id, error_code, error_fields, count(*) AS count,
+                min(created_at) AS first_seen, max(created_at) AS last_seen
+           FROM failed_intakes
+          WHERE resolved_at IS NULL AND ($1::bigint IS NULL OR network_id = $1)
+          GROUP BY network_id, error_code, error_fields
+          ORDER BY count DESC, error_code, error_fields, network_id NULLS FIRST",
+    )
+    .bind(network)
+    .fetch_all(pool)
+    .await
 }
