@@ -4,6 +4,7 @@
 //! `intake` (a replay runs the pipeline), `outbox`, `store` and `infra`; the worker's runtime
 //! (`app`) does not depend on them except for the retention janitor.
 
+pub mod edit;
 pub mod failed;
 pub mod healthcheck;
 pub mod parked;

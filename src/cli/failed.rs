@@ -43,6 +43,9 @@ pub enum FailedCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Correct a key's open failed intake (`--set field=value`, `--set field:=JSON`, `--unset
+    /// field`, or `--body FILE|-`) and run it as the key's next attempt; `--dry-run` first.
+    Edit(super::edit::EditArgs),
 }
 
 /// Filters shared by `failed list` and `replay`.
@@ -101,7 +104,7 @@ fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         .map_err(|_| format!("{s:?} is neither RFC 3339 nor YYYY-MM-DD"))
 }
 
-/// `failed list` and `failed show`.
+/// `failed list`, `failed show` and `failed edit`.
 pub async fn failed_command(command: FailedCommand, settings: &Settings) -> CliResult {
     match command {
         FailedCommand::List {
@@ -115,6 +118,7 @@ pub async fn failed_command(command: FailedCommand, settings: &Settings) -> CliR
             list(&filter, after, json, settings).await
         }
         FailedCommand::Show { key, network, .. } => show(&key, network, settings).await,
+        FailedCommand::Edit(args) => super::edit::edit(args, settings).await,
     }
 }
 

@@ -2,6 +2,7 @@
 //! worker) and `admin` (operator commands), and renders what they return. On top of every
 //! other layer; only `main.rs` calls it.
 
+mod edit;
 mod failed;
 mod parked;
 mod publish;
