@@ -26,30 +26,60 @@ use crate::store::failed::StoredFailure;
 
 pub use crate::store::failed::{FailedIntake, Filter};
 
-/// A row with its payload, for replay and `show`.
-struct Stored {
-    intake: FailedIntake,
+/// A row with its payload, for replay, edit and `show`.
+pub(super) struct Stored {
+    pub(super) intake: FailedIntake,
     /// Sealed with `payload_key_id` (see `crypto`).
     payload_sealed: Vec<u8>,
     payload_key_id: String,
     token_hash: Option<Vec<u8>>,
     /// Set when only a prefix of an oversized body was stored: a replay is refused by size
     /// again, as the whole body is gone.
-    oversize: Option<Oversize>,
+    pub(super) oversize: Option<Oversize>,
 }
 
 impl Stored {
-    fn payload(&self, vault: &Vault) -> Result<Vec<u8>, CryptoError> {
+    pub(super) fn payload(&self, vault: &Vault) -> Result<Vec<u8>, CryptoError> {
         vault.open(
             Purpose::FailedPayload,
             &self.payload_key_id,
             &self.payload_sealed,
         )
     }
+
+    /// The envelope of this failed intake's next attempt under its key, as its original caller
+    /// (the stored token hash), with `body` (its stored payload, or an operator's correction);
+    /// `None` without a key.
+    pub(super) fn retry_envelope(
+        &self,
+        body: Vec<u8>,
+        oversize: Option<Oversize>,
+        how: Resolution,
+    ) -> Option<Envelope> {
+        Some(Envelope {
+            message_key: Some(self.intake.message_key.clone()?),
+            correlation_id: self.intake.correlation_id.clone(),
+            token: self
+                .token_hash
+                .as_deref()
+                .and_then(|t| TokenHash::try_from(t).ok()),
+            body,
+            oversize,
+            replay: Some(ReplayInfo {
+                attempt: self.intake.attempts + 1,
+                failed_intake_id: Some(self.intake.id),
+                supersedes: Some(self.intake.event_id),
+                how,
+            }),
+            forced_failure: None,
+            // A retry is an operator's action, not part of the original trace.
+            trace: None,
+        })
+    }
 }
 
 /// The failed intakes matching `f` above `after` (up to `upto`), with their payloads.
-async fn select(
+pub(super) async fn select(
     pool: &PgPool,
     f: &Filter,
     after: i64,
@@ -128,7 +158,7 @@ pub async fn replay_count(pool: &PgPool, f: &Filter) -> Result<i64, sqlx::Error>
 /// A failed intake as shown to an operator: key and correlation id escaped (the envelope checks
 /// refuse control characters there now, but rows stored before them may hold some), the error
 /// redacted again (errors are redacted when built; older rows were not).
-fn for_display(mut intake: FailedIntake) -> FailedIntake {
+pub(super) fn for_display(mut intake: FailedIntake) -> FailedIntake {
     let escape = |s: String| redact::escape_controls(&s).into_owned();
     intake.message_key = intake.message_key.map(escape);
     intake.correlation_id = intake.correlation_id.map(escape);
@@ -280,42 +310,21 @@ fn envelopes_of(
 ) -> Vec<Envelope> {
     rows.into_iter()
         .filter_map(|s| {
-            let key = s.intake.message_key.clone();
-            if key.is_none() {
+            let envelope = s
+                .payload(&ctx.vault)
+                .ok()
+                .and_then(|p| s.retry_envelope(p, s.oversize, Resolution::Replayed));
+            if envelope.is_none() {
                 report.skipped += 1;
-                return None;
             }
-            let Ok(payload) = s.payload(&ctx.vault) else {
-                // Sealed with a key that is no longer configured: cannot be replayed.
-                report.skipped += 1;
-                return None;
-            };
-            Some(Envelope {
-                message_key: key,
-                correlation_id: s.intake.correlation_id.clone(),
-                token: s
-                    .token_hash
-                    .as_deref()
-                    .and_then(|t| TokenHash::try_from(t).ok()),
-                body: payload,
-                oversize: s.oversize,
-                replay: Some(ReplayInfo {
-                    attempt: s.intake.attempts + 1,
-                    failed_intake_id: Some(s.intake.id),
-                    supersedes: Some(s.intake.event_id),
-                    how: Resolution::Replayed,
-                }),
-                forced_failure: None,
-                // A replay is an operator's action, not part of the original trace.
-                trace: None,
-            })
+            envelope
         })
         .collect()
 }
 
 /// Runs a window (or previews it, rolled back, on a dry run), re-running it a few times on
 /// transient errors.
-async fn process_retrying(
+pub(super) async fn process_retrying(
     pool: &PgPool,
     ctx: &WindowContext,
     envelopes: &[Envelope],

@@ -6,6 +6,7 @@
 //! for the retention janitor.
 
 pub mod dismiss;
+pub mod edit;
 pub mod failed;
 pub mod groups;
 pub mod healthcheck;

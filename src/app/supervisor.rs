@@ -88,6 +88,7 @@ pub fn window_context(settings: &Settings) -> WindowContext {
         ),
         handoff: None,
         operator: None,
+        edit_audit: None,
     }
 }
 

@@ -61,6 +61,9 @@ pub enum FailedCommand {
     /// Mark the selected open failed intakes resolved as dismissed (kept, with the operator
     /// and the reason) and announce each with a `case.intake_resolved` event.
     Dismiss(super::dismiss::DismissArgs),
+    /// Correct a key's open failed intake (`--set field=value`, `--set field:=JSON`, `--unset
+    /// field`, or `--body FILE|-`) and run it as the key's next attempt; `--dry-run` first.
+    Edit(super::edit::EditArgs),
 }
 
 /// Filters shared by `failed list`, `replay` and `failed dismiss`.
@@ -126,7 +129,7 @@ fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
         .map_err(|_| format!("{s:?} is neither RFC 3339 nor YYYY-MM-DD"))
 }
 
-/// `failed list` and `failed show`.
+/// `failed list`, `failed show` and `failed edit`.
 pub async fn failed_command(command: FailedCommand, settings: &Settings) -> CliResult {
     match command {
         FailedCommand::List {
@@ -144,6 +147,7 @@ pub async fn failed_command(command: FailedCommand, settings: &Settings) -> CliR
             super::groups::groups(network, json, settings).await
         }
         FailedCommand::Dismiss(args) => super::dismiss::dismiss(&args, settings).await,
+        FailedCommand::Edit(args) => super::edit::edit(args, settings).await,
     }
 }
 

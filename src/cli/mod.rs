@@ -3,6 +3,7 @@
 //! other layer; only `main.rs` calls it.
 
 mod dismiss;
+mod edit;
 mod failed;
 mod groups;
 mod parked;

@@ -45,6 +45,11 @@ pub struct WindowContext {
     /// The operator on whose behalf a command-line replay or edit runs (recorded as
     /// `resolved_by`); `None` in the worker.
     pub operator: Option<String>,
+    /// Set by `case-intake failed edit`: the audit of the operator's edit, written in the
+    /// window's transaction for the intake whose replay is [`Resolution::Edited`] once its
+    /// outcome is known, so an edit is never applied without its audit row nor audited
+    /// without being applied. `None` elsewhere (and for a dry run, which writes nothing).
+    pub edit_audit: Option<store::edits::EditAudit>,
 }
 
 /// What became of one intake; the consumer logs it, tests assert on it.
@@ -574,6 +579,7 @@ impl Phase<'_, '_> {
                     operator: self.ctx.operator.clone(),
                     reason: None,
                 });
+                self.audit(i, retry, id, &outcome, w);
             }
             let case = match outcome {
                 Outcome::Created {
@@ -604,6 +610,36 @@ impl Phase<'_, '_> {
             let ev = resolved_event(self.ctx, &resolved, p.env, self.now);
             w.plan.queue_event(i, &ev, p.env);
         }
+    }
+
+    /// Plans the audit row of an operator's edit (intake `i`, retrying failed intake
+    /// `failed_intake_id`) now that its outcome is known.
+    fn audit(
+        &self,
+        i: usize,
+        retry: ReplayInfo,
+        failed_intake_id: i64,
+        outcome: &Outcome,
+        w: &mut Written,
+    ) {
+        let (Resolution::Edited, Some(audit), Some(key)) = (
+            retry.how,
+            &self.ctx.edit_audit,
+            self.prepared[i].env.message_key.as_deref(),
+        ) else {
+            return;
+        };
+        w.plan.edits.push(store::edits::EditRow {
+            failed_intake_id,
+            message_key: key.to_owned(),
+            audit: audit.clone(),
+            outcome: match outcome {
+                Outcome::Created { .. } => "created",
+                Outcome::Failed { .. } => "failed",
+                Outcome::Duplicate { .. } => "duplicate",
+            },
+            event_id: outcome.event_id(),
+        });
     }
 
     /// The failure event a resent intake's outcome replaces.
@@ -948,6 +984,8 @@ struct Plan {
     failed: Vec<FailedRow>,
     /// Failed intakes resolved by this window's attempts.
     resolved: Vec<store::ResolvedRow>,
+    /// The audit of an operator's edit among them.
+    edits: Vec<store::edits::EditRow>,
     /// Events with the index of their intake: written in delivery order.
     outbox: Vec<(usize, OutboxRow)>,
     events: HashMap<Uuid, Event>,
@@ -1107,6 +1145,7 @@ impl Plan {
             return Ok(None);
         }
         store::insert_failed(tx, &self.failed, now, vault).await?;
+        store::edits::insert_edits(tx, &self.edits, now).await?;
         let mut outbox = self.outbox;
         outbox.sort_by_key(|(i, _)| *i);
         let rows: Vec<OutboxRow> = outbox.into_iter().map(|(_, r)| r).collect();

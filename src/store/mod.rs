@@ -5,7 +5,8 @@
 //! - `auth`: tokens, the one authentication query (`callers`) and the [`Caller`] proof it makes;
 //! - `crypto`: sealing SSNs and payloads, SSN HMACs;
 //! - `outcomes`: message keys and their outcomes; `cases`: households and cases;
-//!   `failed`: failed intakes; `outbox`: the events to publish and the relay's take and put back;
+//!   `failed`: failed intakes; `edits`: the audit of operators' edits of them; `outbox`: the
+//!   events to publish and the relay's take and put back;
 //! - `tenancy`: networks, groups, agents, API keys, counties; `rotate`: re-sealing under the
 //!   active key; `retention`: deleting what is past its retention; `health`: the ping.
 //!
@@ -22,6 +23,7 @@
 pub mod auth;
 pub mod cases;
 pub mod crypto;
+pub mod edits;
 pub mod failed;
 pub mod health;
 pub mod ids;
