@@ -1,8 +1,9 @@
 //! Operator commands run by the binary: provisioning networks and managing their counties,
-//! agents and API keys, publishing an intake, inspecting and replaying failed intakes, key
-//! rotation, retention, the parking queue's tools and the container healthcheck. May call
-//! `intake` (a replay runs the pipeline), `outbox`, `store` and `infra`; the worker's runtime
-//! (`app`) does not depend on them except for the retention janitor.
+//! agents and API keys, publishing an intake, inspecting and replaying failed intakes, what
+//! became of a message key (`status`), key rotation, retention, the parking queue's tools and
+//! the container healthcheck. May call `intake` (a replay runs the pipeline), `outbox`,
+//! `store` and `infra`; the worker's runtime (`app`) does not depend on them except for the
+//! retention janitor and the status endpoint (which answers with `status`'s form).
 
 pub mod failed;
 pub mod healthcheck;
@@ -11,4 +12,5 @@ pub mod provision;
 pub mod publish;
 pub mod retention;
 pub mod rotate;
+pub mod status;
 pub mod tenancy;

@@ -5,6 +5,7 @@
 mod failed;
 mod parked;
 mod publish;
+mod status;
 mod tenancy;
 
 use std::path::{Path, PathBuf};
@@ -91,6 +92,19 @@ pub enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// What became of a message key: its outcome in every network where it has one (or in
+    /// --network), as the status endpoint answers it. Exits 1 when it has none anywhere.
+    Status {
+        /// The message key.
+        key: String,
+        /// Only this network (keys are per network).
+        #[arg(long)]
+        network: Option<i64>,
+        /// Print a JSON array: the endpoint's objects, each with its `network` (`"-"` for
+        /// intakes that failed authentication).
+        #[arg(long)]
+        json: bool,
+    },
     /// Process failed intakes again under their original message keys. Their events go
     /// through the outbox: a running worker publishes them.
     Replay {
@@ -137,6 +151,9 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
             yes,
             json,
         } => failed::replay(&select, all, yes, json, &settings).await,
+        Command::Status { key, network, json } => {
+            status::status(&key, network, json, &settings).await
+        }
         Command::RotateKey => rotate_key(&settings).await,
         Command::Healthcheck { live } => {
             let path = if live { "/healthz" } else { "/readyz" };
