@@ -1,10 +1,12 @@
-//! The HTTP surface: liveness, readiness, Prometheus metrics, and the counties endpoint that
-//! upstream systems query for `street_county` ids (seed: `/api/v1/counties/`).
+//! The HTTP surface: liveness, readiness, Prometheus metrics, the counties endpoint that
+//! upstream systems query for `street_county` ids (seed: `/api/v1/counties/`), and the status
+//! of a message key (`/api/v1/intakes/{key}`), both scoped to the caller's network.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,9 +14,10 @@ use axum::{Json, Router};
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::admin::status;
 use crate::infra::metrics::{ConsumerState, Metrics};
 use crate::store;
-use crate::store::auth::{TOKEN_HEADERS, hash_token, parse_token_header};
+use crate::store::auth::{Caller, TOKEN_HEADERS, hash_token, parse_token_header};
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -36,6 +39,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/counties/", get(counties))
         .route("/api/v1/counties", get(counties))
+        .route("/api/v1/intakes/{key}", get(intake_status))
         .with_state(state)
 }
 
@@ -118,31 +122,94 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-/// The counties of the caller's network.
-async fn counties(State(s): State<HttpState>, headers: HeaderMap) -> Response {
-    let token = TOKEN_HEADERS
+/// The token of an `Authorization` (or the seed's `Authorize`) header: `Token <api_token>`.
+fn token_of(headers: &HeaderMap) -> Option<&str> {
+    TOKEN_HEADERS
         .iter()
         .find_map(|name| headers.get(*name))
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_token_header);
-    let Some(token) = token else {
-        return unauthorized();
+        .and_then(parse_token_header)
+}
+
+/// The answer when the database fails or does not answer in time; the cause is logged.
+fn unavailable(what: &str, cause: &dyn std::fmt::Display) -> Response {
+    tracing::warn!(error = %cause, "{what} query failed");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"error": {"code": "unavailable", "message": "try again later"}})),
+    )
+        .into_response()
+}
+
+/// Bound on each database call of an API request, so a hung database answers 503 rather than
+/// holding the connection.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a database call within [`QUERY_TIMEOUT`]; a timeout or an error is the 503 answer.
+async fn bounded<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, Response> {
+    match tokio::time::timeout(QUERY_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(what, &e)),
+        Err(elapsed) => Err(unavailable(what, &elapsed)),
+    }
+}
+
+/// The caller behind the request's token, or the 401 (or 503) answer.
+async fn authenticate(s: &HttpState, headers: &HeaderMap, what: &str) -> Result<Caller, Response> {
+    let Some(token) = token_of(headers) else {
+        return Err(unauthorized());
     };
-    let unavailable = |e: sqlx::Error| {
-        tracing::warn!(error = %e, "counties query failed");
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": {"code": "unavailable", "message": "try again later"}})),
-        )
-            .into_response()
+    bounded(what, store::caller_of(&s.pool, hash_token(token)))
+        .await?
+        .ok_or_else(unauthorized)
+}
+
+/// The counties of the caller's network.
+async fn counties(State(s): State<HttpState>, headers: HeaderMap) -> Response {
+    let caller = match authenticate(&s, &headers, "counties").await {
+        Ok(caller) => caller,
+        Err(answer) => return answer,
     };
-    let caller = match store::caller_of(&s.pool, hash_token(token)).await {
-        Ok(Some(caller)) => caller,
-        Ok(None) => return unauthorized(),
-        Err(e) => return unavailable(e),
-    };
-    match store::counties(&s.pool, &caller).await {
+    match bounded("counties", store::counties(&s.pool, &caller)).await {
         Ok(counties) => Json(counties).into_response(),
-        Err(e) => unavailable(e),
+        Err(answer) => answer,
+    }
+}
+
+/// The one answer for a key without an outcome in the caller's network, whatever the reason
+/// (not received yet, still queued, another network's, a key that cannot exist): identical
+/// bytes, so that the answer tells nothing about other networks.
+fn no_outcome() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": {
+            "code": "not_found",
+            "message": "no outcome is recorded for this message key in your network"
+        }})),
+    )
+        .into_response()
+}
+
+/// What became of message key `key` in the caller's network (`admin::status`).
+async fn intake_status(
+    State(s): State<HttpState>,
+    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
+) -> Response {
+    let caller = match authenticate(&s, &headers, "intake status").await {
+        Ok(caller) => caller,
+        Err(answer) => return answer,
+    };
+    // A path that does not decode (not UTF-8) names a key that cannot exist.
+    let Ok(Path(key)) = key else {
+        return no_outcome();
+    };
+    match bounded("intake status", status::for_caller(&s.pool, &caller, &key)).await {
+        Ok(Some(found)) => Json(found).into_response(),
+        Ok(None) => no_outcome(),
+        Err(answer) => answer,
     }
 }

@@ -8,6 +8,7 @@ mod failed;
 mod groups;
 mod parked;
 mod publish;
+mod status;
 mod tenancy;
 
 use std::path::{Path, PathBuf};
@@ -94,6 +95,19 @@ pub enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// What became of a message key: its outcome in every network where it has one (or in
+    /// --network), as the status endpoint answers it. Exits 1 when it has none anywhere.
+    Status {
+        /// The message key.
+        key: String,
+        /// Only this network (keys are per network).
+        #[arg(long)]
+        network: Option<i64>,
+        /// Print a JSON array: the endpoint's objects, each with its `network` (`"-"` for
+        /// intakes that failed authentication).
+        #[arg(long)]
+        json: bool,
+    },
     /// Process failed intakes again under their original message keys (throttled with
     /// --rate, or as a --dry-run). Their events go through the outbox: a running worker
     /// publishes them.
@@ -128,6 +142,9 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
         Command::Publish(args) => publish::publish(args, &settings).await,
         Command::Failed { command } => failed::failed_command(command, &settings).await,
         Command::Replay { select, bulk } => failed::replay(&select, &bulk, &settings).await,
+        Command::Status { key, network, json } => {
+            status::status(&key, network, json, &settings).await
+        }
         Command::RotateKey => rotate_key(&settings).await,
         Command::Healthcheck { live } => {
             let path = if live { "/healthz" } else { "/readyz" };

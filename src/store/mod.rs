@@ -8,7 +8,8 @@
 //!   `failed`: failed intakes; `edits`: the audit of operators' edits of them; `outbox`: the
 //!   events to publish and the relay's take and put back;
 //! - `tenancy`: networks, groups, agents, API keys, counties; `rotate`: re-sealing under the
-//!   active key; `retention`: deleting what is past its retention; `health`: the ping.
+//!   active key; `retention`: deleting what is past its retention; `health`: the ping;
+//! - `status`: what became of a message key (the status endpoint, the `status` command).
 //!
 //! The window's statements are set-based (one per table per window, arrays bound with
 //! `unnest`), so that a window of a few hundred intakes costs about ten round trips.
@@ -31,6 +32,7 @@ pub mod outbox;
 pub mod outcomes;
 pub mod retention;
 pub mod rotate;
+pub mod status;
 pub mod tenancy;
 mod unnest;
 
@@ -47,4 +49,5 @@ pub use outcomes::{
     ClaimedKey, OutcomeRow, StoredOutcome, claim_keys, forget_failed_outcomes, insert_outcomes,
     record_outcomes, replace_outcomes, stored_outcomes,
 };
+pub use status::outcome_in_network;
 pub use tenancy::{County, counties, existing_counties};
