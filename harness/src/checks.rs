@@ -1,14 +1,17 @@
 //! The checks every run ends with, written once for the benchmark and the fault suite: one
 //! outcome per key (exactly once), the outcome a key deserves, one event id per key, the
 //! household invariant and a drained outbox. Each returns what breaks it (keys, ids, counts),
-//! so that a run can show why it failed.
+//! so that a run can show why it failed. Keys published with more than one body (fix and
+//! resend, races) are checked by their history instead: every outcome but the current one is
+//! a superseded failure.
 
 use std::collections::{HashMap, HashSet};
 
+use case_intake::intake::error::ErrorCode;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::ledger::EventLog;
+use crate::ledger::{Arrival, EventLog};
 
 /// What one message key was published as, and how many outcome events it is owed.
 pub struct Expected<'a> {
@@ -159,6 +162,180 @@ pub async fn households_without_one_head(pool: &PgPool) -> sqlx::Result<Vec<i64>
     .await
 }
 
+/// What the events of a key published with several bodies say: its current outcome event,
+/// the failures later attempts superseded (failure event → the event that superseded it) and
+/// every rule the history breaks.
+#[derive(Debug, Default)]
+pub struct History {
+    pub current: Option<Uuid>,
+    pub superseded: HashMap<Uuid, Uuid>,
+    pub problems: Vec<String>,
+}
+
+/// A refusal of another body under a key already decided: never the key's outcome.
+fn is_refusal(a: &Arrival) -> bool {
+    a.failure() == Some(ErrorCode::IdempotencyKeyReused.as_str())
+}
+
+/// A failure its sender may supersede with a corrected body.
+fn is_resendable(a: &Arrival) -> bool {
+    a.event_type == "case.failed"
+        && a.code
+            .as_deref()
+            .and_then(ErrorCode::parse)
+            .is_some_and(ErrorCode::resendable)
+}
+
+/// The history of one key (its events in arrival order, duplicates included): outcome events
+/// (`case.created`, `case.failed`, at most one per publication in `publications`) and
+/// refusals (`idempotency_key_reused`, any number); every outcome but one superseded by a later attempt (its
+/// `data.replay.supersedes_event_id`), each superseded one a resendable failure superseded
+/// once; the one current outcome the one deserved (a case when `deserves_case`, else
+/// `validation_failed`); at most one case; and every `case.intake_resolved` naming a failure
+/// that a case superseded, each such failure named once.
+pub fn history(arrivals: &[Arrival], deserves_case: bool, publications: usize) -> History {
+    let mut h = History::default();
+    let mut seen = HashSet::new();
+    let distinct: Vec<&Arrival> = arrivals.iter().filter(|a| seen.insert(a.id)).collect();
+    let outcomes: Vec<&Arrival> = distinct
+        .iter()
+        .copied()
+        .filter(|a| matches!(a.event_type.as_str(), "case.created" | "case.failed"))
+        .collect();
+    let by_id: HashMap<Uuid, &Arrival> = outcomes.iter().map(|a| (a.id, *a)).collect();
+    for a in &outcomes {
+        let Some(failure) = a.supersedes else {
+            continue;
+        };
+        match by_id.get(&failure) {
+            Some(f) if is_resendable(f) => {}
+            Some(_) => h
+                .problems
+                .push(format!("{} supersedes a non-resendable outcome", a.id)),
+            None => h
+                .problems
+                .push(format!("{} supersedes an unseen event", a.id)),
+        }
+        if h.superseded.insert(failure, a.id).is_some() {
+            h.problems
+                .push(format!("failure {failure} superseded twice"));
+        }
+    }
+    let current: Vec<&Arrival> = outcomes
+        .iter()
+        .copied()
+        .filter(|a| !is_refusal(a) && !h.superseded.contains_key(&a.id))
+        .collect();
+    match current.as_slice() {
+        [one] => {
+            h.current = Some(one.id);
+            if !outcome_as_expected(deserves_case, one.failure()) {
+                let got = one.failure().unwrap_or("created");
+                h.problems.push(format!("current outcome {got}"));
+            }
+        }
+        more => h.problems.push(format!("{} current outcomes", more.len())),
+    }
+    let cases = outcomes.iter().filter(|a| a.failure().is_none()).count();
+    if cases > 1 {
+        h.problems.push(format!("{cases} cases created"));
+    }
+    // Refusals are left out: a refusal records no outcome, so a redelivered refused body (a
+    // worker killed between commit and ack) is refused again under a new event id.
+    let decided = outcomes.iter().filter(|a| !is_refusal(a)).count();
+    if decided > publications {
+        h.problems.push(format!(
+            "{decided} outcome events for {publications} publications"
+        ));
+    }
+    resolutions(&distinct, &by_id, &mut h);
+    h
+}
+
+/// Every `case.intake_resolved` names a failure that a case superseded, and every such
+/// failure is named by exactly one; no other event type belongs to a key.
+fn resolutions(distinct: &[&Arrival], by_id: &HashMap<Uuid, &Arrival>, h: &mut History) {
+    let mut named: HashMap<Uuid, usize> = HashMap::new();
+    for a in distinct {
+        match a.event_type.as_str() {
+            "case.created" | "case.failed" => {}
+            "case.intake_resolved" => {
+                let by_case = a
+                    .resolves
+                    .and_then(|f| h.superseded.get(&f))
+                    .and_then(|by| by_id.get(by))
+                    .is_some_and(|by| by.failure().is_none());
+                if by_case {
+                    *named.entry(a.resolves.unwrap_or_default()).or_insert(0) += 1;
+                } else {
+                    h.problems
+                        .push(format!("{} resolves no failure a case superseded", a.id));
+                }
+            }
+            other => h.problems.push(format!("unexpected event type {other}")),
+        }
+    }
+    for (failure, by) in &h.superseded {
+        let by_case = by_id.get(by).is_some_and(|b| b.failure().is_none());
+        let n = named.get(failure).copied().unwrap_or(0);
+        if by_case && n != 1 {
+            h.problems
+                .push(format!("failure {failure} announced resolved {n} times"));
+        }
+    }
+}
+
+/// One failed intake (`failed_intakes`) as the checks read it.
+pub struct FailedIntakeRow {
+    pub key: String,
+    pub event_id: Uuid,
+    pub resolution: Option<String>,
+    pub resolved_event_id: Option<Uuid>,
+}
+
+/// Every failed intake with a key.
+pub async fn failed_intake_rows(pool: &PgPool) -> sqlx::Result<Vec<FailedIntakeRow>> {
+    type Row = (String, Uuid, Option<String>, Option<Uuid>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT message_key, event_id, resolution, resolved_event_id FROM failed_intakes
+          WHERE message_key IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    let row = |(key, event_id, resolution, resolved_event_id): Row| FailedIntakeRow {
+        key,
+        event_id,
+        resolution,
+        resolved_event_id,
+    };
+    Ok(rows.into_iter().map(row).collect())
+}
+
+/// How a key's failed intakes disagree with its history (`superseded`: failure event → the
+/// event that superseded it): a superseded failure must be resolved `resent` by that event;
+/// any other failed intake stays open.
+pub fn failed_intakes_against(
+    superseded: &HashMap<Uuid, Uuid>,
+    rows: &[&FailedIntakeRow],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (failure, by) in superseded {
+        let row = rows.iter().find(|r| r.event_id == *failure);
+        let resolved = row.is_some_and(|r| {
+            r.resolution.as_deref() == Some("resent") && r.resolved_event_id == Some(*by)
+        });
+        if !resolved {
+            problems.push(format!("failure {failure} not resolved as resent by {by}"));
+        }
+    }
+    for r in rows {
+        if r.resolution.is_some() && !superseded.contains_key(&r.event_id) {
+            problems.push(format!("failure {} resolved, not superseded", r.event_id));
+        }
+    }
+    problems
+}
+
 /// Outbox rows not published yet.
 pub async fn unpublished_outbox(pool: &PgPool) -> sqlx::Result<Vec<i64>> {
     sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
@@ -217,6 +394,169 @@ mod tests {
         assert_eq!((log.total, log.unparsable), (5, 1));
         // A repeated event id (the one of "b") is not a household created again.
         assert_eq!(log.households_created, [7, 7]);
+    }
+
+    /// A delivery of an event of `key`: `kind` with `code` (a failure), superseding
+    /// `supersedes` (a later attempt) or resolving `resolves` (`case.intake_resolved`).
+    fn history_event(id: Uuid, kind: &str, code: &str, supersedes: Option<Uuid>) -> Vec<u8> {
+        let data = match kind {
+            "case.failed" => serde_json::json!({"error": {"code": code}}),
+            "case.intake_resolved" => serde_json::json!({"failed_event_id": supersedes}),
+            _ => serde_json::json!({"household_id": 9, "household_created": true}),
+        };
+        let mut data = data;
+        if kind != "case.intake_resolved" && supersedes.is_some() {
+            data["replay"] = serde_json::json!({"attempt": 2, "how": "resent",
+                                                "supersedes_event_id": supersedes});
+        }
+        serde_json::to_vec(
+            &serde_json::json!({"id": id, "type": kind, "subject": "k", "data": data}),
+        )
+        .unwrap()
+    }
+
+    fn log_of(events: &[(Uuid, &str, &str, Option<Uuid>)]) -> EventLog {
+        let mut log = EventLog::default();
+        for (id, kind, code, sup) in events {
+            log.record(&history_event(*id, kind, code, *sup), Instant::now());
+        }
+        log
+    }
+
+    #[test]
+    fn a_fixed_and_resent_history_passes() {
+        let [f, c, r, x] = [(); 4].map(|_| Uuid::new_v4());
+        // The failure (twice), the corrected case, its announcement, a refused old body, and
+        // the case again for a duplicate of the corrected body.
+        let log = log_of(&[
+            (f, "case.failed", "validation_failed", None),
+            (f, "case.failed", "validation_failed", None),
+            (c, "case.created", "", Some(f)),
+            (r, "case.intake_resolved", "", Some(f)),
+            (x, "case.failed", "idempotency_key_reused", None),
+            (c, "case.created", "", Some(f)),
+        ]);
+        let h = history(log.arrivals("k"), true, 5);
+        assert!(h.problems.is_empty(), "{:?}", h.problems);
+        assert_eq!(h.current, Some(c));
+        assert_eq!(h.superseded, HashMap::from([(f, c)]));
+        // Only the failed body confirmed: the failure is what the key deserves.
+        let log = log_of(&[(f, "case.failed", "validation_failed", None)]);
+        let h = history(log.arrivals("k"), false, 1);
+        assert!(h.problems.is_empty() && h.current == Some(f));
+    }
+
+    #[test]
+    fn the_history_checks_find_what_breaks_them() {
+        let [f, c, d, r, x] = [(); 5].map(|_| Uuid::new_v4());
+        let problems = |events: &[(Uuid, &str, &str, Option<Uuid>)], case: bool, n: usize| {
+            history(log_of(events).arrivals("k"), case, n).problems
+        };
+        // A case that supersedes nothing beside the failure: two current outcomes.
+        let p = problems(
+            &[
+                (f, "case.failed", "validation_failed", None),
+                (c, "case.created", "", None),
+            ],
+            true,
+            2,
+        );
+        assert_eq!(p, ["2 current outcomes"]);
+        // A created case superseded; the failure superseded twice; two cases.
+        let p = problems(
+            &[
+                (f, "case.failed", "validation_failed", None),
+                (c, "case.created", "", Some(f)),
+                (d, "case.created", "", Some(f)),
+                (r, "case.intake_resolved", "", Some(f)),
+            ],
+            true,
+            3,
+        );
+        assert!(
+            p.contains(&format!("failure {f} superseded twice")),
+            "{p:?}"
+        );
+        assert!(p.contains(&"2 cases created".to_owned()), "{p:?}");
+        // A refusal superseded, an announcement of nothing, a missing announcement, too many
+        // outcomes, and the wrong current outcome.
+        let p = problems(
+            &[
+                (x, "case.failed", "idempotency_key_reused", None),
+                (f, "case.failed", "validation_failed", Some(x)),
+                (d, "case.failed", "validation_failed", None),
+                (r, "case.intake_resolved", "", Some(c)),
+            ],
+            true,
+            1,
+        );
+        for want in [
+            format!("{f} supersedes a non-resendable outcome"),
+            format!("{r} resolves no failure a case superseded"),
+            "2 current outcomes".to_owned(),
+            "2 outcome events for 1 publications".to_owned(),
+        ] {
+            assert!(p.contains(&want), "{want} not in {p:?}");
+        }
+        let p = problems(
+            &[
+                (f, "case.failed", "validation_failed", None),
+                (c, "case.created", "", Some(f)),
+            ],
+            true,
+            2,
+        );
+        assert_eq!(p, [format!("failure {f} announced resolved 0 times")]);
+        // Only refusals: no current outcome.
+        let p = problems(
+            &[(x, "case.failed", "idempotency_key_reused", None)],
+            true,
+            1,
+        );
+        assert_eq!(p, ["0 current outcomes"]);
+        // Refusals repeated by redeliveries are no excess.
+        let p = problems(
+            &[
+                (c, "case.created", "", None),
+                (x, "case.failed", "idempotency_key_reused", None),
+                (d, "case.failed", "idempotency_key_reused", None),
+            ],
+            true,
+            2,
+        );
+        assert!(p.is_empty(), "{p:?}");
+        let p = problems(&[(f, "case.failed", "validation_failed", None)], true, 1);
+        assert_eq!(p, ["current outcome validation_failed"]);
+    }
+
+    #[test]
+    fn failed_intakes_must_follow_the_history() {
+        let [f, c, g] = [(); 3].map(|_| Uuid::new_v4());
+        let row = |event_id, resolution: Option<&str>, by| FailedIntakeRow {
+            key: "k".into(),
+            event_id,
+            resolution: resolution.map(str::to_owned),
+            resolved_event_id: by,
+        };
+        let superseded = HashMap::from([(f, c)]);
+        let good = [row(f, Some("resent"), Some(c)), row(g, None, None)];
+        assert!(failed_intakes_against(&superseded, &good.iter().collect::<Vec<_>>()).is_empty());
+        // Left open, resolved by another event, or resolved without being superseded.
+        let open = [row(f, None, None)];
+        assert_eq!(
+            failed_intakes_against(&superseded, &open.iter().collect::<Vec<_>>()).len(),
+            1
+        );
+        let other = [row(f, Some("resent"), Some(g))];
+        assert_eq!(
+            failed_intakes_against(&superseded, &other.iter().collect::<Vec<_>>()).len(),
+            1
+        );
+        let stray = [row(g, Some("replayed"), Some(c))];
+        assert_eq!(
+            failed_intakes_against(&HashMap::new(), &stray.iter().collect::<Vec<_>>()).len(),
+            1
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! What an intake of a run is (a new household, a join, a head replacement, an invalid one)
-//! and how its body is built from the seed fixture.
+//! What an intake of a run is (a new household, a join, a head replacement, an invalid one,
+//! a failure fixed and resent, a race of two bodies) and how its body is built from the seed
+//! fixture.
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -14,12 +15,31 @@ pub enum Kind {
     Join,
     ReplaceHead,
     Invalid,
+    /// Published invalid, then (once its failure is in) with the corrected body, same key.
+    Resent,
+    /// Two different valid bodies published at once under one key.
+    Race,
 }
 
 impl Kind {
     /// Whether the intake must be created (else it must fail validation).
     pub fn valid(self) -> bool {
         self != Kind::Invalid
+    }
+
+    /// Whether body `n` of the key's bodies (0 first) is valid: a resent key's first body is
+    /// the invalid one, its second the correction; a race's two bodies are both valid.
+    pub fn body_valid(self, n: usize) -> bool {
+        match self {
+            Kind::Invalid => false,
+            Kind::Resent => n > 0,
+            _ => true,
+        }
+    }
+
+    /// Whether the key is published with more than one body.
+    pub fn several_bodies(self) -> bool {
+        matches!(self, Kind::Resent | Kind::Race)
     }
 
     /// The name reports use (the serialized one).
@@ -29,6 +49,8 @@ impl Kind {
             Kind::Join => "join",
             Kind::ReplaceHead => "replace_head",
             Kind::Invalid => "invalid",
+            Kind::Resent => "resent",
+            Kind::Race => "race",
         }
     }
 }

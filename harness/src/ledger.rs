@@ -16,6 +16,10 @@ pub struct Arrival {
     /// The failure code of a `case.failed` event.
     pub code: Option<String>,
     pub household_id: Option<i64>,
+    /// The failure event a later attempt of the key replaces (`data.replay.supersedes_event_id`).
+    pub supersedes: Option<Uuid>,
+    /// The failure a `case.intake_resolved` event ends (`data.failed_event_id`).
+    pub resolves: Option<Uuid>,
 }
 
 impl Arrival {
@@ -62,6 +66,13 @@ struct EventData {
     household_id: Option<i64>,
     household_created: Option<bool>,
     error: Option<EventError>,
+    replay: Option<EventReplay>,
+    failed_event_id: Option<Uuid>,
+}
+
+#[derive(Deserialize)]
+struct EventReplay {
+    supersedes_event_id: Option<Uuid>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +106,8 @@ impl EventLog {
             event_type: body.event_type,
             code: body.data.error.map(|e| e.code),
             household_id: body.data.household_id,
+            supersedes: body.data.replay.and_then(|r| r.supersedes_event_id),
+            resolves: body.data.failed_event_id,
         });
     }
 

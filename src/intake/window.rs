@@ -388,8 +388,31 @@ async fn claim_keys(
                 };
             }
         }
+        resend_in_followers(prepared, &mut slots);
     }
     Ok((slots, early_heads))
+}
+
+/// A key's committed failure may share the window with a duplicate of the failed body and,
+/// after it, the corrected body (a redelivery or a re-publish landing with the resend). The
+/// corrected body is then the key's next attempt as it would be in a window of its own: the
+/// first follower that resends becomes a [`Slot::Resend`], and the followers after it follow
+/// it (answered by its outcome, or refused as `idempotency_key_reused`).
+fn resend_in_followers(prepared: &[Prepared<'_>], slots: &mut [Slot]) {
+    let mut leader: HashMap<usize, usize> = HashMap::new();
+    for i in 0..slots.len() {
+        let Slot::Follower { first } = slots[i] else {
+            continue;
+        };
+        if let Some(&resend) = leader.get(&first) {
+            slots[i] = Slot::Follower { first: resend };
+        } else if let Slot::Existing(s) = &slots[first]
+            && resends(&prepared[i], s)
+        {
+            slots[i] = Slot::Resend(s.clone());
+            leader.insert(first, i);
+        }
+    }
 }
 
 /// True when an intake supersedes its key's committed outcome: a failure its sender can
@@ -1289,6 +1312,51 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(e.fields.contains_key("street_county") && e.fields.contains_key("email"));
+    }
+
+    /// A committed `validation_failed` outcome of body `failed`, as a window reads it.
+    fn stored_failure(failed: &Envelope) -> store::StoredOutcome {
+        store::StoredOutcome {
+            payload_hash: prepared(failed).hash.to_vec(),
+            event: event::cloud_event(
+                "urn:t",
+                event::CASE_FAILED,
+                "f",
+                Some("k"),
+                Utc::now(),
+                Value::Null,
+            ),
+            error_code: Some(ErrorCode::ValidationFailed.as_str().to_owned()),
+            failed: Some((1, 1)),
+        }
+    }
+
+    #[test]
+    fn a_corrected_body_behind_a_duplicate_of_the_failure_resends() {
+        let mut bad = seed();
+        bad.as_object_mut().unwrap().remove("last_name");
+        let failed = envelope(Some("k"), bad);
+        let fixed = envelope(Some("k"), seed());
+        // The failed body again, the corrected one, both again.
+        let window = [&failed, &fixed, &failed, &fixed].map(prepared);
+        let stored = stored_failure(&failed);
+        let mut slots = vec![
+            Slot::Existing(stored.clone()),
+            Slot::Follower { first: 0 },
+            Slot::Follower { first: 0 },
+            Slot::Follower { first: 0 },
+        ];
+        resend_in_followers(&window, &mut slots);
+        assert!(matches!(slots[0], Slot::Existing(_)));
+        assert!(matches!(slots[1], Slot::Resend(_)));
+        assert!(matches!(slots[2], Slot::Follower { first: 1 }));
+        assert!(matches!(slots[3], Slot::Follower { first: 1 }));
+        // Behind a created case, another body stays a follower (refused as reused).
+        let mut created = stored;
+        created.error_code = None;
+        let mut slots = vec![Slot::Existing(created), Slot::Follower { first: 0 }];
+        resend_in_followers(&window[..2], &mut slots);
+        assert!(matches!(slots[1], Slot::Follower { first: 0 }));
     }
 
     #[test]

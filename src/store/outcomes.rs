@@ -313,6 +313,20 @@ pub async fn replace_outcomes(
     .execute(&mut *tx)
     .await?;
     let c = OutcomeColumns::of(sorted.iter().copied());
+    // An outbox row may still name the superseded failure by its outcome row (a relay killed
+    // after publishing it puts it back): it gets the failure's body before the row changes,
+    // or it could never be published.
+    sqlx::query(
+        "UPDATE outbox b SET body = o.event, outcome_network_id = NULL, outcome_key = NULL
+           FROM intake_outcomes o, unnest($1::bigint[], $2::text[], $3::uuid[]) AS u(n, k, prev)
+          WHERE o.network_id = u.n AND o.message_key = u.k AND o.event_id = u.prev
+            AND b.outcome_network_id = u.n AND b.outcome_key = u.k AND b.event_id = u.prev",
+    )
+    .bind(&c.networks)
+    .bind(&c.keys)
+    .bind(column(&sorted, |r| r.replaces))
+    .execute(&mut *tx)
+    .await?;
     let query = sqlx::query(
         "UPDATE intake_outcomes o
             SET outcome = CASE WHEN u.case_id IS NULL THEN 'failed' ELSE 'created' END,

@@ -33,7 +33,7 @@ use case_intake::infra::db as service_db;
 use case_intake::infra::settings::Settings;
 use case_intake::outbox::topology;
 use case_intake_harness::broker::{self, LOCAL_BROKER};
-use case_intake_harness::checks::{self, Expected, OutcomeRow};
+use case_intake_harness::checks::{self, Expected, FailedIntakeRow, OutcomeRow};
 use case_intake_harness::cli::{self, BoxError};
 use case_intake_harness::db::{self, LOCAL_SERVER};
 use case_intake_harness::kinds::{self, Flaw, Kind};
@@ -221,19 +221,48 @@ enum Attempt {
     Indeterminate,
 }
 
+/// One publish attempt of one of a key's bodies.
+#[derive(Debug, Clone, Copy)]
+struct Try {
+    body: usize,
+    status: Attempt,
+}
+
 struct Entry {
     key: String,
-    body: Arc<Vec<u8>>,
+    /// The bodies published under the key: one, or two for a resent key (the invalid one,
+    /// then the correction) and a race (two valid ones).
+    bodies: Vec<Arc<Vec<u8>>>,
     kind: Kind,
-    attempts: Vec<Attempt>,
+    attempts: Vec<Try>,
 }
 
 impl Entry {
     fn confirmed(&self) -> bool {
-        self.attempts.contains(&Attempt::Ok)
+        self.attempts.iter().any(|t| t.status == Attempt::Ok)
     }
-    fn valid(&self) -> bool {
-        self.kind.valid()
+    fn published(&self, body: usize) -> bool {
+        self.attempts.iter().any(|t| t.body == body)
+    }
+    fn body_confirmed(&self, body: usize) -> bool {
+        self.attempts
+            .iter()
+            .any(|t| t.body == body && t.status == Attempt::Ok)
+    }
+    /// Whether the key must end in a case: a valid body of it was confirmed (for a key of
+    /// one body, its kind says).
+    fn deserves_case(&self) -> bool {
+        if !self.kind.several_bodies() {
+            return self.kind.valid();
+        }
+        self.attempts
+            .iter()
+            .any(|t| t.status == Attempt::Ok && self.kind.body_valid(t.body))
+    }
+    /// Publications that may have reached the queue (confirmed or indeterminate).
+    fn publications(&self) -> usize {
+        let may = |t: &&Try| matches!(t.status, Attempt::Ok | Attempt::Indeterminate);
+        self.attempts.iter().filter(may).count()
     }
 }
 
@@ -243,21 +272,26 @@ struct Ledger {
     /// Publishes of a key that was published before (same key, same body).
     duplicates: usize,
     republished: usize,
+    /// Corrected bodies published under resent keys.
+    corrections: usize,
 }
 
 impl Ledger {
-    fn begin(&mut self, idx: usize) -> usize {
+    fn begin(&mut self, idx: usize, body: usize) -> usize {
         let attempts = &mut self.entries[idx].attempts;
-        attempts.push(Attempt::Pending);
+        attempts.push(Try {
+            body,
+            status: Attempt::Pending,
+        });
         attempts.len() - 1
     }
     fn settle(&mut self, idx: usize, attempt: usize, status: Attempt) {
-        self.entries[idx].attempts[attempt] = status;
+        self.entries[idx].attempts[attempt].status = status;
     }
     fn attempt_counts(&self) -> BTreeMap<&'static str, usize> {
         let mut m = BTreeMap::new();
-        for a in self.entries.iter().flat_map(|e| &e.attempts) {
-            let name = match a {
+        for t in self.entries.iter().flat_map(|e| &e.attempts) {
+            let name = match t.status {
                 Attempt::Pending => "pending",
                 Attempt::Ok => "ok",
                 Attempt::Failed => "failed",
@@ -611,6 +645,8 @@ struct Publisher {
     inflight: JoinSet<()>,
     permits: Arc<Semaphore>,
     stop: CancellationToken,
+    /// Resent keys whose corrected body waits for the suite to see their failure.
+    corrections: Vec<usize>,
 }
 
 impl Publisher {
@@ -630,14 +666,20 @@ impl Publisher {
                         }
                         let at = start + Duration::from_secs_f64(i as f64 / rate);
                         tokio::time::sleep_until(at).await;
-                        let (idx, new) = self.next_intake(mix);
+                        self.send_corrections().await;
+                        let (idx, body, new) = self.next_intake(mix);
                         fresh += usize::from(new);
-                        self.publish(idx).await;
+                        self.publish(idx, body).await;
+                        if new {
+                            self.second_body(idx).await;
+                        }
                     }
                     self.settle().await;
                     let _ = done.send(());
                 }
                 Cmd::Republish { done } => {
+                    self.republish().await;
+                    self.finish_corrections().await;
                     let left = self.republish().await;
                     let _ = done.send(left);
                 }
@@ -657,18 +699,63 @@ impl Publisher {
         .await;
     }
 
+    /// A new key's second body: a race publishes it at once; a resent key's correction waits
+    /// until the suite has seen the failure of its first body (see docs/faults.md).
+    async fn second_body(&mut self, idx: usize) {
+        let kind = lock(&self.ledger).entries[idx].kind;
+        match kind {
+            Kind::Race => self.publish(idx, 1).await,
+            Kind::Resent => self.corrections.push(idx),
+            _ => {}
+        }
+    }
+
+    /// Publishes the corrected body of every resent key whose failure event has arrived.
+    async fn send_corrections(&mut self) {
+        if self.corrections.is_empty() {
+            return;
+        }
+        let ready: Vec<usize> = {
+            let (seen, ledger) = (lock(&self.seen), lock(&self.ledger));
+            let failed = |idx: &usize| {
+                let arrivals = seen.arrivals(&ledger.entries[*idx].key);
+                arrivals
+                    .iter()
+                    .any(|a| a.failure() == Some("validation_failed"))
+            };
+            self.corrections.iter().copied().filter(failed).collect()
+        };
+        self.corrections.retain(|i| !ready.contains(i));
+        lock(&self.ledger).corrections += ready.len();
+        for idx in ready {
+            self.publish(idx, 1).await;
+        }
+    }
+
+    /// After healing: the corrections still waiting, as their failures arrive (bounded).
+    async fn finish_corrections(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !self.corrections.is_empty() && Instant::now() < deadline {
+            self.send_corrections().await;
+            if self.stop.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.settle().await;
+        if !self.corrections.is_empty() {
+            say!(
+                "{} resent keys never saw their failure: corrections not sent",
+                self.corrections.len()
+            );
+        }
+    }
+
+    /// Re-publishes, in rounds, every body published under a key and never confirmed; answers
+    /// how many remain.
     async fn republish(&mut self) -> usize {
         for round in 0..6 {
-            let todo: Vec<usize> = {
-                let ledger = lock(&self.ledger);
-                ledger
-                    .entries
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, e)| !e.confirmed())
-                    .map(|(i, _)| i)
-                    .collect()
-            };
+            let todo: Vec<(usize, usize)> = unconfirmed_bodies(&lock(&self.ledger));
             if todo.is_empty() || self.stop.is_cancelled() {
                 return todo.len();
             }
@@ -679,20 +766,20 @@ impl Publisher {
             );
             lock(&self.ledger).republished += todo.len();
             let start = tokio::time::Instant::now();
-            for (i, idx) in todo.into_iter().enumerate() {
+            for (i, (idx, body)) in todo.into_iter().enumerate() {
                 let at = start + Duration::from_secs_f64(i as f64 / 500.0);
                 tokio::time::sleep_until(at).await;
-                self.publish(idx).await;
+                self.publish(idx, body).await;
             }
             self.settle().await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let ledger = lock(&self.ledger);
-        ledger.entries.iter().filter(|e| !e.confirmed()).count()
+        unconfirmed_bodies(&lock(&self.ledger)).len()
     }
 
-    /// Picks the next intake: a duplicate of an earlier key, or a new key (then `true`).
-    fn next_intake(&mut self, mix: Mix) -> (usize, bool) {
+    /// Picks the next intake: a duplicate of an earlier key (one of the bodies published
+    /// under it), or a new key (then `true`); with the body to publish.
+    fn next_intake(&mut self, mix: Mix) -> (usize, usize, bool) {
         let roll: f64 = self.rng.random();
         let (known, hot) = {
             let seen = lock(&self.seen);
@@ -712,25 +799,33 @@ impl Publisher {
         let mut ledger = lock(&self.ledger);
         if roll < 0.05 && !ledger.entries.is_empty() {
             ledger.duplicates += 1;
-            return (self.rng.random_range(0..ledger.entries.len()), false);
+            let idx = self.rng.random_range(0..ledger.entries.len());
+            let e = &ledger.entries[idx];
+            let sent: Vec<usize> = (0..e.bodies.len()).filter(|b| e.published(*b)).collect();
+            let body = sent.get(self.rng.random_range(0..sent.len().max(1)));
+            return (idx, body.copied().unwrap_or(0), false);
         }
         let (kind, household) = match (mix, roll) {
             (_, r) if r < 0.10 => (Kind::Invalid, None),
-            (_, r) if r < 0.14 && hot.is_some() => (Kind::ReplaceHead, hot),
+            (_, r) if r < 0.13 => (Kind::Resent, None),
+            (_, r) if r < 0.145 => (Kind::Race, None),
+            (_, r) if r < 0.185 && hot.is_some() => (Kind::ReplaceHead, hot),
             (Mix::Normal, r) if r < 0.50 && known.is_some() => (Kind::Join, known),
             (Mix::Joins, _) if known.is_some() => (Kind::Join, known),
             _ => (Kind::NewHousehold, None),
         };
         let seq = ledger.entries.len();
         let key = format!("{}-{seq:06}", self.run_id);
-        let body = intake_body(kind, seq, self.county, household);
+        let bodies = (0..if kind.several_bodies() { 2 } else { 1 })
+            .map(|n| Arc::new(intake_body(kind, n, seq, self.county, household)))
+            .collect();
         ledger.entries.push(Entry {
             key,
-            body: Arc::new(body),
+            bodies,
             kind,
             attempts: Vec::new(),
         });
-        (seq, true)
+        (seq, 0, true)
     }
 
     /// A channel in confirm mode, reconnecting (bounded) when the broker went away.
@@ -759,15 +854,15 @@ impl Publisher {
         None
     }
 
-    async fn publish(&mut self, idx: usize) {
+    async fn publish(&mut self, idx: usize, n: usize) {
         let (key, body) = {
             let ledger = lock(&self.ledger);
             let e = &ledger.entries[idx];
-            (e.key.clone(), e.body.clone())
+            (e.key.clone(), e.bodies[n].clone())
         };
         let Some(channel) = self.channel().await else {
             let mut ledger = lock(&self.ledger);
-            let a = ledger.begin(idx);
+            let a = ledger.begin(idx, n);
             ledger.settle(idx, a, Attempt::Failed);
             return;
         };
@@ -775,7 +870,7 @@ impl Publisher {
             return;
         };
         let props = broker::keyed_intake(&key, broker::token_headers(&self.token));
-        let attempt = lock(&self.ledger).begin(idx);
+        let attempt = lock(&self.ledger).begin(idx, n);
         let published = broker::publish_intake(&channel, &self.queue, &body, props).await;
         match published {
             Err(_) => {
@@ -809,15 +904,33 @@ async fn open_publisher() -> Res<(Connection, Channel)> {
     Ok((conn, ch))
 }
 
-/// An intake body: the seed's example with a distinct first name and e-mail address.
-fn intake_body(kind: Kind, seq: usize, county: i64, household: Option<i64>) -> Vec<u8> {
+/// Body `n` of an intake: the seed's example with a distinct first name and e-mail address
+/// (a race's second body has another first name), without `last_name` when invalid.
+fn intake_body(kind: Kind, n: usize, seq: usize, county: i64, household: Option<i64>) -> Vec<u8> {
     let head = kind == Kind::ReplaceHead;
-    let mut body = kinds::intake_body(county, &format!("Fault{seq}"), head, household);
+    let name = format!(
+        "Fault{seq}{}",
+        if kind == Kind::Race && n > 0 { "b" } else { "" }
+    );
+    let mut body = kinds::intake_body(county, &name, head, household);
     body["email"] = json!(format!("fault{seq}@example.org"));
-    if kind == Kind::Invalid {
+    if !kind.body_valid(n) {
         kinds::spoil(&mut body, Flaw::MissingLastName);
     }
     serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// Every (key, body) published and never confirmed.
+fn unconfirmed_bodies(ledger: &Ledger) -> Vec<(usize, usize)> {
+    let mut todo = Vec::new();
+    for (i, e) in ledger.entries.iter().enumerate() {
+        for b in 0..e.bodies.len() {
+            if e.published(b) && !e.body_confirmed(b) {
+                todo.push((i, b));
+            }
+        }
+    }
+    todo
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1189,20 +1302,28 @@ impl Run {
         (unconfirmed, false)
     }
 
-    /// Confirmed keys that no outcome event arrived for yet.
+    /// Confirmed keys that no outcome event arrived for yet, and keys of several bodies that
+    /// deserve a case and have no `case.created` yet.
     fn keys_without_event(&self) -> usize {
         let ledger = lock(&self.ledger);
+        let seen = lock(&self.seen);
         let expected: Vec<Expected<'_>> = ledger
             .entries
             .iter()
             .filter(|e| e.confirmed())
             .map(|e| Expected {
                 key: &e.key,
-                valid: e.valid(),
+                valid: e.deserves_case(),
                 owed: 1,
             })
             .collect();
-        checks::short_of_events(&expected, &lock(&self.seen)).len()
+        let uncreated = ledger
+            .entries
+            .iter()
+            .filter(|e| e.kind.several_bodies() && e.deserves_case())
+            .filter(|e| seen.arrivals(&e.key).iter().all(|a| a.failure().is_some()))
+            .count();
+        checks::short_of_events(&expected, &seen).len() + uncreated
     }
 }
 
@@ -1240,6 +1361,7 @@ fn figure(name: &'static str, must_be_zero: bool, examples: Vec<String>) -> Figu
 /// What the database holds after the run, as the checks read it.
 struct Stored {
     outcomes: Vec<OutcomeRow>,
+    failed: Vec<FailedIntakeRow>,
     /// Keys with more than one case, and cases without an outcome.
     duplicated: Vec<String>,
     bad_households: Vec<i64>,
@@ -1252,6 +1374,7 @@ async fn read_stored(pool: &PgPool) -> Res<Stored> {
     duplicated.extend(orphans.iter().map(|id| format!("case {id} (no outcome)")));
     Ok(Stored {
         outcomes: checks::outcome_rows(pool, None).await?,
+        failed: checks::failed_intake_rows(pool).await?,
         duplicated,
         bad_households: checks::households_without_one_head(pool).await?,
         unpublished: checks::unpublished_outbox(pool).await?,
@@ -1263,11 +1386,9 @@ async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
     let stored = read_stored(&run.setup.pool).await?;
     let ledger = lock(&run.ledger);
     let seen = lock(&run.seen);
-    let unconfirmed_keys: Vec<String> = ledger
-        .entries
-        .iter()
-        .filter(|e| !e.confirmed())
-        .map(|e| e.key.clone())
+    let unconfirmed_keys: Vec<String> = unconfirmed_bodies(&ledger)
+        .into_iter()
+        .map(|(i, b)| format!("{} (body {b})", ledger.entries[i].key))
         .collect();
     if unconfirmed != usize::MAX && unconfirmed != unconfirmed_keys.len() {
         say!(
@@ -1282,6 +1403,7 @@ async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
         "outbox",
     ));
     figures.extend(deserved);
+    figures.extend(history_figures(&ledger, &seen, &stored));
     figures.push(figure(
         "intakes still unconfirmed after healing",
         true,
@@ -1355,7 +1477,7 @@ fn outcome_figures(
         figure(
             "keys with more than one outcome (event ids)",
             true,
-            several_outcomes(seen, stored),
+            several_outcomes(ledger, seen, stored),
         ),
         figure_of_ids(
             "households without exactly one head",
@@ -1367,11 +1489,19 @@ fn outcome_figures(
     (counted, deserved)
 }
 
-/// More than one event id seen for a key, or outcome rows for one key in two namespaces
-/// (e.g. an `unauthorized` outcome under network 0 beside the real one).
-fn several_outcomes(seen: &EventLog, stored: &Stored) -> Vec<String> {
+/// More than one event id seen for a key of one body (keys of several bodies have their
+/// history checked instead), or outcome rows for one key in two namespaces (e.g. an
+/// `unauthorized` outcome under network 0 beside the real one).
+fn several_outcomes(ledger: &Ledger, seen: &EventLog, stored: &Stored) -> Vec<String> {
+    let several: HashSet<&str> = ledger
+        .entries
+        .iter()
+        .filter(|e| e.kind.several_bodies())
+        .map(|e| e.key.as_str())
+        .collect();
     let ids = checks::several_event_ids(seen)
         .into_iter()
+        .filter(|(k, _)| !several.contains(k))
         .map(|(k, n)| format!("{k} ({n} event ids)"));
     let rows = checks::several_outcome_rows(&stored.outcomes)
         .into_iter()
@@ -1390,10 +1520,10 @@ fn wrong_outcomes(
         let Some(o) = by_key.get(e.key.as_str()) else {
             continue;
         };
-        if checks::outcome_as_expected(e.valid(), o.error_code.as_deref()) {
+        if checks::outcome_as_expected(e.deserves_case(), o.error_code.as_deref()) {
             continue;
         }
-        if e.valid() {
+        if e.deserves_case() {
             let code = o.error_code.as_deref().unwrap_or_default();
             valid_failed.push(format!("{} ({code}, {:?})", e.key, e.kind));
         } else {
@@ -1402,6 +1532,55 @@ fn wrong_outcomes(
         }
     }
     (valid_failed, invalid_accepted)
+}
+
+/// Fix and resend: the keys of several bodies whose history breaks a rule (see
+/// [`checks::history`]) or whose outcome row is not its current outcome; and, for every key,
+/// failed intakes not resolved as its history says (superseded ones resolved `resent` by the
+/// event that superseded them, every other one open).
+fn history_figures(ledger: &Ledger, seen: &EventLog, stored: &Stored) -> Vec<Figure> {
+    let rows: HashMap<&str, &OutcomeRow> = stored
+        .outcomes
+        .iter()
+        .map(|o| (o.key.as_str(), o))
+        .collect();
+    let mut failed: HashMap<&str, Vec<&FailedIntakeRow>> = HashMap::new();
+    for r in &stored.failed {
+        failed.entry(r.key.as_str()).or_default().push(r);
+    }
+    let (mut broken, mut unresolved) = (Vec::new(), Vec::new());
+    for e in ledger.entries.iter().filter(|e| !e.attempts.is_empty()) {
+        let superseded = if e.kind.several_bodies() {
+            let h = checks::history(seen.arrivals(&e.key), e.deserves_case(), e.publications());
+            let row = rows.get(e.key.as_str()).and_then(|o| o.event_id);
+            let mut problems = h.problems;
+            if row != h.current {
+                problems.push(format!(
+                    "outcome row event {row:?}, current {:?}",
+                    h.current
+                ));
+            }
+            if !problems.is_empty() {
+                broken.push(format!("{} ({:?}): {}", e.key, e.kind, problems.join("; ")));
+            }
+            h.superseded
+        } else {
+            HashMap::new()
+        };
+        let rows = failed.get(e.key.as_str()).map_or(&[][..], Vec::as_slice);
+        let problems = checks::failed_intakes_against(&superseded, rows);
+        if !problems.is_empty() {
+            unresolved.push(format!("{}: {}", e.key, problems.join("; ")));
+        }
+    }
+    vec![
+        figure("resent and raced keys breaking their history", true, broken),
+        figure(
+            "failed intakes not resolved as the history says",
+            true,
+            unresolved,
+        ),
+    ]
 }
 
 /// A must-be-zero figure of database ids, shown as `<what> <id>`.
@@ -1638,6 +1817,19 @@ fn print_summary(run: &Run, workers: &Workers) {
         kinds(Kind::Invalid),
         ledger.duplicates
     );
+    let created = |k: Kind| {
+        let keys = ledger.entries.iter().filter(|e| e.kind == k);
+        keys.filter(|e| seen.arrivals(&e.key).iter().any(|a| a.failure().is_none()))
+            .count()
+    };
+    println!(
+        "fix and resend: {} resent keys ({} corrections published, {} ended in a case), {} races ({} ended in a case)",
+        kinds(Kind::Resent),
+        ledger.corrections,
+        created(Kind::Resent),
+        kinds(Kind::Race),
+        created(Kind::Race)
+    );
     println!(
         "publish attempts: {} (re-published after healing: {})",
         cli::listed(ledger.attempt_counts(), " "),
@@ -1813,6 +2005,7 @@ fn start(plan: Plan, setup: Setup, exe: PathBuf, stop: &CancellationToken) -> (R
         inflight: JoinSet::new(),
         permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         stop: stop.clone(),
+        corrections: Vec::new(),
     };
     tasks.spawn(publisher.run(rx));
     let run = Run {
