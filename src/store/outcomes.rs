@@ -296,8 +296,9 @@ pub async fn replace_outcomes(
     // Key order, as `claim_keys`.
     sorted.sort_by(|a, b| (a.network_id, &a.message_key).cmp(&(b.network_id, &b.message_key)));
     // An unpublished outbox row may still read the superseded failure's event from the
-    // outcome row (the failure's own event, not yet published): it gets a copy first, as
-    // `forget_failed_outcomes` does.
+    // outcome row (the failure's own event, not yet published, or published and put back by a
+    // relay killed before its commit): it gets a copy first, as `forget_failed_outcomes` does,
+    // or it could never be published. `a_resend_that_fails_again…` in tests/resend.rs holds it.
     sqlx::query(
         "UPDATE outbox b
             SET body = o.event, outcome_network_id = NULL, outcome_key = NULL
@@ -313,20 +314,6 @@ pub async fn replace_outcomes(
     .execute(&mut *tx)
     .await?;
     let c = OutcomeColumns::of(sorted.iter().copied());
-    // An outbox row may still name the superseded failure by its outcome row (a relay killed
-    // after publishing it puts it back): it gets the failure's body before the row changes,
-    // or it could never be published.
-    sqlx::query(
-        "UPDATE outbox b SET body = o.event, outcome_network_id = NULL, outcome_key = NULL
-           FROM intake_outcomes o, unnest($1::bigint[], $2::text[], $3::uuid[]) AS u(n, k, prev)
-          WHERE o.network_id = u.n AND o.message_key = u.k AND o.event_id = u.prev
-            AND b.outcome_network_id = u.n AND b.outcome_key = u.k AND b.event_id = u.prev",
-    )
-    .bind(&c.networks)
-    .bind(&c.keys)
-    .bind(column(&sorted, |r| r.replaces))
-    .execute(&mut *tx)
-    .await?;
     let query = sqlx::query(
         "UPDATE intake_outcomes o
             SET outcome = CASE WHEN u.case_id IS NULL THEN 'failed' ELSE 'created' END,
