@@ -6,6 +6,7 @@
 
 use case_intake::intake::error::{ErrorCode, IntakeError};
 use case_intake::intake::window::Outcome;
+use case_intake::store::crypto::Vault;
 use case_intake_harness::support::{TestEnv, seed_body, token_header};
 use case_intake_harness::testkit::{broker_and_worker, created, failed, to_bytes, with};
 use serde_json::{Value, json};
@@ -145,6 +146,22 @@ async fn a_resend_that_fails_again_supersedes_the_failure_without_announcing_it(
         vec![
             (1, Some("resent".into()), ids(&second)),
             (2, Some("resent".into()), ids(&third)),
+        ]
+    );
+    // `failed show` tells the history: how each attempt ended and what superseded it.
+    let vault = Vault::from_settings(&env.settings.crypto).unwrap();
+    let shown = case_intake::admin::failed::show(&env.pool, &vault, "r2", None)
+        .await
+        .unwrap();
+    let history: Vec<_> = shown
+        .iter()
+        .map(|s| (s.intake.resolution.as_deref(), s.intake.resolved_event_id))
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            (Some("resent"), Some(second[0].event_id())),
+            (Some("resent"), Some(third[0].event_id())),
         ]
     );
     // Attempt 2 failed: its own case.failed event tells; only the case is announced.

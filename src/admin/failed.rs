@@ -164,6 +164,10 @@ pub(super) fn for_display(mut intake: FailedIntake) -> FailedIntake {
     intake.correlation_id = intake.correlation_id.map(escape);
     intake.error_code = escape(intake.error_code);
     redact::redact_json(&mut intake.error);
+    // Operator text (a dismissal's reason may quote a record): shown like caller text.
+    let display = |s: String| redact::display_text(&s);
+    intake.resolved_by = intake.resolved_by.map(display);
+    intake.resolution_reason = intake.resolution_reason.map(display);
     intake
 }
 
@@ -407,6 +411,10 @@ mod tests {
             event_id: uuid::Uuid::nil(),
             created_at: chrono::Utc::now(),
             resolved_at: None,
+            resolution: None,
+            resolved_by: None,
+            resolution_reason: None,
+            resolved_event_id: None,
         };
         let shown = for_display(row);
         assert_eq!(shown.message_key.as_deref(), Some(r"k\u{1b}]0;t\u{7}"));

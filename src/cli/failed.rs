@@ -174,17 +174,18 @@ async fn list(filter: &failed::Filter, after: i64, json: bool, settings: &Settin
 /// show` has all of it).
 fn print_rows(rows: &[failed::FailedIntake]) {
     println!(
-        "{:>8}  {:<23}  {:>7}  {:<22}  {:>8}  {:<30}  message",
-        "id", "failed at", "network", "code", "attempts", "key"
+        "{:>8}  {:<23}  {:>7}  {:<22}  {:>8}  {:<9}  {:<30}  message",
+        "id", "failed at", "network", "code", "attempts", "state", "key"
     );
     for r in rows {
         println!(
-            "{:>8}  {:<23}  {:>7}  {:<22}  {:>8}  {:<30}  {}",
+            "{:>8}  {:<23}  {:>7}  {:<22}  {:>8}  {:<9}  {:<30}  {}",
             r.id,
             r.created_at.format("%Y-%m-%d %H:%M:%S%.3f"),
             r.network_id.map_or("-".into(), |n| n.to_string()),
             r.error_code,
             r.attempts,
+            r.resolution.as_deref().unwrap_or("open"),
             r.message_key.as_deref().unwrap_or("-"),
             cut(r.error["message"].as_str().unwrap_or(""), 80),
         );

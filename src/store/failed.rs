@@ -158,6 +158,14 @@ pub struct FailedIntake {
     pub event_id: Uuid,
     pub created_at: DateTime<Utc>,
     pub resolved_at: Option<DateTime<Utc>>,
+    /// How it was resolved (`replayed`, `resent`, `edited`, `dismissed`); none while open.
+    pub resolution: Option<String>,
+    /// The operator who resolved it (none when its sender resent the key).
+    pub resolved_by: Option<String>,
+    /// A dismissal's reason.
+    pub resolution_reason: Option<String>,
+    /// The outcome event of the attempt that resolved it.
+    pub resolved_event_id: Option<Uuid>,
 }
 
 /// A failed intake with what a replay or `failed show` needs besides: its payload, still
@@ -192,7 +200,8 @@ const WHERE: &str = "WHERE ($1::text IS NULL OR message_key = $1)
 
 /// Columns by the names of [`StoredFailure`]'s fields.
 const COLUMNS: &str = "SELECT id, network_id, message_key, correlation_id, error_code, error,
-                              attempts, event_id, created_at, resolved_at, payload_sealed,
+                              attempts, event_id, created_at, resolved_at, resolution,
+                              resolved_by, resolution_reason, resolved_event_id, payload_sealed,
                               token_hash, payload_key_id, payload_truncated, payload_bytes,
                               payload_sha256
                          FROM failed_intakes";
