@@ -69,12 +69,16 @@ pub async fn edit_selected(
     };
     let who = operator.clone().unwrap_or_default();
     let mut skipped_ids = Vec::new();
+    let dry_run = req.options.dry_run;
     let batch_of = |rows: Vec<Stored>, report: &mut ReplayReport| {
         let mut batch = Batch::default();
         for row in rows {
             match edit::corrected(&row, &changes, &ctx, who.clone()) {
                 Ok((envelope, audit)) => {
-                    batch.audits.insert(row.intake.id, audit);
+                    // A dry run writes no audit (as a single edit's): it may have no operator.
+                    if !dry_run {
+                        batch.audits.insert(row.intake.id, audit);
+                    }
                     batch.envelopes.push(envelope);
                 }
                 Err(_) => {
