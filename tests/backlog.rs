@@ -12,9 +12,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use case_intake_harness::support::TestEnv;
-use case_intake_harness::testkit::{
-    broker_and_worker, failed_count, publish_as, seed_of, to_bytes, with,
-};
+use case_intake_harness::testkit::{broker_and_worker, failed_count, publish_as, seed_of, with};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
