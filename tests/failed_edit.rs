@@ -1,7 +1,8 @@
 //! `case-intake failed edit` as an operator runs it: the binary against a private database,
 //! a dry run that writes nothing, a real edit that runs as the key's next attempt (resolved
 //! `edited`, audited in the same transaction, announced through the relay), an edit that fails
-//! again, `--unset`, `--body`, and the refusals.
+//! again, `--unset`, `--body`, the refusals, and the edit of a selection (a row per attempt and
+//! audit, rows it cannot apply to skipped and listed).
 
 use std::io::Write;
 use std::process::{Output, Stdio};
@@ -451,5 +452,86 @@ async fn a_truncated_payload_is_edited_with_a_body_only() {
     ];
     let r = report(&run_with(&env, &args, &[], &good).await);
     assert_eq!(r["outcome"], "created");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_selection_is_edited_row_by_row_and_rows_it_cannot_apply_to_are_skipped() {
+    let env = TestEnv::new().await;
+    failure(&env, "many-0", &[]).await;
+    failure(&env, "many-1", &[]).await;
+    let mut big = env.envelope("many-big", Some(&env.a.token), &seed_of(&env.a));
+    big.oversize = Some(case_intake::intake::envelope::Oversize {
+        bytes: 10_000_000,
+        sha256: [7; 32],
+    });
+    env.process(&[big]).await;
+    let big_id: i64 =
+        sqlx::query_scalar("SELECT id FROM failed_intakes WHERE message_key = 'many-big'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+
+    // Refused: --body without a KEY, a KEY with a selection, no selection at all.
+    let a = env.a.network_id.to_string();
+    for (args, code) in [
+        (vec!["--network", &a, "--body", "-"], 2),
+        (
+            vec!["many-0", "--code", "payload_too_large", "--set", "a=b"],
+            2,
+        ),
+        (vec!["--set", "a=b", "--dry-run"], 1),
+    ] {
+        let out = run(&env, &[&["failed", "edit"][..], &args].concat()).await;
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out));
+    }
+
+    let county = format!("street_county:={}", env.a.county_ids[0]);
+    let args = ["failed", "edit", "--network", &a, "--set", &county];
+    // As text: the totals and the skipped id.
+    let out = run(&env, &[&args[..], &["--dry-run"]].concat()).await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("dry run, nothing written: would edit 3: created 2, failed again 0"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("failed intake(s) {big_id}")),
+        "{shown}"
+    );
+
+    let r = report(
+        &run(
+            &env,
+            &[&args[..], &["--operator", "erin", "--json"]].concat(),
+        )
+        .await,
+    );
+    assert_eq!(
+        (
+            r["selected"].as_i64(),
+            r["created"].as_i64(),
+            r["skipped"].as_i64()
+        ),
+        (Some(3), Some(2), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["skipped_ids"], json!([big_id]));
+    assert_eq!(r["operator"], "erin");
+    for key in ["many-0", "many-1"] {
+        let (how, by, event) = resolution_of(&env, key, 1).await;
+        assert_eq!(
+            (how.as_deref(), by.as_deref()),
+            (Some("edited"), Some("erin"))
+        );
+        let audit = audit_rows(&env, key).await;
+        assert_eq!(audit.len(), 1, "one audit row per edited failure");
+        assert_eq!(audit[0]["event_id"], event.unwrap().to_string());
+        assert_eq!(audit[0]["fields_set"], json!(["street_county"]));
+    }
+    // The skipped failure is still open, unaudited.
+    assert_eq!(resolution_of(&env, "many-big", 1).await, (None, None, None));
+    assert!(audit_rows(&env, "many-big").await.is_empty());
     env.cleanup().await;
 }

@@ -193,7 +193,7 @@ fn shown_key(key: &str) -> String {
 }
 
 /// The corrected envelope of `row`'s next attempt, and the audit of the change.
-fn corrected(
+pub(super) fn corrected(
     row: &Stored,
     changes: &Changes,
     ctx: &WindowContext,
@@ -219,7 +219,12 @@ fn corrected(
 }
 
 /// The audit of a change; names redacted, as everywhere they are stored or shown.
-fn audit_of(operator: String, set: &[String], unset: &[String], body: bool) -> EditAudit {
+pub(super) fn audit_of(
+    operator: String,
+    set: &[String],
+    unset: &[String],
+    body: bool,
+) -> EditAudit {
     let shown = |v: &[String]| v.iter().map(|n| redact::display_text(n)).collect();
     EditAudit {
         operator,
@@ -255,7 +260,7 @@ pub async fn edit(
     }
     let ctx = WindowContext {
         operator,
-        edit_audit: Some(audit),
+        edit_audits: [(row.intake.id, audit)].into(),
         ..ctx.clone()
     };
     let outcomes = failed::process_retrying(pool, &ctx, &envelopes, false).await?;

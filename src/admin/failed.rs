@@ -6,7 +6,7 @@
 //! so printing a hostile intake can neither leak an SSN nor drive the operator's terminal.
 //! Replay reads the stored values, never these. The statements are in `store::failed`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -22,6 +22,7 @@ use crate::intake::window::{self, Outcome, WindowContext};
 use crate::store;
 use crate::store::auth::TokenHash;
 use crate::store::crypto::{CryptoError, Purpose, Vault};
+use crate::store::edits::EditAudit;
 use crate::store::failed::StoredFailure;
 
 pub use crate::store::failed::{FailedIntake, Filter};
@@ -265,6 +266,33 @@ pub async fn replay_with(
     ctx: &WindowContext,
     f: &Filter,
     options: BulkOptions,
+    progress: impl FnMut(&ReplayReport),
+) -> Result<ReplayReport, sqlx::Error> {
+    let batch_of = |rows: Vec<Stored>, report: &mut ReplayReport| Batch {
+        envelopes: envelopes_of(rows, ctx, report),
+        audits: HashMap::new(),
+    };
+    retry_batches(pool, ctx, f, options, batch_of, progress).await
+}
+
+/// One batch of retries: the envelopes to run, and the audit of each that is an operator's
+/// edit, by the failed intake it corrects.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub(super) envelopes: Vec<Envelope>,
+    pub(super) audits: HashMap<i64, EditAudit>,
+}
+
+/// The loop of every bulk retry (replay, bulk edit): the open failed intakes matching `f` that
+/// failed before it started, in batches paced to `options.rate`, each turned into a [`Batch`]
+/// by `batch_of` (which counts what it skips) and run as one window (previewed and rolled back
+/// on a dry run); `progress` after each batch.
+pub(super) async fn retry_batches(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    f: &Filter,
+    options: BulkOptions,
+    mut batch_of: impl FnMut(Vec<Stored>, &mut ReplayReport) -> Batch,
     mut progress: impl FnMut(&ReplayReport),
 ) -> Result<ReplayReport, sqlx::Error> {
     let pacing = options.pacing();
@@ -278,7 +306,7 @@ pub async fn replay_with(
         limit: pacing.batch() as i64,
         ..f.clone()
     };
-    // Only what failed before the replay started: a replay that fails again records a new
+    // Only what failed before the run started: a retry that fails again records a new
     // failed intake, which this run must not pick up again.
     let upto = store::failed::newest_failed_id(pool).await?;
     loop {
@@ -288,21 +316,39 @@ pub async fn replay_with(
         after = last.intake.id;
         let n = rows.len();
         report.selected += n;
-        let envelopes = envelopes_of(rows, ctx, &mut report);
-        for outcome in process_retrying(pool, ctx, &envelopes, options.dry_run).await? {
-            match outcome {
-                Outcome::Created { .. } => report.created += 1,
-                Outcome::Failed { code, .. } => {
-                    report.failed += 1;
-                    *report.failed_by_code.entry(code.as_str()).or_default() += 1;
-                }
-                Outcome::Duplicate { .. } => report.duplicate += 1,
-            }
+        let batch = batch_of(rows, &mut report);
+        let edited;
+        let window_ctx = if batch.audits.is_empty() {
+            ctx
+        } else {
+            edited = WindowContext {
+                edit_audits: batch.audits,
+                ..ctx.clone()
+            };
+            &edited
+        };
+        let outcomes = process_retrying(pool, window_ctx, &batch.envelopes, options.dry_run);
+        for outcome in outcomes.await? {
+            report.count(&outcome);
         }
         progress(&report);
         tokio::time::sleep(pacing.pause(n, started.elapsed())).await;
     }
     Ok(report)
+}
+
+impl ReplayReport {
+    /// Counts one retry's outcome.
+    fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Created { .. } => self.created += 1,
+            Outcome::Failed { code, .. } => {
+                self.failed += 1;
+                *self.failed_by_code.entry(code.as_str()).or_default() += 1;
+            }
+            Outcome::Duplicate { .. } => self.duplicate += 1,
+        }
+    }
 }
 
 /// The envelopes replaying `rows` under their keys; rows that cannot be replayed (no key, a

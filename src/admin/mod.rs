@@ -6,6 +6,7 @@
 //! (`app`) does not depend on them except for the retention janitor and the status endpoint
 //! (which answers with `status`'s form).
 
+pub mod bulk_edit;
 pub mod dismiss;
 pub mod edit;
 pub mod failed;

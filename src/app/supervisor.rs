@@ -88,7 +88,7 @@ pub fn window_context(settings: &Settings) -> WindowContext {
         ),
         handoff: None,
         operator: None,
-        edit_audit: None,
+        edit_audits: Default::default(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `case-intake failed edit`: parses the changes (`field=value`, `field:=JSON`, `--unset`,
-//! `--body FILE|-`), finds the operator, calls `admin::edit` and renders its report.
+//! `--body FILE|-`), finds the operator, calls `admin::edit` for one KEY or
+//! `admin::bulk_edit` for a selection, and renders the report.
 //!
 //! Values are parsed here rather than by clap: clap quotes a rejected value in its error,
 //! and a value may be an SSN. Errors name the field only.
@@ -8,25 +9,30 @@ use std::io::Read;
 
 use serde_json::Value;
 
+use crate::admin::bulk_edit::{self, BulkEdit};
 use crate::admin::edit::{self, Changes, EditReport, EditRequest};
+use crate::admin::{dismiss, failed};
 use crate::app::supervisor;
 use crate::infra::db;
 use crate::infra::redact;
 use crate::infra::settings::Settings;
 
 use super::CliResult;
+use super::failed::{BulkArgs, Selection, progress_bar, retry_progress, retry_summary};
 
-/// Correct a key's open failed intake and run it again as the key's next attempt (resolved
-/// `edited`, audited in `failed_intake_edits`). Try it with --dry-run first.
+/// Correct a key's open failed intake, or every selected one, and run it again as its key's
+/// next attempt (resolved `edited`, audited in `failed_intake_edits`). Try it with --dry-run
+/// first.
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
 pub struct EditArgs {
-    /// The message key of the failed intake.
-    key: String,
-    /// The network whose open failure of KEY to edit (required when KEY has open failures in
-    /// several networks).
-    #[arg(long)]
-    network: Option<i64>,
+    /// The message key of the one failed intake to edit; without it, the selection options
+    /// (`--group`, `--code`, `--key`, `--since/--until`, `--network` or `--all`) choose the open
+    /// failed intakes to edit alike.
+    #[arg(value_name = "KEY", conflicts_with_all = ["key", "code", "group", "since", "until", "all", "yes", "rate"])]
+    target: Option<String>,
+    #[command(flatten)]
+    select: Selection,
     /// `field=value` sets a JSON string; `field:=JSON` sets any JSON value (`street_county:=12`,
     /// `household:=null`). Repeatable.
     #[arg(long = "set", value_name = "FIELD=VALUE|FIELD:=JSON", group = "change")]
@@ -34,59 +40,107 @@ pub struct EditArgs {
     /// Remove a field from the stored body. Repeatable.
     #[arg(long = "unset", value_name = "FIELD", group = "change")]
     unset: Vec<String>,
-    /// Replace the whole body with this file (`-`: stdin); not with --set/--unset. The only
-    /// way to edit a failure whose payload was truncated (oversize).
-    #[arg(long, value_name = "FILE|-", group = "change", conflicts_with_all = ["set", "unset"])]
+    /// Replace the whole body with this file (`-`: stdin); with a KEY only, not with
+    /// --set/--unset. The only way to edit a failure whose payload was truncated (oversize).
+    #[arg(long, value_name = "FILE|-", group = "change", requires = "target", conflicts_with_all = ["set", "unset"])]
     body: Option<String>,
-    /// Show what the corrected intake would come to, writing nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Who edits (audited, recorded as resolved_by); default: $CASE_INTAKE_OPERATOR, then $USER
-    /// or $LOGNAME. Required unless --dry-run.
-    #[arg(long, env = "CASE_INTAKE_OPERATOR")]
-    operator: Option<String>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    bulk: BulkArgs,
 }
 
-/// `failed edit`.
+/// `failed edit`: one KEY, or the selection.
 pub async fn edit(args: EditArgs, settings: &Settings) -> CliResult {
+    let set: Vec<(String, Value)> = args
+        .set
+        .iter()
+        .map(|s| parse_set(s))
+        .collect::<Result<_, _>>()?;
     let changes = match &args.body {
         Some(source) => Changes::Body(read_body(source, settings.intake.max_body_bytes)?),
         None => Changes::Fields {
-            set: args
-                .set
-                .iter()
-                .map(|s| parse_set(s))
-                .collect::<Result<_, _>>()?,
+            set,
             unset: args.unset.clone(),
         },
     };
     edit::check_changes(&changes)?;
-    let operator = args
-        .operator
-        .clone()
-        .or_else(|| std::env::var("USER").ok())
-        .or_else(|| std::env::var("LOGNAME").ok())
-        .filter(|o| !o.trim().is_empty());
-    let req = EditRequest {
-        key: args.key.clone(),
-        network: args.network,
-        changes,
-        dry_run: args.dry_run,
-        operator,
-    };
-    if !req.dry_run && req.operator.is_none() {
+    let operator = dismiss::operator_from(args.bulk.operator.as_deref(), |v| std::env::var(v).ok());
+    if !args.bulk.dry_run && operator.is_none() {
         return Err(edit::EditError::NoOperator.into());
     }
+    let Some(key) = args.target.clone() else {
+        return edit_selected(&args, changes, operator, settings).await;
+    };
+    let req = EditRequest {
+        key,
+        network: args.select.network(),
+        changes,
+        dry_run: args.bulk.dry_run,
+        operator,
+    };
     let pool = db::open_current(&settings.database).await?;
     let ctx = supervisor::window_context(settings);
     let report = edit::edit(&pool, &ctx, req).await?;
-    if args.json {
+    if args.bulk.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
+    }
+    Ok(())
+}
+
+/// `failed edit` without a KEY: the same field changes on every selected open failed intake,
+/// in batches, after a confirmation above ten.
+async fn edit_selected(
+    args: &EditArgs,
+    changes: Changes,
+    operator: Option<String>,
+    settings: &Settings,
+) -> CliResult {
+    let (bulk, select) = (&args.bulk, &args.select);
+    let Changes::Fields { set, unset } = changes else {
+        return Err("--body edits one failed intake: give its KEY".into());
+    };
+    if select.is_empty() && !bulk.all {
+        return Err(
+            "choose what to edit: a KEY, or --key, --code, --group, --since/--until, \
+                    --network or --all"
+                .into(),
+        );
+    }
+    let pool = db::open_current(&settings.database).await?;
+    let filter = select.filter(false, 0);
+    let total = failed::replay_count(&pool, &filter).await?;
+    eprintln!("{total} open failed intake(s) selected");
+    let req = BulkEdit {
+        set,
+        unset,
+        operator,
+        options: bulk.options(settings),
+    };
+    if total > 0 {
+        bulk.confirmed("edit", total)?;
+        bulk.announce(settings, total);
+    }
+    let ctx = supervisor::window_context(settings);
+    let bar = progress_bar(total);
+    let progress = retry_progress(&bar, total, "edited");
+    let report = bulk_edit::edit_selected(&pool, &ctx, &filter, req, progress).await?;
+    bar.finish_and_clear();
+    if bulk.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{}",
+        retry_summary(&report.totals, ["would edit", "edited"])
+    );
+    if !report.skipped_ids.is_empty() {
+        let ids: Vec<String> = report.skipped_ids.iter().map(i64::to_string).collect();
+        println!(
+            "skipped (the changes cannot apply to the stored payload; edit each with a KEY and \
+             --body): failed intake(s) {}",
+            ids.join(", ")
+        );
     }
     Ok(())
 }

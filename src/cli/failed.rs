@@ -110,6 +110,11 @@ impl Selection {
         }
     }
 
+    /// The network chosen with `--network`.
+    pub(super) fn network(&self) -> Option<i64> {
+        self.network
+    }
+
     pub fn is_empty(&self) -> bool {
         self.key.is_none()
             && self.code.is_none()
@@ -313,18 +318,28 @@ pub async fn replay(select: &Selection, bulk: &BulkArgs, settings: &Settings) ->
     };
     let bar = progress_bar(total);
     let options = bulk.options(settings);
-    let report = failed::replay_with(&pool, &ctx, &filter, options, |r| {
+    let progress = retry_progress(&bar, total, "replayed");
+    let report = failed::replay_with(&pool, &ctx, &filter, options, progress).await?;
+    bar.finish_and_clear();
+    print_replay(&report, bulk.json)
+}
+
+/// The progress of a bulk retry (replay, bulk edit): the bar, or without a terminal a line
+/// per batch.
+pub(super) fn retry_progress<'a>(
+    bar: &'a indicatif::ProgressBar,
+    total: i64,
+    verb: &'a str,
+) -> impl FnMut(&failed::ReplayReport) + 'a {
+    move |r| {
         if bar.is_hidden() {
             eprintln!(
-                "replayed {} of {total} (created {}, failed again {}, already done {}, skipped {})",
+                "{verb} {} of {total} (created {}, failed again {}, already done {}, skipped {})",
                 r.selected, r.created, r.failed, r.duplicate, r.skipped
             );
         }
         bar.set_position(r.selected as u64);
-    })
-    .await?;
-    bar.finish_and_clear();
-    print_replay(&report, bulk.json)
+    }
 }
 
 fn print_replay(report: &failed::ReplayReport, json: bool) -> CliResult {
@@ -332,6 +347,12 @@ fn print_replay(report: &failed::ReplayReport, json: bool) -> CliResult {
         println!("{}", serde_json::to_string(report)?);
         return Ok(());
     }
+    println!("{}", retry_summary(report, ["would replay", "replayed"]));
+    Ok(())
+}
+
+/// A bulk retry's totals in one line; `verbs`: for a dry run, and for a real run.
+pub(super) fn retry_summary(report: &failed::ReplayReport, verbs: [&str; 2]) -> String {
     let by_code: Vec<String> = report
         .failed_by_code
         .iter()
@@ -342,14 +363,13 @@ fn print_replay(report: &failed::ReplayReport, json: bool) -> CliResult {
         false => format!(" ({})", by_code.join(", ")),
     };
     let (prefix, verb) = match report.dry_run {
-        true => ("dry run, nothing written: ", "would replay"),
-        false => ("", "replayed"),
+        true => ("dry run, nothing written: ", verbs[0]),
+        false => ("", verbs[1]),
     };
-    println!(
-        "{prefix}{verb} {}: created {}, failed again {}{by_code}, already done {}, skipped (no key) {}",
+    format!(
+        "{prefix}{verb} {}: created {}, failed again {}{by_code}, already done {}, skipped {}",
         report.selected, report.created, report.failed, report.duplicate, report.skipped
-    );
-    Ok(())
+    )
 }
 
 /// A progress bar on stderr with the total; hidden (drawing nothing) when stderr is not a

@@ -45,11 +45,12 @@ pub struct WindowContext {
     /// The operator on whose behalf a command-line replay or edit runs (recorded as
     /// `resolved_by`); `None` in the worker.
     pub operator: Option<String>,
-    /// Set by `case-intake failed edit`: the audit of the operator's edit, written in the
-    /// window's transaction for the intake whose replay is [`Resolution::Edited`] once its
-    /// outcome is known, so an edit is never applied without its audit row nor audited
-    /// without being applied. `None` elsewhere (and for a dry run, which writes nothing).
-    pub edit_audit: Option<store::edits::EditAudit>,
+    /// Set by `case-intake failed edit`: the audit of each operator's edit, by the id of the
+    /// failed intake it corrects, written in the window's transaction for the intake whose
+    /// replay is [`Resolution::Edited`] and retries that failed intake, once its outcome is
+    /// known: an edit is never applied without its audit row nor audited without being
+    /// applied. Keyed, as a bulk edit runs many edited intakes in one window. Empty elsewhere.
+    pub edit_audits: std::collections::HashMap<i64, store::edits::EditAudit>,
 }
 
 /// What became of one intake; the consumer logs it, tests assert on it.
@@ -647,7 +648,7 @@ impl Phase<'_, '_> {
     ) {
         let (Resolution::Edited, Some(audit), Some(key)) = (
             retry.how,
-            &self.ctx.edit_audit,
+            self.ctx.edit_audits.get(&failed_intake_id),
             self.prepared[i].env.message_key.as_deref(),
         ) else {
             return;
