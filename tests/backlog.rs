@@ -8,12 +8,13 @@
 //! (dismissed). Every operator step runs the binary; dry runs first, writing nothing.
 
 use std::collections::BTreeSet;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use case_intake_harness::support::TestEnv;
-use case_intake_harness::testkit::{broker_and_worker, failed_count, publish_as, seed_of, with};
-use secrecy::ExposeSecret;
+use case_intake_harness::testkit::{
+    broker_and_worker, failed_count, publish_as, run_cli, seed_of, with,
+};
 use serde_json::{Value, json};
 
 /// A county id that exists in no network.
@@ -27,19 +28,7 @@ const OPERATOR: &str = "ops-ana";
 /// The binary run against `env`'s database, stdin not a terminal, no operator in the
 /// environment (each step names one).
 async fn cli(env: &TestEnv, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_case-intake"));
-    let url = env.settings.database.url.expose_secret().to_owned();
-    cmd.args(args)
-        .env("CASE_INTAKE__DATABASE__URL", url)
-        .env("CASE_INTAKE__LOG__FORMAT", "text")
-        .env_remove("CASE_INTAKE_CONFIG")
-        .env_remove("CASE_INTAKE_OPERATOR")
-        .env_remove("USER")
-        .env_remove("LOGNAME")
-        .stdin(Stdio::null());
-    tokio::task::spawn_blocking(move || cmd.output().expect("the binary runs"))
-        .await
-        .expect("the command's task finishes")
+    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, &[], b"").await
 }
 
 /// The JSON a successful step printed.

@@ -5,23 +5,12 @@
 use std::process::Output;
 
 use case_intake_harness::support::TestEnv;
-use secrecy::ExposeSecret;
+use case_intake_harness::testkit::run_cli;
 use serde_json::{Value, json};
 
 /// Runs the binary against `env`'s database, stdin not a terminal.
 async fn run(env: &TestEnv, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_case-intake"));
-    cmd.args(args)
-        .env(
-            "CASE_INTAKE__DATABASE__URL",
-            env.settings.database.url.expose_secret(),
-        )
-        .env("CASE_INTAKE__LOG__FORMAT", "text")
-        .env_remove("CASE_INTAKE_CONFIG")
-        .stdin(std::process::Stdio::null());
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, &[], b"").await
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -4,15 +4,13 @@
 //! again, `--unset`, `--body`, the refusals, and the edit of a selection (a row per attempt and
 //! audit, rows it cannot apply to skipped and listed).
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use case_intake::intake::error::ErrorCode;
 use case_intake_harness::support::TestEnv;
 use case_intake_harness::testkit::{
-    broker_and_worker, failed as failed_code, process_as, seed_of, to_bytes, with,
+    broker_and_worker, failed as failed_code, process_as, run_cli, seed_of, to_bytes, with,
 };
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 /// A county id that exists in no network.
@@ -21,32 +19,7 @@ const NO_COUNTY: i64 = 424_242;
 /// Runs the binary against `env`'s database with no operator in its environment (unless
 /// `vars` gives one), `stdin` as its input.
 async fn run_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)], stdin: &[u8]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_case-intake"));
-    cmd.args(args)
-        .env(
-            "CASE_INTAKE__DATABASE__URL",
-            env.settings.database.url.expose_secret(),
-        )
-        .env("CASE_INTAKE__LOG__FORMAT", "text")
-        .env_remove("CASE_INTAKE_CONFIG")
-        .env_remove("CASE_INTAKE_OPERATOR")
-        .env_remove("USER")
-        .env_remove("LOGNAME")
-        .envs(vars.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let stdin = stdin.to_vec();
-    tokio::task::spawn_blocking(move || {
-        let mut child = cmd.spawn().unwrap();
-        let mut input = child.stdin.take().unwrap();
-        // A command that does not read stdin may exit first: a broken pipe is no failure.
-        let _ = input.write_all(&stdin);
-        drop(input);
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap()
+    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, vars, stdin).await
 }
 
 async fn run(env: &TestEnv, args: &[&str]) -> Output {

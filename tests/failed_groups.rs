@@ -13,29 +13,13 @@ use case_intake::admin::pacing::BulkOptions;
 use case_intake::app::supervisor;
 use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{Broker, RunningWorker, TestEnv};
-use case_intake_harness::testkit::{process_as, seed_of, with};
-use secrecy::ExposeSecret;
+use case_intake_harness::testkit::{process_as, run_cli, seed_of, with};
 use serde_json::{Value, json};
 
 /// Runs the binary against `env`'s database with `vars` set, stdin not a terminal and no
 /// operator in the environment unless `vars` names one.
 async fn run_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_case-intake"));
-    cmd.args(args)
-        .env(
-            "CASE_INTAKE__DATABASE__URL",
-            env.settings.database.url.expose_secret(),
-        )
-        .env("CASE_INTAKE__LOG__FORMAT", "text")
-        .env_remove("CASE_INTAKE_CONFIG")
-        .env_remove("CASE_INTAKE_OPERATOR")
-        .env_remove("USER")
-        .env_remove("LOGNAME")
-        .envs(vars.iter().copied())
-        .stdin(std::process::Stdio::null());
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, vars, b"").await
 }
 
 async fn run(env: &TestEnv, args: &[&str]) -> Output {

@@ -13,10 +13,10 @@ use case_intake::intake::event::Resolution;
 use case_intake::store::{self, ResolvedRow};
 use case_intake_harness::support::TestEnv;
 use case_intake_harness::testkit::{
-    broker_and_worker, created, failed as failed_code, process_as, publish_as, seed_of, to_bytes,
+    broker_and_worker, created, failed as failed_code, process_as, publish_as, run_cli, seed_of,
+    to_bytes,
 };
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -245,20 +245,9 @@ async fn run(env: &TestEnv, args: &[&str]) -> Output {
     run_logging(env, args, "text").await
 }
 
-/// [`run`] with log lines in `format` (`json` lines are read back by tests).
 async fn run_logging(env: &TestEnv, args: &[&str], format: &str) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_case-intake"));
-    cmd.args(args)
-        .env(
-            "CASE_INTAKE__DATABASE__URL",
-            env.settings.database.url.expose_secret(),
-        )
-        .env("CASE_INTAKE__LOG__FORMAT", format)
-        .env_remove("CASE_INTAKE_CONFIG")
-        .stdin(std::process::Stdio::null());
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    let vars = [("CASE_INTAKE__LOG__FORMAT", format)];
+    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, &vars, b"").await
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -11,6 +11,7 @@ use case_intake::intake::window::Outcome;
 use lapin::Channel;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use crate::support::{Broker, RunningWorker, TestEnv, seed_body, token_header};
@@ -181,4 +182,45 @@ pub fn foreign_and_missing(
         envelope_from(env, keys[0], caller, &foreign),
         envelope_from(env, keys[1], caller, &missing),
     ]
+}
+
+/// Runs the command-line binary `bin` (a test's `env!("CARGO_BIN_EXE_case-intake")`) against
+/// `env`'s database with text logs and no configuration file, no operator in its environment
+/// unless `vars` names one (`vars` may also override the log format), and `stdin` as its input:
+/// never a terminal, so a command that would ask refuses instead.
+pub async fn run_cli(
+    bin: &str,
+    env: &TestEnv,
+    args: &[&str],
+    vars: &[(&str, &str)],
+    stdin: &[u8],
+) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args)
+        .env(
+            "CASE_INTAKE__DATABASE__URL",
+            env.settings.database.url.expose_secret(),
+        )
+        .env("CASE_INTAKE__LOG__FORMAT", "text")
+        .env_remove("CASE_INTAKE_CONFIG")
+        .env_remove("CASE_INTAKE_OPERATOR")
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .envs(vars.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let stdin = stdin.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("the binary runs");
+        let mut input = child.stdin.take().expect("stdin is piped");
+        // A command that does not read stdin may exit first: a broken pipe is no failure.
+        let _ = input.write_all(&stdin);
+        drop(input);
+        child.wait_with_output().expect("the binary finishes")
+    })
+    .await
+    .expect("the command's task finishes")
 }

@@ -121,26 +121,27 @@ pub async fn stored_outcomes(
         Option<i32>,
     );
     // The failed intake is looked up by its event (indexed); only failed outcomes have one.
+    macro_rules! select_outcomes {
+        ($tail:literal) => {
+            concat!(
+                "SELECT o.network_id, o.message_key, o.payload_hash, o.event_id, o.event,
+                        o.routing_key, o.error_code, f.id, f.attempts
+                   FROM intake_outcomes o
+                   JOIN unnest($1::bigint[], $2::text[]) AS u(n, k)
+                     ON o.network_id = u.n AND o.message_key = u.k
+                   LEFT JOIN LATERAL (SELECT id, attempts FROM failed_intakes
+                                       WHERE event_id = o.event_id AND o.outcome = 'failed'
+                                       ORDER BY id LIMIT 1) f ON true
+                  WHERE o.outcome IS NOT NULL",
+                $tail
+            )
+        };
+    }
     let sql = if lock {
-        "SELECT o.network_id, o.message_key, o.payload_hash, o.event_id, o.event, o.routing_key,
-                o.error_code, f.id, f.attempts
-           FROM intake_outcomes o
-           JOIN unnest($1::bigint[], $2::text[]) AS u(n, k) ON o.network_id = u.n AND o.message_key = u.k
-           LEFT JOIN LATERAL (SELECT id, attempts FROM failed_intakes
-                               WHERE event_id = o.event_id AND o.outcome = 'failed'
-                               ORDER BY id LIMIT 1) f ON true
-          WHERE o.outcome IS NOT NULL
-          ORDER BY o.network_id, o.message_key
-            FOR UPDATE OF o"
+        // Key order, as `claim_keys`: two windows locking overlapping keys cannot deadlock.
+        select_outcomes!(" ORDER BY o.network_id, o.message_key FOR UPDATE OF o")
     } else {
-        "SELECT o.network_id, o.message_key, o.payload_hash, o.event_id, o.event, o.routing_key,
-                o.error_code, f.id, f.attempts
-           FROM intake_outcomes o
-           JOIN unnest($1::bigint[], $2::text[]) AS u(n, k) ON o.network_id = u.n AND o.message_key = u.k
-           LEFT JOIN LATERAL (SELECT id, attempts FROM failed_intakes
-                               WHERE event_id = o.event_id AND o.outcome = 'failed'
-                               ORDER BY id LIMIT 1) f ON true
-          WHERE o.outcome IS NOT NULL"
+        select_outcomes!("")
     };
     let rows: Vec<Row> = sqlx::query_as(sql)
         .bind(column(keys, |k| k.0))
