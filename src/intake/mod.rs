@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod household;
+pub mod matching;
 pub mod trace;
 pub mod validate;
 pub mod window;
