@@ -60,14 +60,27 @@ impl MatchKeys {
     /// that is not a placeholder; the address rule the last name, that date and a street
     /// address that normalizes to something.
     pub fn of(case: &CaseInput) -> Self {
-        let Some(dob) = case
-            .date_of_birth
-            .filter(|d| !placeholders::is_placeholder_dob(*d))
-        else {
+        Self::from_parts(
+            &case.first_name,
+            &case.last_name,
+            case.date_of_birth,
+            case.street_address.as_deref(),
+        )
+    }
+
+    /// The keys of a person from the stored columns (also used to index cases written before
+    /// matching existed).
+    pub fn from_parts(
+        first_name: &str,
+        last_name: &str,
+        date_of_birth: Option<NaiveDate>,
+        street_address: Option<&str>,
+    ) -> Self {
+        let Some(dob) = date_of_birth.filter(|d| !placeholders::is_placeholder_dob(*d)) else {
             return Self::default();
         };
-        let first = nicknames::canonical(&normalize::name(&case.first_name));
-        let last = nicknames::canonical(&normalize::name(&case.last_name));
+        let first = nicknames::canonical(&normalize::name(first_name));
+        let last = nicknames::canonical(&normalize::name(last_name));
         let name = (!first.is_empty() && !last.is_empty()).then(|| {
             // Swapped first and last names give the same key: the pair is sorted.
             let (a, b) = if first <= last {
@@ -77,14 +90,16 @@ impl MatchKeys {
             };
             digest("name_dob", &[&dob_text(dob), a, b])
         });
-        let street = case
-            .street_address
-            .as_deref()
+        let street = street_address
             .map(normalize::street_address)
             .unwrap_or_default();
-        let surname = normalize::name(&case.last_name);
-        let address = (!street.is_empty() && !surname.is_empty())
-            .then(|| digest("last_name_dob_address", &[&dob_text(dob), &surname, &street]));
+        let surname = normalize::name(last_name);
+        let address = (!street.is_empty() && !surname.is_empty()).then(|| {
+            digest(
+                "last_name_dob_address",
+                &[&dob_text(dob), &surname, &street],
+            )
+        });
         Self { name, address }
     }
 }

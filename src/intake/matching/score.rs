@@ -13,11 +13,14 @@ pub struct RuleWeights;
 
 impl Scorer for RuleWeights {
     fn score(&self, rules: &[Rule]) -> f64 {
-        let miss: f64 = rules.iter().map(|r| match r {
-            Rule::Ssn => 0.05,
-            Rule::NameDob => 0.15,
-            Rule::LastNameDobAddress => 0.3,
-        }).product();
+        let miss: f64 = rules
+            .iter()
+            .map(|r| match r {
+                Rule::Ssn => 0.05,
+                Rule::NameDob => 0.15,
+                Rule::LastNameDobAddress => 0.3,
+            })
+            .product();
         ((1.0 - miss) * 100.0).round() / 100.0
     }
 }
