@@ -30,6 +30,12 @@ ALTER TABLE intake_outcomes
     ADD CONSTRAINT intake_outcomes_case_iff_success
         CHECK (outcome IS NULL OR (outcome IN ('created', 'matched')) = (case_id IS NOT NULL));
 
+-- An operator's edit whose attempt was linked to an existing case is audited as such.
+ALTER TABLE failed_intake_edits DROP CONSTRAINT IF EXISTS failed_intake_edits_outcome_check;
+ALTER TABLE failed_intake_edits
+    ADD CONSTRAINT failed_intake_edits_outcome_kind
+        CHECK (outcome IN ('created', 'failed', 'duplicate', 'matched'));
+
 -- Pairs flagged at intake: the case an intake created and an existing case it may duplicate,
 -- with the rules that matched and their score. Resolved by an administrator
 -- (`case-intake duplicates dismiss`); `overridden` marks a case its sender created anyway

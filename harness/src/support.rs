@@ -90,6 +90,7 @@ impl TestEnv {
             oversize: None,
             forced_failure: None,
             trace: None,
+            duplicate_override: false,
         }
     }
 

@@ -77,6 +77,19 @@ pub struct Placement {
     pub previous_head_case_id: Option<i64>,
 }
 
+impl Placement {
+    /// A case known by its ids only (a committed create, or an existing case linked to).
+    fn existing(case_id: i64, household_id: i64) -> Self {
+        Self {
+            case_id: Some(case_id),
+            household_id: Some(household_id),
+            household_created: None,
+            head_of_household: None,
+            previous_head_case_id: None,
+        }
+    }
+}
+
 /// What an edit came to, in display form.
 #[derive(Debug, Clone, Serialize)]
 pub struct EditReport {
@@ -300,6 +313,7 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
         Outcome::Created { .. } => "created",
         Outcome::Failed { .. } => "failed",
         Outcome::Duplicate { .. } => "duplicate",
+        Outcome::Matched { .. } => "matched",
     }
 }
 
@@ -320,6 +334,11 @@ fn previewed(report: &mut EditReport, outcome: &Outcome, event: Option<&Value>) 
                 previous_head_case_id: d["previous_head_case_id"].as_i64(),
             });
         }
+        Outcome::Matched {
+            case_id,
+            household_id,
+            ..
+        } => report.case = Some(Placement::existing(*case_id, *household_id)),
         Outcome::Failed { .. } => report.error = data.map(|d| redacted(&d["error"])),
     }
 }
@@ -338,15 +357,12 @@ async fn applied(
             case_id,
             household_id,
             ..
-        } => {
-            report.case = Some(Placement {
-                case_id: Some(*case_id),
-                household_id: Some(*household_id),
-                household_created: None,
-                head_of_household: None,
-                previous_head_case_id: None,
-            });
         }
+        | Outcome::Matched {
+            case_id,
+            household_id,
+            ..
+        } => report.case = Some(Placement::existing(*case_id, *household_id)),
         Outcome::Failed { code, event_id } => {
             let error = failure_error(pool, key, *event_id).await?;
             report.error =

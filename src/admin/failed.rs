@@ -75,6 +75,7 @@ impl Stored {
             forced_failure: None,
             // A retry is an operator's action, not part of the original trace.
             trace: None,
+            duplicate_override: false,
         })
     }
 }
@@ -234,6 +235,8 @@ pub struct ReplayReport {
     pub failed_by_code: BTreeMap<&'static str, usize>,
     /// The key had since got a case (or the same outcome): nothing new was created.
     pub duplicate: usize,
+    /// Linked to an existing case by the network's `link` policy (no case created).
+    pub matched: usize,
     /// Failed intakes without a message key cannot be replayed under it, nor those whose
     /// payload key is no longer configured.
     pub skipped: usize,
@@ -347,6 +350,7 @@ impl ReplayReport {
                 *self.failed_by_code.entry(code.as_str()).or_default() += 1;
             }
             Outcome::Duplicate { .. } => self.duplicate += 1,
+            Outcome::Matched { .. } => self.matched += 1,
         }
     }
 }

@@ -26,6 +26,9 @@ use crate::store::status::{self as query, KeyOutcome};
 pub enum IntakeStatus {
     /// A case was created.
     Created(Created),
+    /// No case was created: the network's `link` policy made an existing case the key's
+    /// outcome (`case.matched`); `case_id` is that case.
+    Matched(Created),
     /// The intake failed on its merits (or its envelope): see `retry_by`.
     Failed(Failure),
     /// The intake failed `retries_exhausted` or `dead_lettered` and that failure is still
@@ -148,14 +151,18 @@ fn awaits_replay(code: &str) -> bool {
 pub fn status_of(o: &KeyOutcome) -> IntakeStatus {
     let message_key = redact::escape_controls(&o.message_key).into_owned();
     if let Some(case_id) = o.case_id {
-        return IntakeStatus::Created(Created {
+        let created = Created {
             message_key,
             case_id,
             household_id: o.household_id,
             event_id: o.event_id,
             attempt: attempt_of(&o.event),
             decided_at: o.decided_at,
-        });
+        };
+        return match o.event["type"].as_str() {
+            Some(crate::intake::event::CASE_MATCHED) => IntakeStatus::Matched(created),
+            _ => IntakeStatus::Created(created),
+        };
     }
     let failure = o.failure.as_ref();
     // The failed intake is the record; the event's copy serves once retention removed it.

@@ -76,6 +76,7 @@ pub fn window_context(settings: &Settings) -> WindowContext {
         created_routing_key: settings.amqp.created_routing_key.clone(),
         failed_routing_key: settings.amqp.failed_routing_key.clone(),
         resolved_routing_key: settings.amqp.resolved_routing_key.clone(),
+        matched_routing_key: settings.amqp.matched_routing_key.clone(),
         limits: BodyLimits {
             max_body_bytes: settings.intake.max_body_bytes,
             max_depth: settings.intake.max_depth,

@@ -366,8 +366,13 @@ pub(super) fn retry_summary(report: &failed::ReplayReport, verbs: [&str; 2]) -> 
         true => ("dry run, nothing written: ", verbs[0]),
         false => ("", verbs[1]),
     };
+    // Shown only when some were linked, so the line stays as it was for other networks.
+    let linked = match report.matched {
+        0 => String::new(),
+        n => format!(", linked to an existing case {n}"),
+    };
     format!(
-        "{prefix}{verb} {}: created {}, failed again {}{by_code}, already done {}, skipped {}",
+        "{prefix}{verb} {}: created {}{linked}, failed again {}{by_code}, already done {}, skipped {}",
         report.selected, report.created, report.failed, report.duplicate, report.skipped
     )
 }

@@ -37,10 +37,14 @@ pub fn render(s: &NetworkStatus) -> String {
     let network = status::label(s.network);
     let time = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S%.3f UTC");
     match &s.status {
-        IntakeStatus::Created(c) => format!(
-            "network {network}  key {}  created\n  case {}, household {}, attempt {}, \
+        IntakeStatus::Created(c) | IntakeStatus::Matched(c) => format!(
+            "network {network}  key {}  {}\n  case {}, household {}, attempt {}, \
              decided at {}\n  event {}\n",
             c.message_key,
+            match s.status {
+                IntakeStatus::Matched(_) => "matched (linked to an existing case)",
+                _ => "created",
+            },
             c.case_id,
             c.household_id.map_or("-".to_owned(), |h| h.to_string()),
             c.attempt,

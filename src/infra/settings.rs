@@ -175,6 +175,8 @@ pub struct AmqpSettings {
     pub failed_routing_key: String,
     /// Routing key of `case.intake_resolved` events.
     pub resolved_routing_key: String,
+    /// Routing key of `case.matched` events (an intake linked to an existing case).
+    pub matched_routing_key: String,
     pub prefetch: u16,
     /// Declare queues and exchanges at start; off when operators import definitions instead.
     pub declare_topology: bool,
@@ -316,6 +318,7 @@ impl Settings {
             ("amqp.created_routing_key", &self.amqp.created_routing_key),
             ("amqp.failed_routing_key", &self.amqp.failed_routing_key),
             ("amqp.resolved_routing_key", &self.amqp.resolved_routing_key),
+            ("amqp.matched_routing_key", &self.amqp.matched_routing_key),
             ("events.source", &self.events.source),
         ] {
             if value.trim().is_empty() || value.len() > 255 {

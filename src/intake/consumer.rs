@@ -276,6 +276,7 @@ impl IntakeConsumer {
                     Outcome::Created { .. } => ("created", None),
                     Outcome::Failed { code, .. } => ("failed", Some(code.as_str())),
                     Outcome::Duplicate { .. } => ("duplicate", None),
+                    Outcome::Matched { .. } => ("matched", None),
                 };
                 self.metrics.record_outcome(kind, code);
             }
@@ -433,6 +434,11 @@ fn log_outcomes(envelopes: &[Envelope], dispositions: &[Disposition]) {
             Disposition::Done(Outcome::Duplicate { event_id }) => {
                 tracing::info!(%event_id, "duplicate intake; original outcome re-published")
             }
+            Disposition::Done(Outcome::Matched {
+                case_id,
+                household_id,
+                ..
+            }) => tracing::info!(case_id, household_id, "linked to an existing case"),
             Disposition::Retry => {
                 if let Some(suppressed) = RETRIED.allow() {
                     tracing::warn!(suppressed, "transient failure; sent to the retry queue")

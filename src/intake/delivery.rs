@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::intake::envelope::{
     Envelope, Oversize, check_correlation_id, check_message_key, is_unsafe_char, unsafe_text,
 };
-use crate::intake::error::{ErrorCode, IntakeError};
+use crate::intake::error::{ErrorCode, IntakeError, OVERRIDE_HEADER};
 use crate::intake::trace::TraceContext;
 use crate::store::auth::{TOKEN_HEADERS, hash_token, parse_token_header};
 use crate::store::crypto::Vault;
@@ -80,6 +80,10 @@ pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
     });
     let mut token = None;
     let trace = props.headers().as_ref().and_then(TraceContext::of_headers);
+    let duplicate_override = duplicate_override_of(headers).unwrap_or_else(|e| {
+        problem.get_or_insert(e);
+        false
+    });
     if let Some(headers) = props.headers() {
         let depth = header_depth(headers);
         if depth > MAX_HEADER_DEPTH {
@@ -121,7 +125,37 @@ pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
         replay: None,
         forced_failure: problem,
         trace,
+        duplicate_override,
     }
+}
+
+/// The override of the duplicate policy: the header [`OVERRIDE_HEADER`] (name matched
+/// case-insensitively) with the text `create`. Any other value, or the header twice with
+/// different values, is an unusable envelope: a sender that meant to override must learn that
+/// it did not, rather than see its intake rejected again for a reason it thought it had waived.
+fn duplicate_override_of(headers: Option<&FieldTable>) -> Result<bool, IntakeError> {
+    let Some(headers) = headers else {
+        return Ok(false);
+    };
+    let mut values = headers
+        .inner()
+        .iter()
+        .filter(|(name, _)| name.as_str().eq_ignore_ascii_case(OVERRIDE_HEADER))
+        .map(|(_, v)| text_of(v));
+    let Some(first) = values.next() else {
+        return Ok(false);
+    };
+    let create = |v: &Option<String>| {
+        v.as_deref()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("create"))
+    };
+    if create(&first) && values.all(|v| create(&v)) {
+        return Ok(true);
+    }
+    Err(IntakeError::new(
+        ErrorCode::InvalidEnvelope,
+        format!("the {OVERRIDE_HEADER} header must be the text `create` (once) when present"),
+    ))
 }
 
 /// The deepest nesting among the values of `headers`, computed without recursion (a header

@@ -44,6 +44,9 @@ pub struct Envelope {
     pub forced_failure: Option<IntakeError>,
     /// The W3C trace context of the intake's headers, when valid: carried to its event.
     pub trace: Option<TraceContext>,
+    /// Set by the header `x-case-intake-duplicate: create`: the sender creates the case even
+    /// though its network's `reject` or `link` policy would not (the pairs are still flagged).
+    pub duplicate_override: bool,
 }
 
 /// Accepts a message key of 1 to 255 characters.

@@ -12,6 +12,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::infra::redact;
+use crate::intake::matching::Candidate;
+
+/// The header with which a sender creates a case its network's `reject` policy refused as a
+/// possible duplicate (value `create`; docs/duplicates.md).
+pub const OVERRIDE_HEADER: &str = "x-case-intake-duplicate";
 
 /// The stable codes of a failed intake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -36,6 +41,10 @@ pub enum ErrorCode {
     /// An AMQP property or header the service cannot use: a `message_id` or `correlation_id`
     /// with control characters, a header nested deeper than the limit, too many headers.
     InvalidEnvelope,
+    /// The network's policy is `reject` and the person may already have a case in the network:
+    /// `candidates` names the cases; the sender may resend under the same key with the
+    /// override header to create the case anyway (docs/duplicates.md).
+    PossibleDuplicate,
 }
 
 impl ErrorCode {
@@ -51,6 +60,7 @@ impl ErrorCode {
             Self::RetriesExhausted => "retries_exhausted",
             Self::DeadLettered => "dead_lettered",
             Self::InvalidEnvelope => "invalid_envelope",
+            Self::PossibleDuplicate => "possible_duplicate",
         }
     }
 
@@ -59,7 +69,8 @@ impl ErrorCode {
     /// is then processed as the key's next attempt ("fix and resend", docs/operations.md).
     /// `retries_exhausted` and `dead_lettered` say nothing about the body (an operator
     /// replays them), `idempotency_key_reused` is never a key's recorded outcome, and
-    /// `missing_message_key` has no key.
+    /// `missing_message_key` has no key. A `possible_duplicate` is resent with the override
+    /// header (or a corrected body).
     pub fn resendable(self) -> bool {
         matches!(
             self,
@@ -68,6 +79,7 @@ impl ErrorCode {
                 | Self::Unauthorized
                 | Self::ValidationFailed
                 | Self::InvalidEnvelope
+                | Self::PossibleDuplicate
         )
     }
 
@@ -78,7 +90,7 @@ impl ErrorCode {
 }
 
 /// Every code, for documentation tests and CLI filters.
-pub const ALL_CODES: [ErrorCode; 9] = [
+pub const ALL_CODES: [ErrorCode; 10] = [
     ErrorCode::MalformedJson,
     ErrorCode::PayloadTooLarge,
     ErrorCode::MissingMessageKey,
@@ -88,6 +100,7 @@ pub const ALL_CODES: [ErrorCode; 9] = [
     ErrorCode::RetriesExhausted,
     ErrorCode::DeadLettered,
     ErrorCode::InvalidEnvelope,
+    ErrorCode::PossibleDuplicate,
 ];
 
 impl std::fmt::Display for ErrorCode {
@@ -101,12 +114,16 @@ pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
 /// Why an intake failed: the `error` object of a `case.failed` event. Build it with
 /// [`IntakeError::new`] or [`IntakeError::validation`], which redact what they are given.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IntakeError {
     pub code: ErrorCode,
     pub message: String,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: FieldErrors,
+    /// For `possible_duplicate`: the existing cases of the caller's network the person may be
+    /// (ids, rule names and scores only: no other client's data).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Candidate>,
 }
 
 impl IntakeError {
@@ -117,6 +134,7 @@ impl IntakeError {
             code,
             message: redact::display_text(&message.into()),
             fields: FieldErrors::new(),
+            candidates: Vec::new(),
         }
     }
 
@@ -140,6 +158,23 @@ impl IntakeError {
                 if n == 1 { "" } else { "s" }
             ),
             fields,
+            candidates: Vec::new(),
+        }
+    }
+
+    /// A `possible_duplicate` error naming its candidates (best first).
+    pub fn possible_duplicate(candidates: Vec<Candidate>) -> Self {
+        let n = candidates.len();
+        Self {
+            code: ErrorCode::PossibleDuplicate,
+            message: format!(
+                "this person may already have a case in your network ({n} candidate{}); \
+                 nothing was created. To create the case anyway, publish the message again \
+                 under the same message_id with the header {OVERRIDE_HEADER}: create",
+                if n == 1 { "" } else { "s" }
+            ),
+            fields: FieldErrors::new(),
+            candidates,
         }
     }
 }

@@ -8,6 +8,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::intake::matching::Candidate;
+
 use crate::intake::error::IntakeError;
 use crate::intake::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 
@@ -21,6 +23,9 @@ pub const CASE_FAILED: &str = "case.failed";
 /// The CloudEvents `type` of a failed intake that was resolved (a later attempt created its
 /// case, or an operator dismissed it).
 pub const INTAKE_RESOLVED: &str = "case.intake_resolved";
+/// The CloudEvents `type` of an intake linked to an existing case (the network's duplicate
+/// policy is `link`): no case was created; the key's outcome is that case.
+pub const CASE_MATCHED: &str = "case.matched";
 
 /// An event ready for the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,14 +156,36 @@ pub struct Resolved<'a> {
     pub household_id: Option<i64>,
 }
 
-/// The case and household of a `case.created` event (`None` for any other event).
+/// The case and household of a `case.created` or `case.matched` event (`None` for any other
+/// event).
 pub fn case_of(ev: &Event) -> Option<(i64, i64)> {
-    if ev.body["type"] != CASE_CREATED {
-        return None;
-    }
     let data = &ev.body["data"];
-    // The case's id is the CT/OI field `id` of the created case's data.
-    Some((data["id"].as_i64()?, data["household_id"].as_i64()?))
+    // A created case's id is the CT/OI field `id` of its data; a matched one names the case.
+    let id = match ev.body["type"].as_str()? {
+        CASE_CREATED => &data["id"],
+        CASE_MATCHED => &data["case_id"],
+        _ => return None,
+    };
+    Some((id.as_i64()?, data["household_id"].as_i64()?))
+}
+
+/// The `data` of a `case.matched` event: the key, the existing case it was linked to and why,
+/// and the other candidates (ids, rule names and scores only).
+pub fn matched_data(
+    message_key: Option<&str>,
+    case_id: i64,
+    household_id: i64,
+    matched: &Candidate,
+    others: &[Candidate],
+) -> Value {
+    json!({
+        "message_key": message_key,
+        "case_id": case_id,
+        "household_id": household_id,
+        "rules": matched.rules,
+        "score": matched.score,
+        "possible_duplicates": others,
+    })
 }
 
 /// The `data` of a `case.intake_resolved` event.

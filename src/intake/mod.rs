@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod decode;
 pub mod delivery;
 pub mod disposition;
+pub mod duplicates;
 pub mod envelope;
 pub mod error;
 pub mod event;

@@ -18,13 +18,16 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::intake::decode::{BodyLimits, decode_body, payload_hash, too_large};
+use crate::intake::duplicates::{self, InWindow, Match, MatchInput, Verdict};
 use crate::intake::envelope::Envelope;
 use crate::intake::error::{ErrorCode, FieldErrors, IntakeError};
 use crate::intake::event::{self, Event, ReplayInfo, Resolution};
 use crate::intake::household::{Placement, place};
+use crate::intake::matching::Candidate;
 use crate::intake::validate::{Validated, validate};
 use crate::store::auth::{Caller, TokenHash};
 use crate::store::ids::{HeadUpdate, InNetwork, NetworkId};
+use crate::store::matching::PairRow;
 use crate::store::{
     self, CaseRow, ClaimedKey, FailedRow, NewHousehold, OutboxBody, OutboxRow, OutcomeRow,
 };
@@ -36,6 +39,7 @@ pub struct WindowContext {
     pub created_routing_key: String,
     pub failed_routing_key: String,
     pub resolved_routing_key: String,
+    pub matched_routing_key: String,
     pub limits: BodyLimits,
     /// Seals SSNs and failed payloads before they are written.
     pub vault: std::sync::Arc<crate::store::crypto::Vault>,
@@ -69,6 +73,13 @@ pub enum Outcome {
     Duplicate {
         event_id: Uuid,
     },
+    /// The person already has a case and the network's policy is `link`: no case was
+    /// created; the key's outcome is that case (`case.matched`).
+    Matched {
+        case_id: i64,
+        household_id: i64,
+        event_id: Uuid,
+    },
 }
 
 impl Outcome {
@@ -76,7 +87,8 @@ impl Outcome {
         match self {
             Outcome::Created { event_id, .. }
             | Outcome::Failed { event_id, .. }
-            | Outcome::Duplicate { event_id } => *event_id,
+            | Outcome::Duplicate { event_id }
+            | Outcome::Matched { event_id, .. } => *event_id,
         }
     }
 }
@@ -91,6 +103,8 @@ struct Prepared<'a> {
     /// intake reports every field error at once.
     county: Option<i64>,
     household: Option<i64>,
+    /// The keys a valid body is matched by (empty for an invalid one).
+    matching: MatchInput,
 }
 
 /// Decodes and validates outside the transaction: CPU work that needs no lock.
@@ -111,12 +125,17 @@ fn prepare<'a>(env: &'a Envelope, ctx: &WindowContext, today: NaiveDate) -> Prep
     };
     let (county, household) = (id_of("street_county"), id_of("household"));
     let body = decoded.and_then(|map| validate(&map, today).map_err(IntakeError::validation));
+    let matching = match &body {
+        Ok(v) => MatchInput::of(&v.case, &ctx.vault),
+        Err(_) => MatchInput::default(),
+    };
     Prepared {
         env,
         hash,
         body,
         county,
         household,
+        matching,
     }
 }
 
@@ -237,6 +256,9 @@ async fn transaction(
 ) -> Result<Option<Vec<Decided>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let callers = authenticate(&mut tx, prepared).await?;
+    // Before any key or household lock: every window takes the match locks first, so the
+    // three kinds of lock are always taken in one order.
+    let stored_matches = duplicates::look_up(&mut tx, matchable(prepared, &callers)).await?;
     let (slots, early_heads) = claim_keys(&mut tx, prepared, &callers, claim).await?;
     let refs = References::find(prepared, &slots, &callers);
     let counties = store::existing_counties(&mut tx, &unique(refs.counties)).await?;
@@ -256,6 +278,7 @@ async fn transaction(
         slots: &slots,
         callers: &callers,
         counties: &counties,
+        matches: &stored_matches,
         now,
     };
     phase.decide_and_place(&mut tx, &unlocked, &mut w).await?;
@@ -332,6 +355,18 @@ async fn authenticate(
 ) -> Result<Callers, sqlx::Error> {
     let tokens: Vec<[u8; 32]> = unique(prepared.iter().filter_map(|p| p.env.token));
     Ok(Callers(store::callers(tx, &tokens).await?))
+}
+
+/// The intakes that may be matched: a valid body from an authenticated caller, not forced to
+/// fail (whether their slot is decided here is known only later; extra lookups are harmless).
+fn matchable<'a>(
+    prepared: &'a [Prepared<'_>],
+    callers: &'a Callers,
+) -> impl Iterator<Item = (usize, Caller, &'a MatchInput)> + 'a {
+    prepared.iter().enumerate().filter_map(|(i, p)| {
+        let caller = callers.of(p)?;
+        (p.body.is_ok() && p.env.forced_failure.is_none()).then_some((i, caller, &p.matching))
+    })
 }
 
 /// Step 2: the slot of each intake (first occurrence of its key, a follower, a key with an
@@ -419,14 +454,17 @@ fn resend_in_followers(prepared: &[Prepared<'_>], slots: &mut [Slot]) {
 /// True when an intake supersedes its key's committed outcome: a failure its sender can
 /// correct (see [`ErrorCode::resendable`]), and another body. The same body answers the
 /// recorded outcome again; a created case keeps its key bound to its body.
+///
+/// A `possible_duplicate` is also superseded by the same body sent with the override header:
+/// the header, not the body, is what changed.
 fn resends(p: &Prepared, stored: &store::StoredOutcome) -> bool {
+    let code = stored.error_code.as_deref().and_then(ErrorCode::parse);
     p.env.replay.is_none()
-        && stored.payload_hash.as_slice() != p.hash
-        && stored
-            .error_code
-            .as_deref()
-            .and_then(ErrorCode::parse)
-            .is_some_and(ErrorCode::resendable)
+        && match code {
+            Some(ErrorCode::PossibleDuplicate) if p.env.duplicate_override => true,
+            Some(code) => code.resendable() && stored.payload_hash.as_slice() != p.hash,
+            None => false,
+        }
 }
 
 /// The first occurrence of each key within the window (per network) and the keys to claim.
@@ -505,6 +543,8 @@ struct Written {
     heads: HashMap<i64, store::HouseholdState>,
     plan: Plan,
     outcomes: Vec<Option<Outcome>>,
+    /// The cases planned so far, as later intakes of the window may match them.
+    in_window: InWindow,
 }
 
 impl Written {
@@ -513,6 +553,7 @@ impl Written {
             heads: HashMap::new(),
             plan: Plan::default(),
             outcomes: vec![None; n],
+            in_window: InWindow::default(),
         }
     }
 }
@@ -566,6 +607,8 @@ struct Phase<'a, 'p> {
     slots: &'a [Slot],
     callers: &'a Callers,
     counties: &'a HashSet<InNetwork>,
+    /// The stored candidates of each intake that was matched.
+    matches: &'a duplicates::Stored,
     now: chrono::DateTime<Utc>,
 }
 
@@ -607,6 +650,11 @@ impl Phase<'_, '_> {
             }
             let case = match outcome {
                 Outcome::Created {
+                    case_id,
+                    household_id,
+                    ..
+                }
+                | Outcome::Matched {
                     case_id,
                     household_id,
                     ..
@@ -661,6 +709,7 @@ impl Phase<'_, '_> {
                 Outcome::Created { .. } => "created",
                 Outcome::Failed { .. } => "failed",
                 Outcome::Duplicate { .. } => "duplicate",
+                Outcome::Matched { .. } => "matched",
             },
             event_id: outcome.event_id(),
         });
@@ -714,8 +763,29 @@ impl Phase<'_, '_> {
         for (i, decision) in decisions {
             let outcome = match decision {
                 Ok((caller, v)) => {
-                    let case_id = case_ids.pop().expect("one id allocated per create");
-                    self.place(i, caller, v, case_id, &mut household_ids, w)
+                    let p = &self.prepared[i];
+                    let stored = self.matches.get(&i).map_or(&[][..], Vec::as_slice);
+                    let found = duplicates::candidates(
+                        stored,
+                        &w.in_window,
+                        caller,
+                        &p.matching,
+                        v.case.household,
+                    );
+                    let policy = caller.duplicate_policy();
+                    // Ids drawn for a create that is rejected or linked are left unused.
+                    match duplicates::verdict(policy, p.env.duplicate_override, &found) {
+                        Verdict::Reject => {
+                            let candidates = found.iter().map(|m| m.candidate.clone()).collect();
+                            self.fail(i, &IntakeError::possible_duplicate(candidates), w)
+                        }
+                        Verdict::Link(best) => self.link(i, caller, best, &found, w),
+                        verdict => {
+                            let case_id = case_ids.pop().expect("one id allocated per create");
+                            let new = NewCase { caller, v, case_id };
+                            self.place(i, new, &verdict, &mut household_ids, w)
+                        }
+                    }
                 }
                 Err(error) => self.fail(i, &error, w),
             };
@@ -724,16 +794,62 @@ impl Phase<'_, '_> {
         Ok(())
     }
 
-    /// Places the case of intake `i` in its household and plans its rows and event.
-    fn place(
+    /// Links intake `i` to the existing case `best` (policy `link`): no case is created; the
+    /// key's outcome is that case, announced by a `case.matched` event.
+    fn link(
         &self,
         i: usize,
         caller: Caller,
-        v: &Validated,
-        case_id: i64,
+        best: &Match,
+        found: &[Match],
+        w: &mut Written,
+    ) -> Outcome {
+        let p = &self.prepared[i];
+        let key = p.env.message_key.as_deref();
+        let others: Vec<Candidate> = found
+            .iter()
+            .filter(|m| m.candidate.case_id != best.candidate.case_id)
+            .map(|m| m.candidate.clone())
+            .collect();
+        let (case_id, household_id) = (best.candidate.case_id, best.household_id);
+        let mut data = event::matched_data(key, case_id, household_id, &best.candidate, &others);
+        event::add_replay(&mut data, self.retry_of(i));
+        let mut ev = event::cloud_event(
+            &self.ctx.source,
+            event::CASE_MATCHED,
+            &self.ctx.matched_routing_key,
+            key,
+            self.now,
+            data,
+        );
+        event::add_trace(&mut ev, p.env.trace.as_ref());
+        w.plan.record(
+            caller.network_id(),
+            key,
+            &p.hash,
+            Outcomed::Matched(case_id),
+            self.replaces(i),
+            &ev,
+        );
+        w.plan.queue_event(i, &ev, p.env);
+        Outcome::Matched {
+            case_id,
+            household_id,
+            event_id: ev.id,
+        }
+    }
+
+    /// Places the case of intake `i` in its household and plans its rows, its flagged pairs
+    /// and its event.
+    fn place(
+        &self,
+        i: usize,
+        new: NewCase<'_>,
+        verdict: &Verdict<'_>,
         household_ids: &mut Vec<i64>,
         w: &mut Written,
     ) -> Outcome {
+        let NewCase { caller, v, case_id } = new;
         let p = &self.prepared[i];
         let current = v
             .case
@@ -768,7 +884,7 @@ impl Phase<'_, '_> {
             w.plan.set_head(household_id, case_id, state.head);
             state.head = Some(case_id);
         }
-        let row = CaseRow::new(
+        let mut row = CaseRow::new(
             case_id,
             household_id,
             placement.is_head(),
@@ -776,8 +892,27 @@ impl Phase<'_, '_> {
             &v.case,
             self.now,
         );
+        row.match_keys = p.matching.keys;
         let key = p.env.message_key.as_deref();
-        let ev = self.created_event(&row, v, &placement, key, i);
+        let ev = self.created_event(&row, v, &placement, key, i, verdict);
+        if let Verdict::Create {
+            flagged,
+            overridden,
+        } = verdict
+        {
+            w.plan.pairs.extend(flagged.iter().map(|m| PairRow {
+                network_id: caller.network_id(),
+                case_id,
+                candidate_case_id: m.candidate.case_id,
+                rules: m.candidate.rules.clone(),
+                score: m.candidate.score,
+                overridden: *overridden,
+                message_key: key.map(str::to_owned),
+                event_id: ev.id,
+            }));
+        }
+        w.in_window
+            .add(caller, &p.matching, case_id, household_id, v.case.private);
         w.plan.cases.push(row);
         w.plan.record(
             caller.network_id(),
@@ -803,6 +938,7 @@ impl Phase<'_, '_> {
         placement: &Placement,
         key: Option<&str>,
         i: usize,
+        verdict: &Verdict<'_>,
     ) -> Event {
         let env = self.prepared[i].env;
         let mut data = store::case_json(row, &v.case);
@@ -822,6 +958,11 @@ impl Phase<'_, '_> {
             "warnings".into(),
             serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
         );
+        // Only a network that matches says anything about duplicates (`[]`: none found).
+        if let Verdict::Create { flagged, .. } = verdict {
+            let candidates: Vec<&Candidate> = flagged.iter().map(|m| &m.candidate).collect();
+            data_obj_insert(&mut data, "possible_duplicates", &candidates);
+        }
         event::add_replay(&mut data, self.retry_of(i));
         let mut ev = event::cloud_event(
             &self.ctx.source,
@@ -988,11 +1129,30 @@ fn unique<T: std::hash::Hash + Eq + Ord + Copy>(items: impl IntoIterator<Item = 
     v
 }
 
-/// What a key's outcome row records: the case created, or the failure's code.
+/// What a key's outcome row records: the case created, the existing case linked, or the
+/// failure's code.
 #[derive(Debug, Clone, Copy)]
 enum Outcomed {
     Case(i64),
+    Matched(i64),
     Failure(ErrorCode),
+}
+
+/// A case a fresh intake is to create: its caller, its valid body and its allocated id.
+struct NewCase<'v> {
+    caller: Caller,
+    v: &'v Validated,
+    case_id: i64,
+}
+
+/// Sets `field` of an event's `data` object.
+fn data_obj_insert(data: &mut Value, field: &str, value: impl serde::Serialize) {
+    if let Some(obj) = data.as_object_mut() {
+        obj.insert(
+            field.into(),
+            serde_json::to_value(value).unwrap_or(Value::Null),
+        );
+    }
 }
 
 /// Every write of a window, gathered in memory and flushed with one statement per table.
@@ -1010,6 +1170,8 @@ struct Plan {
     resolved: Vec<store::ResolvedRow>,
     /// The audit of an operator's edit among them.
     edits: Vec<store::edits::EditRow>,
+    /// Possible-duplicate pairs flagged by this window's cases.
+    pairs: Vec<PairRow>,
     /// Events with the index of their intake: written in delivery order.
     outbox: Vec<(usize, OutboxRow)>,
     events: HashMap<Uuid, Event>,
@@ -1045,7 +1207,7 @@ impl Plan {
     ) {
         let Some(key) = key else { return };
         let (case_id, code) = match outcome {
-            Outcomed::Case(id) => (Some(id), None),
+            Outcomed::Case(id) | Outcomed::Matched(id) => (Some(id), None),
             Outcomed::Failure(code) => (None, Some(code.as_str().to_owned())),
         };
         self.outcomes.push(OutcomeRow {
@@ -1053,6 +1215,7 @@ impl Plan {
             message_key: key.to_owned(),
             payload_hash: payload_hash.to_vec(),
             case_id,
+            matched: matches!(outcome, Outcomed::Matched(_)),
             error_code: code,
             event_id: ev.id,
             event: ev.body.to_string(),
@@ -1153,6 +1316,7 @@ impl Plan {
             .map(|(&household, &case)| HeadUpdate { household, case })
             .collect();
         store::update_heads(tx, &updates, now).await?;
+        store::matching::insert_pairs(tx, &self.pairs).await?;
         let (replacing, new): (Vec<&OutcomeRow>, Vec<&OutcomeRow>) =
             self.outcomes.iter().partition(|o| o.replaces.is_some());
         let new: Vec<OutcomeRow> = new.into_iter().cloned().collect();
@@ -1195,6 +1359,7 @@ mod tests {
             replay: None,
             forced_failure: None,
             trace: None,
+            duplicate_override: false,
         }
     }
 

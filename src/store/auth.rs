@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
 use crate::store::ids::NetworkId;
+use crate::store::matching::DuplicatePolicy;
 
 /// An authenticated caller: the agent behind an API key, its group and its network. Its
 /// fields are private and its constructor visible to `store` only, which builds one from a key
@@ -19,6 +20,8 @@ pub struct Caller {
     group_id: i64,
     agent_id: i64,
     api_key_id: i64,
+    /// The network's possible-duplicate policy, read with the key (no extra query per window).
+    duplicate_policy: DuplicatePolicy,
 }
 
 impl Caller {
@@ -28,19 +31,21 @@ impl Caller {
         agent_id: i64,
         group_id: i64,
         network_id: i64,
+        duplicate_policy: DuplicatePolicy,
     ) -> Self {
         Self {
             network_id: NetworkId::from_row(network_id),
             group_id,
             agent_id,
             api_key_id,
+            duplicate_policy,
         }
     }
 
     /// A caller for the pipeline's unit tests, which decide intakes without a database.
     #[cfg(test)]
     pub(crate) fn for_tests(network_id: i64) -> Self {
-        Self::authenticated(1, 1, 1, network_id)
+        Self::authenticated(1, 1, 1, network_id, DuplicatePolicy::Flag)
     }
 
     /// The network every query of this caller is scoped to.
@@ -59,6 +64,10 @@ impl Caller {
     pub fn api_key_id(&self) -> i64 {
         self.api_key_id
     }
+
+    pub fn duplicate_policy(&self) -> DuplicatePolicy {
+        self.duplicate_policy
+    }
 }
 
 /// Resolves token hashes to callers: key not revoked, agent active.
@@ -70,21 +79,24 @@ pub async fn callers(
         return Ok(HashMap::new());
     }
     let hashes: Vec<Vec<u8>> = tokens.iter().map(|t| t.to_vec()).collect();
-    let rows: Vec<(Vec<u8>, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT k.token_hash, k.id, a.id, a.group_id, a.network_id
+    let rows: Vec<(Vec<u8>, i64, i64, i64, i64, String)> = sqlx::query_as(
+        "SELECT k.token_hash, k.id, a.id, a.group_id, a.network_id, n.duplicate_policy
            FROM api_keys k
            JOIN agents a ON a.id = k.agent_id AND a.network_id = k.network_id
+           JOIN networks n ON n.id = a.network_id
           WHERE k.token_hash = ANY($1) AND k.revoked_at IS NULL AND a.active",
     )
     .bind(&hashes)
     .fetch_all(&mut *tx)
     .await?;
     let mut out = HashMap::with_capacity(rows.len());
-    for (hash, api_key_id, agent_id, group_id, network_id) in rows {
+    for (hash, api_key_id, agent_id, group_id, network_id, policy) in rows {
         let Ok(hash) = TokenHash::try_from(hash.as_slice()) else {
             continue;
         };
-        let caller = Caller::authenticated(api_key_id, agent_id, group_id, network_id);
+        // The column's CHECK allows only known policies; anything else reads as the default.
+        let policy = DuplicatePolicy::parse(&policy).unwrap_or_default();
+        let caller = Caller::authenticated(api_key_id, agent_id, group_id, network_id, policy);
         out.insert(hash, caller);
     }
     Ok(out)

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
+use crate::intake::matching::MatchKeys;
 use crate::intake::validate::{CaseInput, Ssn};
 use crate::store::auth::Caller;
 use crate::store::crypto::{Purpose, Vault};
@@ -83,6 +84,8 @@ pub struct CaseRow {
     pub head_of_household: bool,
     pub created_at: DateTime<Utc>,
     pub fields: CaseInput,
+    /// The keys the case is matched by (`cases.match_name`, `cases.match_address`).
+    pub match_keys: MatchKeys,
     /// The creating caller's, set only by [`CaseRow::new`].
     network_id: NetworkId,
     agent_id: i64,
@@ -107,6 +110,7 @@ impl CaseRow {
             group_id: caller.group_id(),
             created_at: now,
             fields: fields.clone(),
+            match_keys: MatchKeys::default(),
         }
     }
 }
@@ -245,21 +249,22 @@ const INSERT_CASES: &str =
                             ss_number_sealed, street_address, street_apt_number, street_city,
                             street_state, street_zip_code, street_county, yearly_expenses,
                             yearly_income, deceased, private, ss_number_key_id, ss_number_hmac,
-                            ss_number_last4)
+                            ss_number_last4, match_name, match_address)
          SELECT id, n, h, head, agent, agent, grp, ts, ts, fname, mname, lname, suffix, nick,
                 dob::date, email, maddr, mapt, mcity, mstate, mzip, ssn, saddr, sapt, scity,
                 sstate, szip, county, expenses::numeric, income::numeric, deceased, private,
-                ssn_key, ssn_hmac, ssn_last4
+                ssn_key, ssn_hmac, ssn_last4, m_name, m_address
            FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bool[], $5::bigint[],
                        $6::bigint[], $7::timestamptz[], $8::text[], $9::text[], $10::text[],
                        $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
                        $16::text[], $17::text[], $18::text[], $19::text[], $20::bytea[],
                        $21::text[], $22::text[], $23::text[], $24::text[], $25::text[],
                        $26::bigint[], $27::text[], $28::text[], $29::bool[], $30::bool[],
-                       $31::text[], $32::bytea[], $33::text[])
+                       $31::text[], $32::bytea[], $33::text[], $34::bigint[], $35::bigint[])
              AS u(id, n, h, head, agent, grp, ts, fname, mname, lname, suffix, nick, dob, email,
                   maddr, mapt, mcity, mstate, mzip, ssn, saddr, sapt, scity, sstate, szip,
-                  county, expenses, income, deceased, private, ssn_key, ssn_hmac, ssn_last4)";
+                  county, expenses, income, deceased, private, ssn_key, ssn_hmac, ssn_last4,
+                  m_name, m_address)";
 
 /// Inserts a window's cases in one statement, their SSNs sealed (see [`SsnColumns`]).
 pub async fn insert_cases(
@@ -311,6 +316,8 @@ pub async fn insert_cases(
         .bind(&ssn.key_ids)
         .bind(&ssn.hmacs)
         .bind(&ssn.last4)
+        .bind(column(rows, |r| r.match_keys.name))
+        .bind(column(rows, |r| r.match_keys.address))
         .execute(&mut *tx)
         .await?;
     Ok(())

@@ -9,6 +9,7 @@
 //!   events to publish and the relay's take and put back;
 //! - `tenancy`: networks, groups, agents, API keys, counties; `rotate`: re-sealing under the
 //!   active key; `retention`: deleting what is past its retention; `health`: the ping;
+//! - `matching`: the duplicate policy, the match locks and candidate lookup, flagged pairs;
 //! - `status`: what became of a message key (the status endpoint, the `status` command).
 //!
 //! The window's statements are set-based (one per table per window, arrays bound with
@@ -28,6 +29,7 @@ pub mod edits;
 pub mod failed;
 pub mod health;
 pub mod ids;
+pub mod matching;
 pub mod outbox;
 pub mod outcomes;
 pub mod retention;

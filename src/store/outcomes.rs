@@ -176,6 +176,9 @@ pub struct OutcomeRow {
     pub message_key: String,
     pub payload_hash: Vec<u8>,
     pub case_id: Option<i64>,
+    /// True when `case_id` is an existing case the intake was linked to (`matched`), not one
+    /// it created.
+    pub matched: bool,
     pub error_code: Option<String>,
     pub event_id: Uuid,
     pub event: String,
@@ -196,11 +199,12 @@ pub async fn record_outcomes(
     let c = OutcomeColumns::of(rows.iter());
     let query = sqlx::query(
         "UPDATE intake_outcomes o
-            SET outcome = CASE WHEN u.case_id IS NULL THEN 'failed' ELSE 'created' END,
+            SET outcome = CASE WHEN u.case_id IS NULL THEN 'failed'
+                               WHEN u.m THEN 'matched' ELSE 'created' END,
                 case_id = u.case_id, error_code = u.code, event_id = u.eid,
                 event = u.ev::jsonb, routing_key = u.rk, updated_at = now()
            FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::uuid[],
-                       $6::text[], $7::text[]) AS u(n, k, case_id, code, eid, ev, rk)
+                       $6::text[], $7::text[], $8::bool[]) AS u(n, k, case_id, code, eid, ev, rk, m)
           WHERE o.network_id = u.n AND o.message_key = u.k",
     )
     .bind(&c.networks)
@@ -222,6 +226,7 @@ struct OutcomeColumns<'a> {
     event_ids: Vec<Uuid>,
     events: Vec<&'a str>,
     routing: Vec<&'a str>,
+    matched: Vec<bool>,
 }
 
 impl<'a> OutcomeColumns<'a> {
@@ -234,12 +239,13 @@ impl<'a> OutcomeColumns<'a> {
             codes: rows.clone().map(|r| r.error_code.as_deref()).collect(),
             event_ids: rows.clone().map(|r| r.event_id).collect(),
             events: rows.clone().map(|r| r.event.as_str()).collect(),
-            routing: rows.map(|r| r.routing_key.as_str()).collect(),
+            routing: rows.clone().map(|r| r.routing_key.as_str()).collect(),
+            matched: rows.map(|r| r.matched).collect(),
         }
     }
 
-    /// Binds what both outcome statements take after the key (and hash): case, error code,
-    /// event id, event and routing key.
+    /// Binds what the outcome statements take after the key (and hash): case, error code,
+    /// event id, event, routing key and whether the case was matched rather than created.
     fn bind_outcome<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
         query
             .bind(&self.cases)
@@ -247,6 +253,7 @@ impl<'a> OutcomeColumns<'a> {
             .bind(&self.event_ids)
             .bind(&self.events)
             .bind(&self.routing)
+            .bind(&self.matched)
     }
 }
 
@@ -268,11 +275,11 @@ pub async fn insert_outcomes(
     let query = sqlx::query(
         "INSERT INTO intake_outcomes (network_id, message_key, payload_hash, outcome, case_id,
                                       error_code, event_id, event, routing_key)
-         SELECT n, k, h, CASE WHEN c IS NULL THEN 'failed' ELSE 'created' END, c, code, eid,
-                ev::jsonb, rk
+         SELECT n, k, h, CASE WHEN c IS NULL THEN 'failed' WHEN m THEN 'matched'
+                              ELSE 'created' END, c, code, eid, ev::jsonb, rk
            FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
-                       $6::uuid[], $7::text[], $8::text[])
-                WITH ORDINALITY AS u(n, k, h, c, code, eid, ev, rk, o)
+                       $6::uuid[], $7::text[], $8::text[], $9::bool[])
+                WITH ORDINALITY AS u(n, k, h, c, code, eid, ev, rk, m, o)
           ORDER BY o
          ON CONFLICT DO NOTHING",
     )
@@ -317,12 +324,13 @@ pub async fn replace_outcomes(
     let c = OutcomeColumns::of(sorted.iter().copied());
     let query = sqlx::query(
         "UPDATE intake_outcomes o
-            SET outcome = CASE WHEN u.case_id IS NULL THEN 'failed' ELSE 'created' END,
+            SET outcome = CASE WHEN u.case_id IS NULL THEN 'failed'
+                               WHEN u.m THEN 'matched' ELSE 'created' END,
                 payload_hash = u.h, case_id = u.case_id, error_code = u.code, event_id = u.eid,
                 event = u.ev::jsonb, routing_key = u.rk, updated_at = now()
            FROM unnest($1::bigint[], $2::text[], $3::bytea[], $4::bigint[], $5::text[],
-                       $6::uuid[], $7::text[], $8::text[], $9::uuid[])
-                AS u(n, k, h, case_id, code, eid, ev, rk, prev)
+                       $6::uuid[], $7::text[], $8::text[], $9::bool[], $10::uuid[])
+                AS u(n, k, h, case_id, code, eid, ev, rk, m, prev)
           WHERE o.network_id = u.n AND o.message_key = u.k AND o.event_id = u.prev
             AND o.outcome = 'failed'",
     )

@@ -8,7 +8,7 @@ pub trait Scorer {
 }
 
 /// A weight per rule, combined as independent evidence.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct RuleWeights;
 
 impl Scorer for RuleWeights {
