@@ -17,9 +17,15 @@ ALTER TABLE networks
 ALTER TABLE cases
     ADD COLUMN match_name    bigint,
     ADD COLUMN match_address bigint;
-CREATE INDEX cases_match_name ON cases (network_id, match_name) WHERE match_name IS NOT NULL;
-CREATE INDEX cases_match_address ON cases (network_id, match_address)
+-- Each index ends with the id, so that a lookup reads a key's oldest cases in order and stops
+-- after a few (`store::matching::candidates`), however many cases share the key. The SSN's
+-- index is rebuilt the same way.
+CREATE INDEX cases_match_name ON cases (network_id, match_name, id) WHERE match_name IS NOT NULL;
+CREATE INDEX cases_match_address ON cases (network_id, match_address, id)
     WHERE match_address IS NOT NULL;
+DROP INDEX IF EXISTS cases_ss_number_hmac;
+CREATE INDEX cases_ss_number_hmac ON cases (network_id, ss_number_hmac, id)
+    WHERE ss_number_hmac IS NOT NULL;
 
 -- A key linked to an existing case has the outcome 'matched', with that case's id.
 ALTER TABLE intake_outcomes DROP CONSTRAINT IF EXISTS intake_outcomes_outcome_check;

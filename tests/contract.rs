@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 
 /// The placement fields `case.created` data adds to a case: with the fields the system sets
 /// (`READ_ONLY_FIELDS`), everything in it that is not an intake field.
-const PLACEMENT_FIELDS: [&str; 8] = [
+const PLACEMENT_FIELDS: [&str; 9] = [
     "created_at",
     "updated_at",
     "household_id",
@@ -34,6 +34,7 @@ const PLACEMENT_FIELDS: [&str; 8] = [
     "message_key",
     "warnings",
     "replay",
+    "possible_duplicates",
 ];
 
 fn repo() -> PathBuf {
@@ -626,6 +627,18 @@ async fn real_events_match_the_event_schemas() {
     let r = replay(&env, &only).await;
     assert_eq!(r.created, 1);
 
+    // The seed person once more: refused under `reject`, linked under `link`.
+    for (policy, key) in [("reject", "dup-rejected"), ("link", "dup-linked")] {
+        sqlx::query("UPDATE networks SET duplicate_policy = $1 WHERE id = $2")
+            .bind(policy)
+            .bind(env.a.network_id)
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        env.process(&[env.envelope(key, t, &seed_body(county))])
+            .await;
+    }
+
     // Every event ever queued, and every event stored beside its key.
     let outbox: Vec<(String, Value)> =
         sqlx::query_as("SELECT routing_key, body FROM outbox_events ORDER BY id")
@@ -640,12 +653,15 @@ async fn real_events_match_the_event_schemas() {
     let created_v = c.event_validator(&env.settings.amqp.created_routing_key);
     let failed_v = c.event_validator(&env.settings.amqp.failed_routing_key);
     let resolved_v = c.event_validator(&env.settings.amqp.resolved_routing_key);
+    let matched_v = c.event_validator(&env.settings.amqp.matched_routing_key);
     for (routing_key, event) in outbox.iter().chain(&stored) {
         assert_eq!(event["type"], routing_key.as_str());
         let v = if *routing_key == env.settings.amqp.created_routing_key {
             &created_v
         } else if *routing_key == env.settings.amqp.resolved_routing_key {
             &resolved_v
+        } else if *routing_key == env.settings.amqp.matched_routing_key {
+            &matched_v
         } else {
             &failed_v
         };
@@ -701,6 +717,12 @@ async fn real_events_match_the_event_schemas() {
             .any(|d| !d["warnings"].as_array().unwrap().is_empty())
     );
     assert!(created_data.iter().any(|d| d["replay"]["replayed"] == true));
+    assert!(
+        created_data
+            .iter()
+            .any(|d| !d["possible_duplicates"].as_array().unwrap().is_empty())
+    );
+    assert_eq!(data(&env.settings.amqp.matched_routing_key).len(), 1);
     let codes: BTreeSet<&str> = data(&env.settings.amqp.failed_routing_key)
         .iter()
         .map(|d| d["error"]["code"].as_str().unwrap())
@@ -769,8 +791,9 @@ fn the_readme_examples_match_the_contract() {
     let created = c.event_validator(&s.amqp.created_routing_key);
     let failed = c.event_validator(&s.amqp.failed_routing_key);
     let resolved = c.event_validator(&s.amqp.resolved_routing_key);
+    let matched = c.event_validator(&s.amqp.matched_routing_key);
     let mut found = 0;
-    for tag in ["intake", "created", "failed", "resolved"] {
+    for tag in ["intake", "created", "failed", "resolved", "matched"] {
         for (i, block) in readme_blocks(&readme, tag).iter().enumerate() {
             let what = format!("README.md ```json {tag} block {i}");
             let value: Value =
@@ -785,6 +808,7 @@ fn the_readme_examples_match_the_contract() {
                 }
                 "created" => assert_valid(&created, &value, &what),
                 "resolved" => assert_valid(&resolved, &value, &what),
+                "matched" => assert_valid(&matched, &value, &what),
                 _ => assert_valid(&failed, &value, &what),
             }
             found += 1;

@@ -84,7 +84,10 @@ pub async fn lock_keys(tx: &mut PgConnection, keys: &[i64]) -> Result<(), sqlx::
 
 /// The existing cases each probe matches, in one statement: cases of the probe's network
 /// with the same SSN HMAC, name key or address key, a private case only for an intake of the
-/// case's own group, at most [`MAX_CANDIDATES`] per probe (oldest first).
+/// case's own group. Each rule contributes its oldest [`MAX_CANDIDATES`] cases through its
+/// index (network, key, id), so a key shared by thousands of cases costs a bounded read;
+/// which rules a found case matches is then read off the case itself. A probe without a key
+/// skips that rule's scan (the `IS NOT NULL` is a one-time filter per probe).
 pub async fn candidates(
     tx: &mut PgConnection,
     probes: &[Probe],
@@ -94,21 +97,29 @@ pub async fn candidates(
     }
     let index: Vec<i32> = (0..probes.len() as i32).collect();
     let rows: Vec<(i32, i64, i64, bool, bool, bool)> = sqlx::query_as(
-        "SELECT u.i, c.id, c.household_id, c.by_ssn, c.by_name, c.by_address
+        "SELECT u.i, c.id, c.household_id,
+                coalesce(c.ss_number_hmac = u.ssn, false),
+                coalesce(c.match_name = u.name, false),
+                coalesce(c.match_address = u.address, false)
            FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bigint[],
                        $6::bigint[]) AS u(i, n, g, ssn, name, address)
           CROSS JOIN LATERAL (
-                SELECT c.id, c.household_id,
-                       coalesce(c.ss_number_hmac = u.ssn, false) AS by_ssn,
-                       coalesce(c.match_name = u.name, false) AS by_name,
-                       coalesce(c.match_address = u.address, false) AS by_address
-                  FROM cases c
-                 WHERE c.network_id = u.n
-                   AND (c.ss_number_hmac = u.ssn OR c.match_name = u.name
-                        OR c.match_address = u.address)
-                   AND (NOT c.private OR c.\"group\" = u.g)
-                 ORDER BY c.id
-                 LIMIT $7) c",
+                SELECT DISTINCT f.id FROM (
+                    (SELECT id FROM cases
+                      WHERE u.ssn IS NOT NULL AND network_id = u.n AND ss_number_hmac = u.ssn
+                        AND (NOT private OR \"group\" = u.g)
+                      ORDER BY id LIMIT $7)
+                    UNION ALL
+                    (SELECT id FROM cases
+                      WHERE u.name IS NOT NULL AND network_id = u.n AND match_name = u.name
+                        AND (NOT private OR \"group\" = u.g)
+                      ORDER BY id LIMIT $7)
+                    UNION ALL
+                    (SELECT id FROM cases
+                      WHERE u.address IS NOT NULL AND network_id = u.n AND match_address = u.address
+                        AND (NOT private OR \"group\" = u.g)
+                      ORDER BY id LIMIT $7)) f) m
+           JOIN cases c ON c.id = m.id",
     )
     .bind(&index)
     .bind(column(probes, |p| p.network_id))
