@@ -5,10 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use case_intake::admin::tenancy;
+use case_intake::admin::{status, tenancy};
 use case_intake::intake::error::{ErrorCode, OVERRIDE_HEADER};
 use case_intake::intake::window::Outcome;
-use case_intake_harness::support::{TestEnv, seed_body, token_header};
+use case_intake_harness::support::{Broker, TestEnv, seed_body, token_header};
 use case_intake_harness::testkit::{
     broker_and_worker, created, envelope_from, event_of, failed, process_as, to_bytes,
 };
@@ -318,10 +318,20 @@ async fn candidates_stay_in_the_network_and_private_cases_in_their_group() {
     let flagged = flagged_in_event(&env, "g1-1", a.network_id).await;
     assert!(flagged.iter().any(|(id, _)| *id == hidden), "{flagged:?}");
 
-    // With `reject`, another group's intake of the private person is created, not refused.
+    // With `reject`, a third group's intake of the private person is created, not refused:
+    // both earlier cases of her are private to other groups.
     set_policy(&env, a.network_id, "reject").await;
-    let out = env.process(&[same_private("g2-3", &key.token)]).await;
+    let third = tenancy::create_agent(&env.pool, a.network_id, "third agent", "Third agency")
+        .await
+        .unwrap();
+    let third = tenancy::create_api_key(&env.pool, third.agent_id, "third")
+        .await
+        .unwrap();
+    let out = env.process(&[same_private("g3-1", &third.token)]).await;
     created(&out[0]);
+    // Her own group's next intake of her is refused: its private case is a candidate.
+    let out = process_as(&env, "g1-2", a, &private).await;
+    assert_eq!(failed(&out), ErrorCode::PossibleDuplicate);
     env.cleanup().await;
 }
 
@@ -489,8 +499,27 @@ async fn a_household_keeps_its_twins_and_a_link_keeps_the_existing_case_where_it
     assert_eq!(ev["data"]["case_id"], ida);
     assert_eq!(ev["data"]["household_id"], household);
     assert_eq!(cases_named(&env, a.network_id, "Twin").await, 2);
+    // The key's status says it was matched, with the existing case.
+    let shown = status::for_operator(&env.pool, "t-4", Some(a.network_id))
+        .await
+        .unwrap();
+    let shown = serde_json::to_value(&shown).unwrap();
+    assert_eq!(shown[0]["status"], "matched", "{shown}");
+    assert_eq!(shown[0]["case_id"], ida);
     env.assert_household_invariant().await;
     env.cleanup().await;
+}
+
+/// Publishes `body` under `key` with `token`, and the override header when `over`.
+async fn publish(broker: &Broker, token: &str, key: &str, body: Value, over: bool) {
+    let (h, v) = token_header(token);
+    let mut headers = vec![(h, v.as_str())];
+    if over {
+        headers.push((OVERRIDE_HEADER, "create"));
+    }
+    broker
+        .publish(Some(key), &headers, None, &to_bytes(&body))
+        .await;
 }
 
 #[tokio::test]
@@ -499,24 +528,12 @@ async fn every_policy_through_the_broker_and_the_override_header() {
     let a = &env.a;
     let (mut broker, worker) = broker_and_worker(&env).await;
     let (h, v) = token_header(&a.token);
-    let publish = |key: &'static str, body: Value, over: bool| {
-        let broker = &broker;
-        async move {
-            let mut headers = vec![(h, v.as_str())];
-            if over {
-                headers.push((OVERRIDE_HEADER, "create"));
-            }
-            broker
-                .publish(Some(key), &headers, None, &to_bytes(&body))
-                .await;
-        }
-    };
     let body = |last: &str| person(a.county_ids[0], "Jo", last, Some("1944-04-04"), None, None);
 
     // flag: created, the event names the candidate.
-    publish("f-1", body("Flagged"), false).await;
+    publish(&broker, &a.token, "f-1", body("Flagged"), false).await;
     let (_, _, first) = broker.next_event_for("f-1").await;
-    publish("f-2", body("Flagged"), false).await;
+    publish(&broker, &a.token, "f-2", body("Flagged"), false).await;
     let (rk, _, second) = broker.next_event_for("f-2").await;
     assert_eq!(rk, "case.created");
     let named = candidates_of(&second["data"]["possible_duplicates"]);
@@ -527,7 +544,7 @@ async fn every_policy_through_the_broker_and_the_override_header() {
 
     // reject: fails with the candidates; the same body with the override creates the case.
     set_policy(&env, a.network_id, "reject").await;
-    publish("r-1", body("Flagged"), false).await;
+    publish(&broker, &a.token, "r-1", body("Flagged"), false).await;
     let (rk, _, refused) = broker.next_event_for("r-1").await;
     assert_eq!(rk, "case.failed");
     assert_eq!(refused["data"]["error"]["code"], "possible_duplicate");
@@ -536,10 +553,10 @@ async fn every_policy_through_the_broker_and_the_override_header() {
         2
     );
     // A redelivery without the header answers the recorded failure.
-    publish("r-1", body("Flagged"), false).await;
+    publish(&broker, &a.token, "r-1", body("Flagged"), false).await;
     let (_, _, again) = broker.next_event_for("r-1").await;
     assert_eq!(again["id"], refused["id"]);
-    publish("r-1", body("Flagged"), true).await;
+    publish(&broker, &a.token, "r-1", body("Flagged"), true).await;
     let (rk, _, overridden) = broker.next_event_for("r-1").await;
     assert_eq!(rk, "case.created", "{overridden}");
     assert_eq!(
@@ -577,7 +594,7 @@ async fn every_policy_through_the_broker_and_the_override_header() {
     // link: no new case; the outcome is the oldest matching case.
     set_policy(&env, a.network_id, "link").await;
     let before = cases_named(&env, a.network_id, "Flagged").await;
-    publish("l-1", body("Flagged"), false).await;
+    publish(&broker, &a.token, "l-1", body("Flagged"), false).await;
     let (rk, _, linked) = broker.next_event_for("l-1").await;
     assert_eq!(rk, "case.matched");
     assert_eq!(linked["type"], "case.matched");
@@ -589,10 +606,10 @@ async fn every_policy_through_the_broker_and_the_override_header() {
     assert_eq!(linked["data"]["rules"], json!(["name_dob"]));
     assert_eq!(cases_named(&env, a.network_id, "Flagged").await, before);
     // Its redelivery answers the same event; the override under a new key creates.
-    publish("l-1", body("Flagged"), false).await;
+    publish(&broker, &a.token, "l-1", body("Flagged"), false).await;
     let (_, _, again) = broker.next_event_for("l-1").await;
     assert_eq!(again["id"], linked["id"]);
-    publish("l-2", body("Flagged"), true).await;
+    publish(&broker, &a.token, "l-2", body("Flagged"), true).await;
     let (rk, _, _) = broker.next_event_for("l-2").await;
     assert_eq!(rk, "case.created");
     assert_eq!(cases_named(&env, a.network_id, "Flagged").await, before + 1);

@@ -1387,6 +1387,7 @@ mod tests {
             body: decoded.and_then(|m| validate(&m, today).map_err(IntakeError::validation)),
             county,
             household: None,
+            matching: MatchInput::default(),
         }
     }
 
