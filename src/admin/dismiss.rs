@@ -50,6 +50,16 @@ impl Dismissal {
             reason: reason.to_owned(),
         })
     }
+
+    /// Who dismisses, as recorded (`resolved_by`).
+    pub fn operator(&self) -> &str {
+        &self.operator
+    }
+
+    /// Why, as recorded (`resolution_reason`).
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
 }
 
 /// An operator name as recorded (`resolved_by`): trimmed, 1–200 characters, no control

@@ -8,6 +8,7 @@
 
 pub mod bulk_edit;
 pub mod dismiss;
+pub mod duplicates;
 pub mod edit;
 pub mod failed;
 pub mod groups;

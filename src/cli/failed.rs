@@ -258,21 +258,16 @@ impl BulkArgs {
     /// The operator from `--operator` or the environment, checked; `None` when neither names
     /// one.
     pub(super) fn operator(&self) -> Result<Option<String>, String> {
-        crate::admin::dismiss::operator_from(self.operator.as_deref(), |v| std::env::var(v).ok())
-            .map(|name| crate::admin::dismiss::check_operator(&name))
-            .transpose()
+        operator_of(self.operator.as_deref())
     }
 
     /// Asks (or refuses) before acting on more than [`ASK_ABOVE`]; a dry run writes nothing
     /// and never asks.
     pub(super) fn confirmed(&self, verb: &str, total: i64) -> CliResult {
-        if self.dry_run || total <= ASK_ABOVE || self.yes {
+        if self.dry_run {
             return Ok(());
         }
-        if confirm(&format!("{verb} {total} failed intakes?"))? {
-            return Ok(());
-        }
-        Err(format!("nothing done: {total} selected; confirm, or add --yes").into())
+        ask_before(&format!("{verb} {total} failed intakes?"), total, self.yes)
     }
 
     /// Tells how the work is cut, when a rate cuts it.
@@ -388,6 +383,26 @@ pub(super) fn progress_bar(total: i64) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+/// The operator a command acts for, from `flag` (`--operator`) or the environment
+/// (`CASE_INTAKE_OPERATOR`, `USER`, `LOGNAME`), checked; `None` when neither names one.
+pub(super) fn operator_of(flag: Option<&str>) -> Result<Option<String>, String> {
+    crate::admin::dismiss::operator_from(flag, |v| std::env::var(v).ok())
+        .map(|name| crate::admin::dismiss::check_operator(&name))
+        .transpose()
+}
+
+/// Goes ahead at once with at most [`ASK_ABOVE`] rows or with `yes`; otherwise asks
+/// `question` on the terminal, and refuses without one.
+pub(super) fn ask_before(question: &str, total: i64, yes: bool) -> CliResult {
+    if total <= ASK_ABOVE || yes {
+        return Ok(());
+    }
+    if confirm(question)? {
+        return Ok(());
+    }
+    Err(format!("nothing done: {total} selected; confirm, or add --yes").into())
 }
 
 /// Asks on the terminal; `false` without asking when stdin is not a terminal (a script must

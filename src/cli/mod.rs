@@ -3,6 +3,7 @@
 //! other layer; only `main.rs` calls it.
 
 mod dismiss;
+mod duplicates;
 mod edit;
 mod failed;
 mod groups;
@@ -23,6 +24,7 @@ use crate::infra::db;
 use crate::infra::settings::Settings;
 use crate::store::crypto::Vault;
 
+use duplicates::DuplicatesCommand;
 use failed::{BulkArgs, FailedCommand, Selection};
 use parked::ParkedCommand;
 use tenancy::TenancyCommand;
@@ -81,6 +83,12 @@ pub enum Command {
     Failed {
         #[command(subcommand)]
         command: FailedCommand,
+    },
+    /// Possible-duplicate clients flagged at intake: list, show and dismiss the pairs, set a
+    /// network's duplicate policy, compute the match keys of older cases.
+    Duplicates {
+        #[command(subcommand)]
+        command: DuplicatesCommand,
     },
     /// Inspect, drop or re-publish messages parked in `<intake_queue>.parked`: messages the
     /// worker's AMQP client cannot even parse. Talks to RabbitMQ only, never to the database.
@@ -141,6 +149,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> CliResult {
         }
         Command::Publish(args) => publish::publish(args, &settings).await,
         Command::Failed { command } => failed::failed_command(command, &settings).await,
+        Command::Duplicates { command } => duplicates::duplicates_command(command, &settings).await,
         Command::Replay { select, bulk } => failed::replay(&select, &bulk, &settings).await,
         Command::Status { key, network, json } => {
             status::status(&key, network, json, &settings).await

@@ -10,7 +10,8 @@
 //! - `tenancy`: networks, groups, agents, API keys, counties; `rotate`: re-sealing under the
 //!   active key; `retention`: deleting what is past its retention; `health`: the ping;
 //! - `matching`: the duplicate policy, the match locks and candidate lookup, flagged pairs;
-//! - `status`: what became of a message key (the status endpoint, the `status` command).
+//! - `status`: what became of a message key (the status endpoint, the `status` command);
+//! - `duplicates`: the flagged pairs, the duplicate policy and the match keys, for operators.
 //!
 //! The window's statements are set-based (one per table per window, arrays bound with
 //! `unnest`), so that a window of a few hundred intakes costs about ten round trips.
@@ -25,6 +26,7 @@
 pub mod auth;
 pub mod cases;
 pub mod crypto;
+pub mod duplicates;
 pub mod edits;
 pub mod failed;
 pub mod health;
