@@ -368,12 +368,12 @@ impl Person {
     /// person for matching, different text.
     pub fn apply_varied(&self, body: &mut Value, seed: u64) {
         let v = Variant {
-            nickname: mix(seed, 11) % 2 == 0,
-            swapped: mix(seed, 12) % 5 == 0,
+            nickname: mix(seed, 11).is_multiple_of(2),
+            swapped: mix(seed, 12).is_multiple_of(5),
             case: (mix(seed, 13) % 3) as u8,
-            strip_marks: mix(seed, 14) % 2 == 0,
-            abbreviated: mix(seed, 15) % 2 == 0,
-            dashed_ssn: mix(seed, 16) % 2 == 0,
+            strip_marks: mix(seed, 14).is_multiple_of(2),
+            abbreviated: mix(seed, 15).is_multiple_of(2),
+            dashed_ssn: mix(seed, 16).is_multiple_of(2),
         };
         self.write(body, &v);
     }
@@ -476,7 +476,7 @@ mod tests {
             let (area, group, serial) = (&s[..3], &s[3..5], &s[5..]);
             assert!(area != "000" && area != "666" && !area.starts_with('9'));
             assert!(group != "00" && serial != "0000");
-            assert!(!s.chars().all(|c| Some(c) == s.chars().next()));
+            assert!(!s.chars().all(|c| s.starts_with(c)));
             assert!(seen.insert(s));
         }
     }

@@ -612,7 +612,7 @@ async fn open_database(
     if args.preload > 0 {
         // Into the measured network: matching looks up the caller's network only.
         let vault = Vault::from_settings(&settings.crypto)?;
-        preloaded.first_person = preload(&pool, &net, &vault, args.preload).await?;
+        preloaded.first_person = preload(&pool, &net, vault, args.preload).await?;
     }
     preloaded.cases = checks::cases_in(&pool, net.network_id).await?;
     preloaded.outcomes = checks::outcome_rows(&pool, Some(net.network_id))
@@ -721,20 +721,18 @@ struct Ctx<'a> {
     seed: u64,
 }
 
-/// Rows of one preload chunk: cases `c0..c0+n`, households `h0..h0+households`, people
-/// `person0..person0+n`.
+/// Rows of one preload chunk: cases `c0..c0+n`, households `h0..h0+households`.
 struct Chunk {
     c0: i64,
     h0: i64,
     n: i64,
     households: i64,
-    person0: u64,
 }
 
-/// What the preloaded cases share: the network, and the vault that seals and hashes each SSN.
+/// What the preloaded cases share: the network and the vault's key id.
 struct PreloadCase<'a> {
     p: &'a Provisioned,
-    vault: &'a Vault,
+    key_id: &'a str,
 }
 
 /// The made-up people of the preload, and what the network held once they were in.
@@ -763,16 +761,32 @@ async fn reserve_people(pool: &PgPool, n: u64) -> Result<u64> {
 
 /// Inserts `total` cases (two per household, the first its head) with their households and
 /// outcomes into the network `p`, in chunks, straight with SQL; returns the first person number.
-async fn preload(pool: &PgPool, p: &Provisioned, vault: &Vault, total: u64) -> Result<u64> {
+/// The next chunk's people (sealing, HMAC and matching keys, CPU-bound) are computed on a
+/// blocking thread while PostgreSQL inserts the current one.
+async fn preload(pool: &PgPool, p: &Provisioned, vault: Vault, total: u64) -> Result<u64> {
     const CHUNK: u64 = 50_000;
     let started = Instant::now();
     let first_person = reserve_people(pool, total).await?;
-    let case = PreloadCase { p, vault };
+    let vault = Arc::new(vault);
+    let compute = |person0: u64, n: u64| {
+        let vault = vault.clone();
+        tokio::task::spawn_blocking(move || PeopleColumns::of(&vault, person0, n as usize))
+    };
+    let case = PreloadCase {
+        p,
+        key_id: vault.active_key(),
+    };
+    let mut next = Some(compute(first_person, CHUNK.min(total)));
     let mut done = 0u64;
-    while done < total {
-        let n = CHUNK.min(total - done);
-        preload_chunk(pool, &case, n as i64, first_person + done).await?;
-        done += n;
+    while let Some(computing) = next.take() {
+        let columns = computing.await?;
+        let n = columns.first.len() as u64;
+        let after = done + n;
+        if after < total {
+            next = Some(compute(first_person + after, CHUNK.min(total - after)));
+        }
+        preload_chunk(pool, &case, &columns).await?;
+        done = after;
         eprintln!(
             "preload: {done}/{total} cases ({:.0} s)",
             started.elapsed().as_secs_f64()
@@ -790,8 +804,13 @@ async fn preload(pool: &PgPool, p: &Provisioned, vault: &Vault, total: u64) -> R
     Ok(first_person)
 }
 
-/// One transaction of the preload: `n` cases, their households and outcomes.
-async fn preload_chunk(pool: &PgPool, case: &PreloadCase<'_>, n: i64, person0: u64) -> Result<()> {
+/// One transaction of the preload: the cases of `columns`, their households and outcomes.
+async fn preload_chunk(
+    pool: &PgPool,
+    case: &PreloadCase<'_>,
+    columns: &PeopleColumns,
+) -> Result<()> {
+    let n = columns.first.len() as i64;
     let households = (n + 1) / 2;
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL statement_timeout = 0")
@@ -802,9 +821,8 @@ async fn preload_chunk(pool: &PgPool, case: &PreloadCase<'_>, n: i64, person0: u
         h0: reserve_ids(&mut tx, "households_id_seq", households).await?,
         n,
         households,
-        person0,
     };
-    preload_cases(&mut tx, case, &chunk).await?;
+    preload_cases(&mut tx, case, &chunk, columns).await?;
     sqlx::query(HOUSEHOLDS_SQL)
         .bind(case.p.network_id)
         .bind(chunk.c0)
@@ -883,8 +901,8 @@ async fn preload_cases(
     tx: &mut Transaction<'_, Postgres>,
     case: &PreloadCase<'_>,
     chunk: &Chunk,
+    c: &PeopleColumns,
 ) -> Result<()> {
-    let c = PeopleColumns::of(case.vault, chunk.person0, chunk.n as usize);
     sqlx::query(
         "INSERT INTO cases (id, network_id, household_id, head_of_household, entry_agent,
                             mod_agent, \"group\", first_name, last_name, date_of_birth, email,
@@ -908,7 +926,7 @@ async fn preload_cases(
     .bind(case.p.agent_id)
     .bind(case.p.group_id)
     .bind(case.p.county_ids[0])
-    .bind(case.vault.active_key())
+    .bind(case.key_id)
     .bind(&c.first)
     .bind(&c.last)
     .bind(&c.dob)
