@@ -19,6 +19,9 @@ pub enum Kind {
     Resent,
     /// Two different valid bodies published at once under one key.
     Race,
+    /// A new key whose body is a person already on file, written differently (a possible
+    /// duplicate for matching; still a new case unless the network's policy says otherwise).
+    SamePerson,
 }
 
 impl Kind {
@@ -51,6 +54,7 @@ impl Kind {
             Kind::Invalid => "invalid",
             Kind::Resent => "resent",
             Kind::Race => "race",
+            Kind::SamePerson => "person",
         }
     }
 }

@@ -20,6 +20,9 @@ pub struct Arrival {
     pub supersedes: Option<Uuid>,
     /// The failure a `case.intake_resolved` event ends (`data.failed_event_id`).
     pub resolves: Option<Uuid>,
+    /// Existing cases a `case.created` event says the case may duplicate
+    /// (`data.possible_duplicates`; none when the network does not match).
+    pub possible_duplicates: usize,
 }
 
 impl Arrival {
@@ -68,6 +71,8 @@ struct EventData {
     error: Option<EventError>,
     replay: Option<EventReplay>,
     failed_event_id: Option<Uuid>,
+    /// Any JSON: the shape of this newer field must not make whole events unparsable.
+    possible_duplicates: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +113,12 @@ impl EventLog {
             household_id: body.data.household_id,
             supersedes: body.data.replay.and_then(|r| r.supersedes_event_id),
             resolves: body.data.failed_event_id,
+            possible_duplicates: body
+                .data
+                .possible_duplicates
+                .as_ref()
+                .and_then(serde_json::Value::as_array)
+                .map_or(0, Vec::len),
         });
     }
 

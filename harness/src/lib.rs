@@ -9,6 +9,7 @@ pub mod db;
 pub mod fixtures;
 pub mod kinds;
 pub mod ledger;
+pub mod people;
 pub mod support;
 pub mod testkit;
 pub mod workers;

@@ -13,6 +13,7 @@ use case_intake::admin::provision::{self, Provisioned};
 use case_intake::app::supervisor;
 use case_intake::infra::db as service_db;
 use case_intake::infra::settings::Settings;
+use case_intake::intake::matching::MatchKeys;
 use case_intake::outbox::topology;
 use case_intake::store::crypto::{Purpose, Vault};
 use case_intake_harness::broker;
@@ -21,6 +22,7 @@ use case_intake_harness::cli::{self, BoxError};
 use case_intake_harness::db;
 use case_intake_harness::kinds::{self, Flaw, Kind};
 use case_intake_harness::ledger::{EventLog, SharedLog, lock};
+use case_intake_harness::people::Person;
 use case_intake_harness::workers::{self, End, RunningWorker, WorkerCommand};
 use clap::Parser;
 use futures_util::StreamExt;
@@ -30,6 +32,7 @@ use lapin::{Channel, Connection};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use sqlx::types::chrono::NaiveDate;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -89,17 +92,31 @@ struct Args {
     /// Also print the report as one JSON line.
     #[arg(long)]
     json: bool,
-    /// Cases inserted directly with SQL (in another network) before measuring.
+    /// Cases inserted directly with SQL into the measured network before measuring, each a
+    /// distinct made-up person (SSN, names, date of birth, address, matching keys).
     #[arg(long, default_value_t = 0)]
     preload: u64,
+    /// The measured network's duplicate_policy: off or flag (reject and link would need the
+    /// checks to know which intakes must fail or link, so the benchmark refuses them).
+    #[arg(long, default_value = "flag", value_parser = parse_policy)]
+    policy: Policy,
+    /// Measure alternately with the policy off and flag, on the same database and preload:
+    /// --rounds pairs of measured phases (off, flag, then flag, off, …), then their ratio.
+    #[arg(long)]
+    alternate_policy: bool,
+    /// With --alternate-policy: pairs of measured phases (default 3).
+    #[arg(long)]
+    rounds: Option<usize>,
     /// Households created before measuring (not measured), target of joins and replacements.
     #[arg(long, default_value_t = 200)]
     households: usize,
     /// How many of those households receive the head replacements.
     #[arg(long, default_value_t = 8)]
     hot: usize,
-    /// Percentages of the measured messages by kind; new households are the rest.
-    #[arg(long, default_value = "join=20,replace=13,invalid=2,duplicate=5", value_parser = parse_mix)]
+    /// Percentages of the measured messages by kind; new households are the rest. `duplicate`
+    /// re-publishes an earlier message (same key); `person` is a new key whose body is a person
+    /// already on file (preloaded or earlier in the phase), written differently.
+    #[arg(long, default_value = "join=20,replace=13,invalid=2,duplicate=5,person=0", value_parser = parse_mix)]
     mix: Mix,
     /// Publisher confirms outstanding at most.
     #[arg(long, default_value_t = 1000)]
@@ -123,6 +140,8 @@ struct Msg {
     body: Arc<[u8]>,
     /// For a duplicate: the kind of the message it repeats.
     kind: Kind,
+    /// The made-up person of the body (`people::Person::of`); for an invalid intake, none.
+    person: Option<u64>,
     /// An identical re-publication of an earlier message.
     duplicate: bool,
 }
@@ -179,6 +198,36 @@ struct Mix {
     replace: f64,
     invalid: f64,
     duplicate: f64,
+    person: f64,
+}
+
+/// The measured network's `duplicate_policy` that the benchmark supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Policy {
+    Off,
+    Flag,
+}
+
+impl Policy {
+    fn as_str(self) -> &'static str {
+        match self {
+            Policy::Off => "off",
+            Policy::Flag => "flag",
+        }
+    }
+}
+
+fn parse_policy(s: &str) -> Result<Policy, String> {
+    match s {
+        "off" => Ok(Policy::Off),
+        "flag" => Ok(Policy::Flag),
+        "reject" | "link" => Err(format!(
+            "{s} is not supported by the benchmark: its checks expect every valid intake to \
+             create a case, and do not know which intakes {s} would turn away; use off or flag"
+        )),
+        other => Err(format!("unknown policy {other}: use off or flag")),
+    }
 }
 
 fn parse_mix(s: &str) -> Result<Mix, String> {
@@ -187,6 +236,7 @@ fn parse_mix(s: &str) -> Result<Mix, String> {
         replace: 0.0,
         invalid: 0.0,
         duplicate: 0.0,
+        person: 0.0,
     };
     for part in s.split(',').filter(|p| !p.trim().is_empty()) {
         let (k, v) = part
@@ -204,14 +254,15 @@ fn parse_mix(s: &str) -> Result<Mix, String> {
             "replace" => mix.replace = v,
             "invalid" => mix.invalid = v,
             "duplicate" => mix.duplicate = v,
+            "person" => mix.person = v,
             other => {
                 return Err(format!(
-                    "unknown kind {other}: use join, replace, invalid, duplicate"
+                    "unknown kind {other}: use join, replace, invalid, duplicate, person"
                 ));
             }
         }
     }
-    if mix.join + mix.replace + mix.invalid + mix.duplicate > 100.0 {
+    if mix.join + mix.replace + mix.invalid + mix.duplicate + mix.person > 100.0 {
         return Err("the percentages add up to more than 100".into());
     }
     Ok(mix)
@@ -223,6 +274,12 @@ fn check_args(args: &Args) -> Result<()> {
     }
     if args.hot == 0 || args.hot > args.households {
         return Err("--hot must be between 1 and --households".into());
+    }
+    if args.rounds == Some(0) {
+        return Err("--rounds must be positive".into());
+    }
+    if args.rounds.is_some() && !args.alternate_policy {
+        return Err("--rounds goes with --alternate-policy".into());
     }
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err("--rate must be a positive number".into());
@@ -328,10 +385,9 @@ async fn run(args: Args) -> Result<bool> {
         .into());
     }
     announce(&args, &id, &names, &settings);
-    let (pool, net) = open_database(&args, &id, &settings).await?;
+    let (pool, net, preloaded) = open_database(&args, &id, &settings).await?;
     let bus = open_broker(&args, &names, &settings).await?;
 
-    let mut workers = Workers::start(&args, &settings, &overrides, &worker_bin)?;
     let ctx = Ctx {
         args: &args,
         id: &id,
@@ -341,10 +397,148 @@ async fn run(args: Args) -> Result<bool> {
         ledger: &bus.ledger,
         pool: &pool,
         stop: &stop,
+        preloaded,
+        seed: args.seed.unwrap_or_else(rand::random),
     };
-    let result = measure_and_report(&ctx, &settings, &mut workers).await;
+    let start = WorkerStart {
+        settings: &settings,
+        overrides: &overrides,
+        bin: &worker_bin,
+    };
+    let result = all_phases(&ctx, &start).await;
     tear_down(&args, &names, bus, pool).await;
     result
+}
+
+/// How each measured phase starts its workers.
+struct WorkerStart<'a> {
+    settings: &'a Settings,
+    overrides: &'a [(String, String, String)],
+    bin: &'a std::path::Path,
+}
+
+/// One measured phase: its place in the run, its policy and its people.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    /// 1-based.
+    index: usize,
+    of: usize,
+    policy: Policy,
+}
+
+/// The policy of each measured phase: --policy once, or with --alternate-policy pairs of off
+/// and flag in the order off, flag, flag, off, off, flag, … so that a drift during the run
+/// (the database growing by each phase's cases) weighs on both policies alike.
+fn phase_policies(args: &Args) -> Vec<Policy> {
+    if !args.alternate_policy {
+        return vec![args.policy];
+    }
+    (0..args.rounds.unwrap_or(3))
+        .flat_map(|r| {
+            if r % 2 == 0 {
+                [Policy::Off, Policy::Flag]
+            } else {
+                [Policy::Flag, Policy::Off]
+            }
+        })
+        .collect()
+}
+
+/// Runs every measured phase on the same database, each with fresh workers (which read the
+/// network's policy anew); the checks of a phase cover every earlier phase too.
+async fn all_phases(ctx: &Ctx<'_>, start: &WorkerStart<'_>) -> Result<bool> {
+    let policies = phase_policies(ctx.args);
+    let mut prior: Vec<Owed> = Vec::new();
+    let mut results: Vec<(Policy, f64, bool)> = Vec::new();
+    for (i, policy) in policies.iter().enumerate() {
+        let phase = Phase {
+            index: i + 1,
+            of: policies.len(),
+            policy: *policy,
+        };
+        set_policy(ctx.pool, ctx.net.network_id, phase.policy).await?;
+        if phase.of > 1 {
+            eprintln!(
+                "phase {}/{}: duplicate_policy {}",
+                phase.index,
+                phase.of,
+                phase.policy.as_str()
+            );
+        }
+        let mut workers = Workers::start(ctx.args, start.settings, start.overrides, start.bin)?;
+        let report =
+            measure_and_report(ctx, &phase, start.settings, &mut workers, &mut prior).await?;
+        results.push((phase.policy, report.intakes_per_s, report.ok));
+        if ctx.stop.is_cancelled() {
+            break;
+        }
+    }
+    if policies.len() > 1 {
+        print_comparison(&results, ctx.args.json)?;
+    }
+    Ok(results.iter().all(|(_, _, ok)| *ok) && results.len() == policies.len())
+}
+
+/// The off/flag comparison of an alternating run.
+#[derive(Serialize)]
+struct Comparison {
+    phases: Vec<ComparedPhase>,
+    off_mean_per_s: f64,
+    flag_mean_per_s: f64,
+    /// flag / off of the means.
+    ratio: f64,
+    ok: bool,
+}
+
+#[derive(Serialize)]
+struct ComparedPhase {
+    policy: Policy,
+    intakes_per_s: f64,
+    ok: bool,
+}
+
+fn print_comparison(results: &[(Policy, f64, bool)], json: bool) -> Result<()> {
+    let mean = |p: Policy| {
+        let v: Vec<f64> = results.iter().filter(|r| r.0 == p).map(|r| r.1).collect();
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let (off, flag) = (mean(Policy::Off), mean(Policy::Flag));
+    let c = Comparison {
+        phases: results
+            .iter()
+            .map(|(policy, intakes_per_s, ok)| ComparedPhase {
+                policy: *policy,
+                intakes_per_s: *intakes_per_s,
+                ok: *ok,
+            })
+            .collect(),
+        off_mean_per_s: off,
+        flag_mean_per_s: flag,
+        ratio: if off > 0.0 { flag / off } else { 0.0 },
+        ok: results.iter().all(|r| r.2),
+    };
+    println!("comparison : phase  policy  intakes/s  checks");
+    for (i, p) in c.phases.iter().enumerate() {
+        println!(
+            "comparison : {:>5}  {:<6}  {:>9.0}  {}",
+            i + 1,
+            p.policy.as_str(),
+            p.intakes_per_s,
+            if p.ok { "ok" } else { "FAILED" }
+        );
+    }
+    println!(
+        "comparison : mean off {off:.0}/s, mean flag {flag:.0}/s, flag/off {:.3}",
+        c.ratio
+    );
+    if json {
+        println!("{}", serde_json::json!({ "comparison": c }));
+    }
+    Ok(())
 }
 
 /// Cancelled by SIGINT or SIGTERM.
@@ -394,7 +588,7 @@ async fn open_database(
     args: &Args,
     id: &str,
     settings: &Settings,
-) -> Result<(PgPool, Provisioned)> {
+) -> Result<(PgPool, Provisioned, Preloaded)> {
     if !args.keep_db {
         db::drop_database(&args.pg, &args.db).await?;
     }
@@ -411,19 +605,30 @@ async fn open_database(
         &["Kings".into(), "Queens".into()],
     )
     .await?;
+    let mut preloaded = Preloaded {
+        count: args.preload,
+        ..Preloaded::default()
+    };
     if args.preload > 0 {
-        let p = provision::provision(
-            &pool,
-            &format!("bench preload {id}"),
-            "Preload agency",
-            "preload agent",
-            &["Preload county".into()],
-        )
-        .await?;
+        // Into the measured network: matching looks up the caller's network only.
         let vault = Vault::from_settings(&settings.crypto)?;
-        preload(&pool, &p, &vault, args.preload).await?;
+        preloaded.first_person = preload(&pool, &net, vault, args.preload).await?;
     }
-    Ok((pool, net))
+    preloaded.cases = checks::cases_in(&pool, net.network_id).await?;
+    preloaded.outcomes = checks::outcome_rows(&pool, Some(net.network_id))
+        .await?
+        .len();
+    Ok((pool, net, preloaded))
+}
+
+/// Sets the measured network's duplicate policy (read by workers started afterwards).
+async fn set_policy(pool: &PgPool, network: i64, policy: Policy) -> Result<()> {
+    sqlx::query("UPDATE networks SET duplicate_policy = $1 WHERE id = $2")
+        .bind(policy.as_str())
+        .bind(network)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// The run's broker side: a publishing and a consuming connection, the events tap.
@@ -457,22 +662,25 @@ async fn open_broker(args: &Args, names: &Names, settings: &Settings) -> Result<
     })
 }
 
-/// Measures, stops the workers, runs the checks and prints the report.
+/// Measures, stops the workers, runs the checks (of this phase's keys and `prior`'s) and
+/// prints the report; adds this phase's keys to `prior`.
 async fn measure_and_report(
     ctx: &Ctx<'_>,
+    phase: &Phase,
     settings: &Settings,
     workers: &mut Workers,
-) -> Result<bool> {
-    let measured = measure(ctx, workers).await;
+    prior: &mut Vec<Owed>,
+) -> Result<Report> {
+    let measured = measure(ctx, phase, workers).await;
     let rss = workers.peak_rss_kib();
     eprintln!("stopping workers");
     let stopped = workers.stop().await;
-    let report = evaluate(ctx, settings, measured?, rss, stopped).await?;
+    let report = evaluate(ctx, phase, settings, measured?, rss, stopped, prior).await?;
     print_report(&report);
     if ctx.args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
-    Ok(report.ok)
+    Ok(report)
 }
 
 /// Cleanup, whatever happened.
@@ -508,6 +716,9 @@ struct Ctx<'a> {
     pool: &'a PgPool,
     /// Cancelled by SIGINT or SIGTERM: stop, then clean up as usual.
     stop: &'a CancellationToken,
+    preloaded: Preloaded,
+    /// The seed of the message mix, the same for every phase.
+    seed: u64,
 }
 
 /// Rows of one preload chunk: cases `c0..c0+n`, households `h0..h0+households`.
@@ -518,49 +729,88 @@ struct Chunk {
     households: i64,
 }
 
-/// What every preloaded case shares: its network, and one sealed SSN (the bytes are real,
-/// only their variety is not).
+/// What the preloaded cases share: the network and the vault's key id.
 struct PreloadCase<'a> {
     p: &'a Provisioned,
-    sealed: Vec<u8>,
-    hmac: Vec<u8>,
     key_id: &'a str,
 }
 
+/// The made-up people of the preload, and what the network held once they were in.
+#[derive(Debug, Clone, Copy, Default)]
+struct Preloaded {
+    /// Person number of the first preloaded case (`people::Person::of`).
+    first_person: u64,
+    count: u64,
+    /// Cases and recorded outcomes of the measured network before any measured phase.
+    cases: i64,
+    outcomes: usize,
+}
+
+/// Takes `n` consecutive person numbers from the bench database's own sequence: every case a
+/// run writes, preloaded or published, is a distinct person unless it is meant to be the same
+/// (the `person` kind), also across runs on a kept database.
+async fn reserve_people(pool: &PgPool, n: u64) -> Result<u64> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("CREATE SEQUENCE IF NOT EXISTS bench_people MINVALUE 0 START 0")
+        .execute(&mut *tx)
+        .await?;
+    let first = reserve_ids(&mut tx, "bench_people", n as i64).await?;
+    tx.commit().await?;
+    Ok(first as u64)
+}
+
 /// Inserts `total` cases (two per household, the first its head) with their households and
-/// dedup rows into the network `p`, in chunks, straight with SQL.
-async fn preload(pool: &PgPool, p: &Provisioned, vault: &Vault, total: u64) -> Result<()> {
-    const CHUNK: u64 = 100_000;
+/// outcomes into the network `p`, in chunks, straight with SQL; returns the first person number.
+/// The next chunk's people (sealing, HMAC and matching keys, CPU-bound) are computed on a
+/// blocking thread while PostgreSQL inserts the current one.
+async fn preload(pool: &PgPool, p: &Provisioned, vault: Vault, total: u64) -> Result<u64> {
+    const CHUNK: u64 = 50_000;
     let started = Instant::now();
-    let ssn = "111223333";
+    let first_person = reserve_people(pool, total).await?;
+    let vault = Arc::new(vault);
+    let compute = |person0: u64, n: u64| {
+        let vault = vault.clone();
+        tokio::task::spawn_blocking(move || PeopleColumns::of(&vault, person0, n as usize))
+    };
     let case = PreloadCase {
         p,
-        sealed: vault.seal(Purpose::Ssn, ssn.as_bytes()),
-        hmac: vault.ssn_hmac(ssn).to_vec(),
         key_id: vault.active_key(),
     };
+    let mut next = Some(compute(first_person, CHUNK.min(total)));
     let mut done = 0u64;
-    while done < total {
-        let n = CHUNK.min(total - done) as i64;
-        preload_chunk(pool, &case, n).await?;
-        done += n as u64;
+    while let Some(computing) = next.take() {
+        let columns = computing.await?;
+        let n = columns.first.len() as u64;
+        let after = done + n;
+        if after < total {
+            next = Some(compute(first_person + after, CHUNK.min(total - after)));
+        }
+        preload_chunk(pool, &case, &columns).await?;
+        done = after;
         eprintln!(
             "preload: {done}/{total} cases ({:.0} s)",
             started.elapsed().as_secs_f64()
         );
     }
+    let inserted = started.elapsed().as_secs_f64();
     sqlx::raw_sql("VACUUM (ANALYZE) cases, households, intake_outcomes")
         .execute(pool)
         .await?;
     eprintln!(
-        "preload: done in {:.0} s (vacuumed and analyzed)",
+        "preload: {total} cases inserted in {inserted:.1} s, done in {:.1} s (vacuumed and \
+         analyzed)",
         started.elapsed().as_secs_f64()
     );
-    Ok(())
+    Ok(first_person)
 }
 
-/// One transaction of the preload: `n` cases, their households and outcomes.
-async fn preload_chunk(pool: &PgPool, case: &PreloadCase<'_>, n: i64) -> Result<()> {
+/// One transaction of the preload: the cases of `columns`, their households and outcomes.
+async fn preload_chunk(
+    pool: &PgPool,
+    case: &PreloadCase<'_>,
+    columns: &PeopleColumns,
+) -> Result<()> {
+    let n = columns.first.len() as i64;
     let households = (n + 1) / 2;
     let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL statement_timeout = 0")
@@ -572,9 +822,20 @@ async fn preload_chunk(pool: &PgPool, case: &PreloadCase<'_>, n: i64) -> Result<
         n,
         households,
     };
-    preload_cases(&mut tx, case, &chunk).await?;
-    preload_rows(&mut tx, HOUSEHOLDS_SQL, case.p, &chunk, chunk.households).await?;
-    preload_rows(&mut tx, OUTCOMES_SQL, case.p, &chunk, chunk.n).await?;
+    preload_cases(&mut tx, case, &chunk, columns).await?;
+    sqlx::query(HOUSEHOLDS_SQL)
+        .bind(case.p.network_id)
+        .bind(chunk.c0)
+        .bind(chunk.h0)
+        .bind(chunk.households)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(OUTCOMES_SQL)
+        .bind(case.p.network_id)
+        .bind(chunk.c0)
+        .bind(chunk.n)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -593,24 +854,71 @@ async fn reserve_ids(tx: &mut Transaction<'_, Postgres>, sequence: &str, n: i64)
     Ok(first)
 }
 
+/// The columns of one chunk's people, bound as arrays and inserted with one `unnest`.
+#[derive(Default)]
+struct PeopleColumns {
+    first: Vec<String>,
+    last: Vec<String>,
+    dob: Vec<NaiveDate>,
+    street: Vec<String>,
+    sealed: Vec<Vec<u8>>,
+    hmac: Vec<Vec<u8>>,
+    last4: Vec<String>,
+    match_name: Vec<Option<i64>>,
+    match_address: Vec<Option<i64>>,
+}
+
+impl PeopleColumns {
+    /// People `person0..person0+n`, with the SSN sealed and hashed and the matching keys
+    /// computed as the service computes them.
+    fn of(vault: &Vault, person0: u64, n: usize) -> Self {
+        let mut c = PeopleColumns::default();
+        for k in 0..n as u64 {
+            let person = Person::of(person0 + k);
+            let street = person.street_address();
+            let keys = MatchKeys::from_parts(
+                person.first_name(),
+                person.last_name,
+                Some(person.date_of_birth),
+                Some(&street),
+            );
+            c.sealed
+                .push(vault.seal(Purpose::Ssn, person.ssn.as_bytes()));
+            c.hmac.push(vault.ssn_hmac(&person.ssn).to_vec());
+            c.last4.push(person.ssn[5..].to_owned());
+            c.first.push(person.first_name().to_owned());
+            c.last.push(person.last_name.to_owned());
+            c.dob.push(person.date_of_birth);
+            c.street.push(street);
+            c.match_name.push(keys.name);
+            c.match_address.push(keys.address);
+        }
+        c
+    }
+}
+
 async fn preload_cases(
     tx: &mut Transaction<'_, Postgres>,
     case: &PreloadCase<'_>,
     chunk: &Chunk,
+    c: &PeopleColumns,
 ) -> Result<()> {
     sqlx::query(
         "INSERT INTO cases (id, network_id, household_id, head_of_household, entry_agent,
-                            mod_agent, \"group\", first_name, middle_name, last_name,
-                            date_of_birth, email, mailing_address, mailing_city,
-                            mailing_state, mailing_zip_code, street_address, street_city,
-                            street_state, street_zip_code, street_county, yearly_expenses,
-                            yearly_income, ss_number_sealed, ss_number_key_id,
-                            ss_number_hmac, ss_number_last4)
-         SELECT $1 + g, $2, $3 + g / 2, g % 2 = 0, $4, $4, $5, 'Pre' || g, 'Tom', 'Loaded',
-                date '1940-01-01' + (g % 25000)::int, 'pre' || g || '@example.org',
-                '123 Adams Street', 'Exampleville', 'NY', '12345', '123 Adams Street',
-                'Exampleville', 'NY', '12345', $6, 11580, 15350, $8, $9, $10, '3333'
-           FROM generate_series(0::bigint, $7 - 1) AS g",
+                            mod_agent, \"group\", first_name, last_name, date_of_birth, email,
+                            mailing_address, mailing_city, mailing_state, mailing_zip_code,
+                            street_address, street_city, street_state, street_zip_code,
+                            street_county, yearly_expenses, yearly_income, ss_number_sealed,
+                            ss_number_key_id, ss_number_hmac, ss_number_last4, match_name,
+                            match_address)
+         SELECT $1 + u.g - 1, $2, $3 + (u.g - 1) / 2, (u.g - 1) % 2 = 0, $4, $4, $5, u.first,
+                u.last, u.dob, 'pre' || ($1 + u.g - 1) || '@example.org', u.street,
+                'Exampleville', 'NY', '12345', u.street, 'Exampleville', 'NY', '12345', $6,
+                11580, 15350, u.sealed, $7, u.hmac, u.last4, u.match_name, u.match_address
+           FROM unnest($8::text[], $9::text[], $10::date[], $11::text[], $12::bytea[],
+                       $13::bytea[], $14::text[], $15::int8[], $16::int8[])
+                WITH ORDINALITY AS u(first, last, dob, street, sealed, hmac, last4, match_name,
+                                     match_address, g)",
     )
     .bind(chunk.c0)
     .bind(case.p.network_id)
@@ -618,10 +926,16 @@ async fn preload_cases(
     .bind(case.p.agent_id)
     .bind(case.p.group_id)
     .bind(case.p.county_ids[0])
-    .bind(chunk.n)
-    .bind(&case.sealed)
     .bind(case.key_id)
-    .bind(&case.hmac)
+    .bind(&c.first)
+    .bind(&c.last)
+    .bind(&c.dob)
+    .bind(&c.street)
+    .bind(&c.sealed)
+    .bind(&c.hmac)
+    .bind(&c.last4)
+    .bind(&c.match_name)
+    .bind(&c.match_address)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -631,37 +945,21 @@ async fn preload_cases(
 const HOUSEHOLDS_SQL: &str = "INSERT INTO households (id, network_id, head_case_id)
      SELECT $3 + j, $1, $2 + 2 * j FROM generate_series(0::bigint, $4 - 1) AS j";
 
-/// The preloaded cases' outcomes: $1 network, $2 first case, $3 first household, $4 cases.
+/// The preloaded cases' outcomes, from the cases just inserted: $1 network, $2 first case,
+/// $3 cases.
 const OUTCOMES_SQL: &str = "INSERT INTO intake_outcomes (network_id, message_key, payload_hash,
                                   outcome, case_id, event_id, event, routing_key)
-     SELECT $1, 'preload-' || ($2 + g), sha256(convert_to('preload-' || ($2 + g), 'UTF8')),
-            'created', $2 + g, gen_random_uuid(),
+     SELECT $1, 'preload-' || c.id, sha256(convert_to('preload-' || c.id, 'UTF8')),
+            'created', c.id, gen_random_uuid(),
             jsonb_build_object('specversion', '1.0', 'type', 'case.created',
-                'source', 'urn:case-intake', 'subject', 'preload-' || ($2 + g),
-                'data', jsonb_build_object('id', $2 + g, 'household_id', $3 + g / 2,
-                    'first_name', 'Pre' || g, 'last_name', 'Loaded',
-                    'street_address', '123 Adams Street', 'street_city', 'Exampleville',
-                    'street_state', 'NY', 'street_zip_code', '12345')),
+                'source', 'urn:case-intake', 'subject', 'preload-' || c.id,
+                'data', jsonb_build_object('id', c.id, 'household_id', c.household_id,
+                    'first_name', c.first_name, 'last_name', c.last_name,
+                    'street_address', c.street_address, 'street_city', c.street_city,
+                    'street_state', c.street_state, 'street_zip_code', c.street_zip_code)),
             'case.created'
-       FROM generate_series(0::bigint, $4 - 1) AS g";
-
-/// Runs one of the preload's set-based inserts over `count` rows of `chunk`.
-async fn preload_rows(
-    tx: &mut Transaction<'_, Postgres>,
-    sql: &'static str,
-    p: &Provisioned,
-    chunk: &Chunk,
-    count: i64,
-) -> Result<()> {
-    sqlx::query(sql)
-        .bind(p.network_id)
-        .bind(chunk.c0)
-        .bind(chunk.h0)
-        .bind(count)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
+       FROM cases c
+      WHERE c.id >= $2 AND c.id < $2 + $3";
 
 /// Binds a private queue to every routing key of the events exchange (declared with the
 /// topology) and records every event into `ledger`.
@@ -815,68 +1113,125 @@ impl Drop for Workers {
     }
 }
 
-/// A valid body (the seed's example) for message `n`, head of a new household.
-fn base_body(n: &str, county: i64, household: Option<i64>, head: bool) -> serde_json::Value {
-    kinds::intake_body(county, &format!("Person{n}"), head, household)
+/// A valid body (the seed's example) of made-up person `n`, head of a new household or not.
+fn body_of(n: u64, county: i64, household: Option<i64>, head: bool) -> serde_json::Value {
+    let mut body = kinds::intake_body(county, "", head, household);
+    Person::of(n).apply(&mut body);
+    body
 }
 
-fn msg(key: String, body: &serde_json::Value, kind: Kind) -> Msg {
+fn msg(key: String, body: &serde_json::Value, kind: Kind, person: Option<u64>) -> Msg {
     Msg {
         key: key.into(),
         body: serde_json::to_vec(body).unwrap_or_default().into(),
         kind,
+        person,
         duplicate: false,
     }
 }
 
+/// Where a phase's messages come from: the households to join, and the made-up people.
+struct Source<'a> {
+    households: &'a [i64],
+    /// Person number of the phase's first measured message (message `i` is `people0 + i`).
+    people0: u64,
+    /// People whose case the phase (or the preload) created: the `person` kind's originals.
+    on_file: Vec<u64>,
+}
+
 /// The measured messages, by default ~60% new households, ~20% joins, ~13% head replacements
-/// on the hot households, ~2% invalid, ~5% identical re-publications of an earlier key.
-fn plan(ctx: &Ctx<'_>, rng: &mut StdRng, households: &[i64]) -> Vec<Msg> {
+/// on the hot households, ~2% invalid, ~5% identical re-publications of an earlier key; with
+/// `person=P`, P% new keys for a person already on file.
+fn plan(ctx: &Ctx<'_>, phase: &Phase, rng: &mut StdRng, source: &mut Source<'_>) -> Vec<Msg> {
     let mut msgs: Vec<Msg> = Vec::with_capacity(ctx.args.count);
     for _ in 0..ctx.args.count {
-        let m = plan_one(ctx, rng, households, &msgs);
+        let m = plan_one(ctx, phase, rng, source, &msgs);
+        if m.kind.valid()
+            && m.kind != Kind::SamePerson
+            && !m.duplicate
+            && let Some(p) = m.person
+        {
+            source.on_file.push(p);
+        }
         msgs.push(m);
     }
     msgs
 }
 
 /// Message `earlier.len()` of the measured phase, drawn by the mix.
-fn plan_one(ctx: &Ctx<'_>, rng: &mut StdRng, households: &[i64], earlier: &[Msg]) -> Msg {
+fn plan_one(
+    ctx: &Ctx<'_>,
+    phase: &Phase,
+    rng: &mut StdRng,
+    source: &Source<'_>,
+    earlier: &[Msg],
+) -> Msg {
     let i = earlier.len();
+    let households = source.households;
     let counties = &ctx.net.county_ids;
     let hot = &households[..ctx.args.hot.min(households.len())];
-    let key = format!("bench-{}-{i}", ctx.id);
+    let key = format!("bench-{}-{}-{i}", ctx.id, phase.index);
     let county = counties[rng.random_range(0..counties.len())];
-    let n = i.to_string();
+    // A person of their own, distinct from every other of the run and of the preload.
+    let person = source.people0 + i as u64;
     let roll: f64 = rng.random::<f64>() * 100.0;
     let mix = ctx.args.mix;
+    let new_household = |key: String| {
+        msg(
+            key,
+            &body_of(person, county, None, true),
+            Kind::NewHousehold,
+            Some(person),
+        )
+    };
     if roll < mix.duplicate && i > 0 {
         let original = earlier[rng.random_range(0..i)].clone();
         Msg {
             duplicate: true,
             ..original
         }
-    } else if roll < mix.duplicate + mix.invalid {
-        let mut body = base_body(&n, county, None, true);
+    } else if roll < mix.duplicate + mix.person {
+        match same_person(ctx, rng, &source.on_file) {
+            Some(p) => {
+                let mut body = kinds::intake_body(county, "", true, None);
+                Person::of(p).apply_varied(&mut body, rng.random());
+                msg(key, &body, Kind::SamePerson, Some(p))
+            }
+            None => new_household(key),
+        }
+    } else if roll < mix.duplicate + mix.person + mix.invalid {
+        let mut body = body_of(person, county, None, true);
         let flaw = if i.is_multiple_of(2) {
             Flaw::MissingLastName
         } else {
             Flaw::ShortZipCode
         };
         kinds::spoil(&mut body, flaw);
-        msg(key, &body, Kind::Invalid)
-    } else if roll < mix.duplicate + mix.invalid + mix.replace {
+        msg(key, &body, Kind::Invalid, None)
+    } else if roll < mix.duplicate + mix.person + mix.invalid + mix.replace {
         let h = hot[rng.random_range(0..hot.len())];
-        msg(
-            key,
-            &base_body(&n, county, Some(h), true),
-            Kind::ReplaceHead,
-        )
-    } else if roll < mix.duplicate + mix.invalid + mix.replace + mix.join {
+        let body = body_of(person, county, Some(h), true);
+        msg(key, &body, Kind::ReplaceHead, Some(person))
+    } else if roll < mix.duplicate + mix.person + mix.invalid + mix.replace + mix.join {
         let h = households[rng.random_range(0..households.len())];
-        msg(key, &base_body(&n, county, Some(h), false), Kind::Join)
+        let body = body_of(person, county, Some(h), false);
+        msg(key, &body, Kind::Join, Some(person))
     } else {
-        msg(key, &base_body(&n, county, None, true), Kind::NewHousehold)
+        new_household(key)
+    }
+}
+
+/// A person already on file for the `person` kind: preloaded or created earlier in the
+/// phase, half and half when both exist.
+fn same_person(ctx: &Ctx<'_>, rng: &mut StdRng, on_file: &[u64]) -> Option<u64> {
+    let pre = ctx.preloaded;
+    let preloaded = pre.count > 0 && (on_file.is_empty() || rng.random_bool(0.5));
+    if preloaded {
+        Some(pre.first_person + rng.random_range(0..pre.count))
+    } else if on_file.is_empty() {
+        None
+    } else {
+        Some(on_file[rng.random_range(0..on_file.len())])
     }
 }
 
@@ -1076,16 +1431,23 @@ async fn db_size(pool: &PgPool) -> Result<i64> {
 }
 
 /// Creates the household pool (not measured), then publishes and waits for the measured phase.
-async fn measure(ctx: &Ctx<'_>, workers: &mut Workers) -> Result<Measured> {
+async fn measure(ctx: &Ctx<'_>, phase: &Phase, workers: &mut Workers) -> Result<Measured> {
     let args = ctx.args;
-    let seed = args.seed.unwrap_or_else(rand::random);
+    // Every phase draws the same mix: phases of an alternating run differ by policy only.
+    let seed = ctx.seed;
     let mut rng = StdRng::seed_from_u64(seed);
     let headers = broker::token_headers(&ctx.net.token);
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let (prephase, households) = prephase(ctx, workers, &headers, seed, deadline).await?;
+    let people0 = reserve_people(ctx.pool, (args.households + args.count) as u64).await?;
+    let (prephase, households) = prephase(ctx, phase, workers, &headers, people0, deadline).await?;
     let base_total = lock(ctx.ledger).total;
 
-    let msgs = Arc::new(plan(ctx, &mut rng, &households));
+    let mut source = Source {
+        households: &households,
+        people0: people0 + args.households as u64,
+        on_file: Vec::new(),
+    };
+    let msgs = Arc::new(plan(ctx, phase, &mut rng, &mut source));
     let db_bytes_before = db_size(ctx.pool).await?;
     let wal_before = wal_lsn(ctx.pool).await?;
     eprintln!(
@@ -1132,23 +1494,29 @@ async fn measure(ctx: &Ctx<'_>, workers: &mut Workers) -> Result<Measured> {
 /// and ids.
 async fn prephase(
     ctx: &Ctx<'_>,
+    phase: &Phase,
     workers: &mut Workers,
     headers: &FieldTable,
-    seed: u64,
+    people0: u64,
     deadline: Instant,
 ) -> Result<(Vec<Msg>, Vec<i64>)> {
     let counties = &ctx.net.county_ids;
     let prephase: Vec<Msg> = (0..ctx.args.households)
         .map(|j| {
             let county = counties[j % counties.len()];
-            let body = base_body(&format!("h{j}"), county, None, true);
-            msg(format!("bench-{}-h{j}", ctx.id), &body, Kind::NewHousehold)
+            let person = people0 + j as u64;
+            let body = body_of(person, county, None, true);
+            let key = format!("bench-{}-{}-h{j}", ctx.id, phase.index);
+            msg(key, &body, Kind::NewHousehold, Some(person))
         })
         .collect();
     eprintln!(
-        "pre-phase: creating {} households (seed {seed})",
-        prephase.len()
+        "pre-phase: creating {} households (seed {})",
+        prephase.len(),
+        ctx.seed
     );
+    // Events of earlier phases are in the ledger too.
+    let before = lock(ctx.ledger).total;
     publish_all(
         ctx.publish.clone(),
         ctx.names.intake.clone(),
@@ -1159,7 +1527,7 @@ async fn prephase(
         Arc::default(),
     )
     .await?;
-    await_events(ctx, workers, prephase.len(), deadline).await?;
+    await_events(ctx, workers, before + prephase.len(), deadline).await?;
     let households: Vec<i64> = {
         let l = lock(ctx.ledger);
         prephase
@@ -1313,6 +1681,8 @@ struct Outcomes {
     failed: BTreeMap<String, usize>,
     duplicates: usize,
     missing: usize,
+    /// Created cases whose event names possible duplicates, by the share of the mix.
+    flagged: BTreeMap<String, usize>,
 }
 
 #[derive(Serialize)]
@@ -1324,6 +1694,11 @@ struct Check {
 
 #[derive(Serialize)]
 struct Report {
+    /// This measured phase, 1-based, of `phases`.
+    phase: usize,
+    phases: usize,
+    /// The measured network's duplicate_policy during the phase.
+    policy: Policy,
     count: usize,
     mix: BTreeMap<String, usize>,
     workers: usize,
@@ -1401,7 +1776,7 @@ struct Tally {
 }
 
 /// Pairs the n-th event of each key with its n-th publication.
-fn tally(log: &EventLog, per_key: &PerKey<'_>, sent: &[Instant]) -> Tally {
+fn tally(log: &EventLog, per_key: &PerKey<'_>, msgs: &[Msg], sent: &[Instant]) -> Tally {
     let mut t = Tally {
         latencies: Vec::with_capacity(sent.len()),
         outcomes: Outcomes::default(),
@@ -1423,6 +1798,11 @@ fn tally(log: &EventLog, per_key: &PerKey<'_>, sent: &[Instant]) -> Tally {
                 t.outcomes.duplicates += 1;
             } else if a.event_type == "case.created" {
                 t.outcomes.created += 1;
+                if a.possible_duplicates > 0
+                    && let Some(m) = msgs.get(*idx)
+                {
+                    *t.outcomes.flagged.entry(m.mix_name().into()).or_default() += 1;
+                }
             } else {
                 let code = a.code.clone().unwrap_or_else(|| a.event_type.clone());
                 *t.outcomes.failed.entry(code).or_default() += 1;
@@ -1497,7 +1877,7 @@ fn check_events(checks: &mut Checks, log: &EventLog, expected: &[Expected<'_>], 
     );
 }
 
-/// The checks of what the database holds.
+/// The checks of what the database holds (beyond what the preload put there).
 async fn check_database(
     checks: &mut Checks,
     ctx: &Ctx<'_>,
@@ -1505,17 +1885,21 @@ async fn check_database(
 ) -> Result<()> {
     let network = ctx.net.network_id;
     let valid_keys = expected.iter().filter(|e| e.valid).count() as i64;
-    let cases = checks::cases_in(ctx.pool, network).await?;
+    let cases = checks::cases_in(ctx.pool, network).await? - ctx.preloaded.cases;
     checks.add(
         "cases = distinct valid keys",
         cases == valid_keys,
-        format!("{cases} cases, {valid_keys} distinct valid keys"),
+        format!("{cases} cases beyond the preload, {valid_keys} distinct valid keys"),
     );
-    let recorded = checks::outcome_rows(ctx.pool, Some(network)).await?.len();
+    let recorded =
+        checks::outcome_rows(ctx.pool, Some(network)).await?.len() - ctx.preloaded.outcomes;
     checks.add(
         "one recorded outcome per distinct key",
         recorded == expected.len(),
-        format!("{recorded} outcomes, {} distinct keys", expected.len()),
+        format!(
+            "{recorded} outcomes beyond the preload, {} distinct keys",
+            expected.len()
+        ),
     );
     let unpublished = checks::unpublished_outbox(ctx.pool).await?.len();
     checks.add(
@@ -1532,28 +1916,43 @@ async fn check_database(
     Ok(())
 }
 
-/// Matches events to messages, computes the figures and runs the checks.
+/// A key of an earlier phase and the outcome events it is owed.
+struct Owed {
+    key: String,
+    valid: bool,
+    owed: usize,
+}
+
+/// Matches events to messages, computes the figures and runs the checks; the checks also
+/// cover the keys of earlier phases (`prior`), to which this phase's keys are then added.
 async fn evaluate(
     ctx: &Ctx<'_>,
+    phase: &Phase,
     settings: &Settings,
     m: Measured,
     rss: Vec<u64>,
     stopped: Vec<String>,
+    prior: &mut Vec<Owed>,
 ) -> Result<Report> {
     let mut checks = Checks::default();
     check_finished(&mut checks, &m, ctx.args.timeout);
     let (per_key, mix) = publications(&m);
-    let expected: Vec<Expected<'_>> = per_key
+    let mut expected: Vec<Expected<'_>> = prior
         .iter()
-        .map(|(key, (valid, pubs))| Expected {
-            key,
-            valid: *valid,
-            owed: pubs.len(),
+        .map(|o| Expected {
+            key: &o.key,
+            valid: o.valid,
+            owed: o.owed,
         })
         .collect();
+    expected.extend(per_key.iter().map(|(key, (valid, pubs))| Expected {
+        key,
+        valid: *valid,
+        owed: pubs.len(),
+    }));
     let t = {
         let log = lock(ctx.ledger);
-        let t = tally(&log, &per_key, &m.sent);
+        let t = tally(&log, &per_key, &m.msgs, &m.sent);
         check_events(&mut checks, &log, &expected, t.outcomes.missing);
         t
     };
@@ -1574,7 +1973,19 @@ async fn evaluate(
         db_bytes: db_bytes_after - m.db_bytes_before,
         wal_bytes: wal,
     };
-    Ok(report_of(ctx, settings, m, mix, t, used, checks.0))
+    let this_phase: Vec<Owed> = per_key
+        .iter()
+        .map(|(key, (valid, pubs))| Owed {
+            key: (*key).to_owned(),
+            valid: *valid,
+            owed: pubs.len(),
+        })
+        .collect();
+    drop(expected);
+    drop(per_key);
+    let report = report_of(ctx, phase, settings, m, mix, t, used, checks.0);
+    prior.extend(this_phase);
+    Ok(report)
 }
 
 /// What the measured phase used: the workers' peak memory, and the bytes it added to the
@@ -1586,8 +1997,10 @@ struct Resources {
 }
 
 /// The report: the run's settings, its figures and the checks.
+#[allow(clippy::too_many_arguments)]
 fn report_of(
     ctx: &Ctx<'_>,
+    phase: &Phase,
     settings: &Settings,
     m: Measured,
     mix: BTreeMap<String, usize>,
@@ -1609,6 +2022,9 @@ fn report_of(
     let per_second = |count: f64, secs: f64| if secs > 0.0 { count / secs } else { 0.0 };
     let ok = checks.iter().all(|c| c.ok);
     Report {
+        phase: phase.index,
+        phases: phase.of,
+        policy: phase.policy,
         count: n,
         mix,
         workers: ctx.args.workers,
@@ -1658,7 +2074,7 @@ fn print_report(r: &Report) {
 fn print_setup(r: &Report) {
     println!(
         "case-intake-bench: {} intakes ({}); {} {} worker(s); window {}, prefetch {}, \
-         consumers {}, pool {}, window wait {} ms; {}; preloaded {} cases",
+         consumers {}, pool {}, window wait {} ms; {}; preloaded {} cases; duplicate_policy {}{}",
         r.count,
         cli::listed(&r.mix, " "),
         r.workers,
@@ -1675,6 +2091,12 @@ fn print_setup(r: &Report) {
         r.rate
             .map_or("full speed".to_owned(), |x| format!("offered {x}/s")),
         r.preload,
+        r.policy.as_str(),
+        if r.phases > 1 {
+            format!(" (phase {}/{})", r.phase, r.phases)
+        } else {
+            String::new()
+        },
     );
 }
 
@@ -1693,11 +2115,13 @@ fn print_figures(r: &Report) {
         );
     }
     println!(
-        "outcomes   : created {}, failed [{}], duplicates {}, missing {}",
+        "outcomes   : created {}, failed [{}], duplicates {}, missing {}; flagged as possible \
+         duplicates [{}]",
         r.outcomes.created,
         cli::listed(&r.outcomes.failed, " "),
         r.outcomes.duplicates,
-        r.outcomes.missing
+        r.outcomes.missing,
+        cli::listed(&r.outcomes.flagged, " ")
     );
     let rss: Vec<String> = r
         .worker_peak_rss_kib
