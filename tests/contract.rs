@@ -288,18 +288,33 @@ fn the_documented_names_are_the_service_defaults() {
         .keys()
         .map(|h| h.to_ascii_lowercase())
         .collect();
-    // The token headers, the key and correlation headers, the W3C trace context, and the retry
-    // counter the service keeps (reserved, never accepted).
+    // The token headers, the key and correlation headers, the W3C trace context, the
+    // duplicate override, and the retry counter the service keeps (reserved, never accepted).
     let expected: BTreeSet<String> = TOKEN_HEADERS
         .iter()
         .chain([&KEY_HEADER, &CORRELATION_HEADER])
         .chain([&TRACEPARENT, &TRACESTATE])
+        .chain([&case_intake::intake::error::OVERRIDE_HEADER])
         .chain([&RETRIES_HEADER, &RETRIES_TAG_HEADER])
         .map(|h| h.to_string())
         .collect();
     assert_eq!(headers, expected);
     let intake_headers = c.named("IntakeHeaders");
     assert!(!intake_headers.is_valid(&json!({"authorization": "Token a", RETRIES_HEADER: 1})));
+    // The override's documented values are the ones the service accepts.
+    let over = case_intake::intake::error::OVERRIDE_HEADER;
+    for (value, accepted) in [
+        ("create", true),
+        (" Create ", true),
+        ("yes", false),
+        ("", false),
+    ] {
+        assert_eq!(
+            intake_headers.is_valid(&json!({"authorization": "Token a", over: value})),
+            accepted,
+            "{value:?}"
+        );
+    }
     // The documented trace header format is the one the service keeps.
     let parent = c.named("TraceParent");
     for candidate in [

@@ -28,40 +28,14 @@ fn no_network(id: i64) -> DuplicatesError {
     DuplicatesError::NotFound(format!("no network with id {id}"))
 }
 
-/// What an intake that matches an existing client does in a network (`networks.duplicate_policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Policy {
-    /// No matching.
-    Off,
-    /// The case is created and the pairs recorded for an administrator (the default).
-    Flag,
-    /// The intake fails `possible_duplicate` unless its sender overrides.
-    Reject,
-    /// No new case: the key's outcome is the existing case.
-    Link,
-}
+/// What an intake that matches an existing client does in a network: the pipeline's own type.
+pub use crate::store::matching::DuplicatePolicy as Policy;
 
-impl Policy {
-    pub const ALL: [Policy; 4] = [Policy::Off, Policy::Flag, Policy::Reject, Policy::Link];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Policy::Off => "off",
-            Policy::Flag => "flag",
-            Policy::Reject => "reject",
-            Policy::Link => "link",
-        }
-    }
-
-    /// The policy a stored value names (the column's check allows no other).
-    fn stored(s: &str) -> Result<Self, DuplicatesError> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown duplicate policy {s:?}").into()))
-            .map_err(DuplicatesError::from)
-    }
+/// The policy a stored value names (the column's check allows no other).
+fn stored_policy(s: &str) -> Result<Policy, DuplicatesError> {
+    Policy::parse(s)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown duplicate policy {s:?}").into()))
+        .map_err(DuplicatesError::from)
 }
 
 /// Which pairs a listing shows.
@@ -288,7 +262,7 @@ pub async fn dismiss(
 /// A network's duplicate policy.
 pub async fn policy(pool: &PgPool, network: i64) -> Result<Policy, DuplicatesError> {
     let stored = store::policy(pool, network).await?;
-    Policy::stored(&stored.ok_or_else(|| no_network(network))?)
+    stored_policy(&stored.ok_or_else(|| no_network(network))?)
 }
 
 /// A policy change: what it was and what it is.
@@ -306,7 +280,7 @@ pub async fn set_policy(
     new: Policy,
 ) -> Result<PolicyChange, DuplicatesError> {
     let old = store::set_policy(pool, network, new.as_str()).await?;
-    let old = Policy::stored(&old.ok_or_else(|| no_network(network))?)?;
+    let old = stored_policy(&old.ok_or_else(|| no_network(network))?)?;
     Ok(PolicyChange { network, old, new })
 }
 
@@ -378,8 +352,8 @@ mod tests {
     #[test]
     fn every_policy_reads_back_from_its_stored_text() {
         for p in Policy::ALL {
-            assert_eq!(Policy::stored(p.as_str()).unwrap(), p);
+            assert_eq!(stored_policy(p.as_str()).unwrap(), p);
         }
-        assert!(Policy::stored("maybe").is_err());
+        assert!(stored_policy("maybe").is_err());
     }
 }

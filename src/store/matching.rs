@@ -12,7 +12,8 @@ use crate::store::ids::NetworkId;
 use crate::store::unnest::column;
 
 /// What a network does with an intake that matches an existing client (`networks.duplicate_policy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DuplicatePolicy {
     /// No matching.
     Off,
