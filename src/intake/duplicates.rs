@@ -193,7 +193,7 @@ pub fn candidates(
             Match {
                 candidate: Candidate {
                     case_id,
-                    score: RuleWeights::default().score(&rules),
+                    score: RuleWeights.score(&rules),
                     rules,
                 },
                 household_id,
