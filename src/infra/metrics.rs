@@ -133,7 +133,7 @@ impl Metrics {
         let m = Self {
             intakes: r.counters(
                 "intakes",
-                "Intakes processed, by outcome (created, failed, duplicate)",
+                "Intakes processed, by outcome (created, failed, duplicate, matched)",
             ),
             failures: r.counters("intake_failures", "Failed intakes, by error code"),
             retries: r.counter(
@@ -195,7 +195,7 @@ impl Metrics {
         Arc::new(Self::new())
     }
 
-    /// Counts one outcome: `kind` is `created`, `failed` or `duplicate`; `code` the error code
+    /// Counts one outcome: `kind` is `created`, `failed`, `duplicate` or `matched`; `code` the error code
     /// of a failure, counted in a family of its own so that no series has an empty label.
     pub fn record_outcome(&self, kind: &str, code: Option<&str>) {
         if code == Some("dead_lettered") {
