@@ -895,22 +895,7 @@ impl Phase<'_, '_> {
         row.match_keys = p.matching.keys;
         let key = p.env.message_key.as_deref();
         let ev = self.created_event(&row, v, &placement, key, i, verdict);
-        if let Verdict::Create {
-            flagged,
-            overridden,
-        } = verdict
-        {
-            w.plan.pairs.extend(flagged.iter().map(|m| PairRow {
-                network_id: caller.network_id(),
-                case_id,
-                candidate_case_id: m.candidate.case_id,
-                rules: m.candidate.rules.clone(),
-                score: m.candidate.score,
-                overridden: *overridden,
-                message_key: key.map(str::to_owned),
-                event_id: ev.id,
-            }));
-        }
+        w.plan.flag(caller, case_id, key, verdict, ev.id);
         w.in_window
             .add(caller, &p.matching, case_id, household_id, v.case.private);
         w.plan.cases.push(row);
@@ -1193,6 +1178,34 @@ impl Plan {
         if !self.households.iter().any(|h| h.id == household) {
             self.head_updates.insert(household, case_id);
         }
+    }
+
+    /// Records the pairs a created case is flagged with (none unless the verdict flags).
+    fn flag(
+        &mut self,
+        caller: Caller,
+        case_id: i64,
+        key: Option<&str>,
+        verdict: &Verdict<'_>,
+        event_id: Uuid,
+    ) {
+        let Verdict::Create {
+            flagged,
+            overridden,
+        } = verdict
+        else {
+            return;
+        };
+        self.pairs.extend(flagged.iter().map(|m| PairRow {
+            network_id: caller.network_id(),
+            case_id,
+            candidate_case_id: m.candidate.case_id,
+            rules: m.candidate.rules.clone(),
+            score: m.candidate.score,
+            overridden: *overridden,
+            message_key: key.map(str::to_owned),
+            event_id,
+        }));
     }
 
     /// Records `ev` as the outcome of `key` (replacing the failure `replaces`, for a resend).
