@@ -12,10 +12,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::admin::edit::{self, Changes, EditError};
-use crate::admin::failed::{self, Batch, ReplayReport, Stored};
+use crate::admin::failed::{self, Batch, ReplayReport, Selected, Stored};
 use crate::admin::pacing::BulkOptions;
 use crate::intake::window::WindowContext;
-use crate::store::failed::Filter;
 
 /// The changes of a bulk edit: `--set` pairs and `--unset` names (never a whole body).
 #[derive(Debug, Clone)]
@@ -30,7 +29,8 @@ pub struct BulkEdit {
 /// What a bulk edit came to (a dry run: what it would come to now).
 #[derive(Debug, Clone, Serialize)]
 pub struct BulkEditReport {
-    /// Selected, created, failed again (by code), already done (`duplicate`), skipped.
+    /// Selected, created, failed again (by code), already done (`duplicate`), skipped,
+    /// resolved meanwhile (`already_resolved`).
     #[serde(flatten)]
     pub totals: ReplayReport,
     /// The failed intakes skipped: the changes cannot apply to their stored payloads.
@@ -41,12 +41,13 @@ pub struct BulkEditReport {
     pub fields_unset: Vec<String>,
 }
 
-/// Edits (or previews the edit of) every open failed intake `f` selects, calling `progress`
-/// once per batch.
+/// Edits (or previews the edit of) every failed intake of `selected` still open when its batch
+/// runs (see [`failed::select_open`]; the others are counted `already_resolved`), calling
+/// `progress` once per batch.
 pub async fn edit_selected(
     pool: &PgPool,
     ctx: &WindowContext,
-    f: &Filter,
+    selected: &Selected,
     req: BulkEdit,
     mut progress: impl FnMut(&ReplayReport),
 ) -> Result<BulkEditReport, EditError> {
@@ -90,7 +91,7 @@ pub async fn edit_selected(
         batch
     };
     let totals =
-        failed::retry_batches(pool, &ctx, f, req.options, batch_of, |r| progress(r)).await?;
+        failed::retry_batches(pool, &ctx, selected, req.options, batch_of, |r| progress(r)).await?;
     Ok(BulkEditReport {
         totals,
         skipped_ids,

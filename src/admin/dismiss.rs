@@ -11,6 +11,7 @@ use chrono::Utc;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::admin::failed::{self, Selected};
 use crate::admin::pacing::BulkOptions;
 use crate::infra::redact;
 use crate::intake::event::{self, Resolution};
@@ -98,7 +99,7 @@ pub fn operator_from(flag: Option<&str>, env: impl Fn(&str) -> Option<String>) -
 pub struct DismissReport {
     pub selected: usize,
     pub dismissed: usize,
-    /// Resolved by someone else between selection and update: left as they were.
+    /// Resolved by someone else between selection and update (or purged): left as they were.
     pub already_resolved: usize,
     /// Nothing was written: each batch was rolled back.
     pub dry_run: bool,
@@ -113,6 +114,20 @@ pub async fn dismiss(
     f: &Filter,
     who: &Dismissal,
     options: BulkOptions,
+    progress: impl FnMut(&DismissReport),
+) -> Result<DismissReport, sqlx::Error> {
+    let selected = failed::select_open(pool, f).await?;
+    dismiss_selected(pool, ctx, &selected, who, options, progress).await
+}
+
+/// Dismisses the failed intakes of `selected` (see [`dismiss`]): every row is accounted for,
+/// those resolved since the selection (by a resend, a replay, an edit) as `already_resolved`.
+pub async fn dismiss_selected(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    selected: &Selected,
+    who: &Dismissal,
+    options: BulkOptions,
     mut progress: impl FnMut(&DismissReport),
 ) -> Result<DismissReport, sqlx::Error> {
     let pacing = options.pacing();
@@ -120,29 +135,21 @@ pub async fn dismiss(
         dry_run: options.dry_run,
         ..DismissReport::default()
     };
-    let page = Filter {
-        include_resolved: false,
-        limit: pacing.batch() as i64,
-        ..f.clone()
-    };
-    // What was open when the command started (the same bound a replay uses).
-    let upto = store::failed::newest_failed_id(pool).await?;
-    let mut after = 0;
-    loop {
+    for ids in selected.ids().chunks(pacing.batch().max(1)) {
         let started = Instant::now();
-        let rows: Vec<FailedIntake> = store::failed::select_failed(pool, &page, after, upto)
+        // Resolved rows too: the update below skips them (it takes only rows still open, after
+        // waiting for a resend that holds one), and they count as already resolved.
+        let rows: Vec<FailedIntake> = store::failed::failed_by_ids(pool, ids)
             .await?
             .into_iter()
             .map(|s| s.intake)
             .collect();
-        let Some(last) = rows.last() else { break };
-        after = last.id;
         let dismissed = dismiss_batch(pool, ctx, &rows, who, options.dry_run).await?;
-        report.selected += rows.len();
+        report.selected += ids.len();
         report.dismissed += dismissed;
-        report.already_resolved += rows.len() - dismissed;
+        report.already_resolved += ids.len() - dismissed;
         progress(&report);
-        tokio::time::sleep(pacing.pause(rows.len(), started.elapsed())).await;
+        tokio::time::sleep(pacing.pause(ids.len(), started.elapsed())).await;
     }
     Ok(report)
 }

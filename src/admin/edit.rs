@@ -104,8 +104,12 @@ pub struct EditReport {
     pub fields_set: Vec<String>,
     pub fields_unset: Vec<String>,
     pub body_replaced: bool,
-    /// `created`, `failed` or `duplicate`.
+    /// `created`, `failed`, `duplicate`, `matched`, or `already_resolved`: the failure was
+    /// resolved between its selection and the edit's transaction (its sender's corrected body
+    /// committed first), and the edit did nothing (no audit, no event).
     pub outcome: &'static str,
+    /// The attempt's event; for `already_resolved` the event of the failure it would have
+    /// retried.
     pub event_id: Uuid,
     pub case: Option<Placement>,
     /// The code, message and field errors of a failed attempt, redacted.
@@ -253,6 +257,35 @@ pub async fn edit(
     ctx: &WindowContext,
     req: EditRequest,
 ) -> Result<EditReport, EditError> {
+    let staged = stage(pool, ctx, req).await?;
+    run_staged(pool, ctx, staged).await
+}
+
+/// An edit whose failed intake is selected and whose corrected envelope is built, not yet run:
+/// between [`stage`] and [`run_staged`] the failure may be resolved by its sender's resend (the
+/// race the fault suite's `edit-vs-resend` stages), which the run then finds and leaves alone.
+pub struct StagedEdit {
+    req: EditRequest,
+    operator: Option<String>,
+    failed_intake_id: i64,
+    envelope: Envelope,
+    audit: EditAudit,
+    report: EditReport,
+}
+
+impl StagedEdit {
+    /// The failed intake the edit retries.
+    pub fn failed_intake_id(&self) -> i64 {
+        self.failed_intake_id
+    }
+}
+
+/// Checks the request, selects the key's open failed intake and builds its corrected attempt.
+pub async fn stage(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    req: EditRequest,
+) -> Result<StagedEdit, EditError> {
     check_changes(&req.changes)?;
     let operator = match (&req.operator, req.dry_run) {
         (Some(op), _) => Some(check_operator(op)?),
@@ -262,7 +295,32 @@ pub async fn edit(
     let row = open_failure(pool, &req.key, req.network).await?;
     let who = operator.clone().unwrap_or_default();
     let (envelope, audit) = corrected(&row, &req.changes, ctx, who)?;
-    let mut report = report_of(&req, &row, &audit, operator.clone());
+    let report = report_of(&req, &row, &audit, operator.clone());
+    Ok(StagedEdit {
+        failed_intake_id: row.intake.id,
+        req,
+        operator,
+        envelope,
+        audit,
+        report,
+    })
+}
+
+/// Runs (or previews) a staged edit as the key's next attempt; `already_resolved` when its
+/// failure was resolved since it was staged.
+pub async fn run_staged(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    staged: StagedEdit,
+) -> Result<EditReport, EditError> {
+    let StagedEdit {
+        req,
+        operator,
+        failed_intake_id,
+        envelope,
+        audit,
+        mut report,
+    } = staged;
     let envelopes = [envelope];
     if req.dry_run {
         let decided = window::preview(pool, ctx, &envelopes).await?;
@@ -273,7 +331,7 @@ pub async fn edit(
     }
     let ctx = WindowContext {
         operator,
-        edit_audits: [(row.intake.id, audit)].into(),
+        edit_audits: [(failed_intake_id, audit)].into(),
         ..ctx.clone()
     };
     let outcomes = failed::process_retrying(pool, &ctx, &envelopes, false).await?;
@@ -314,6 +372,7 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
         Outcome::Failed { .. } => "failed",
         Outcome::Duplicate { .. } => "duplicate",
         Outcome::Matched { .. } => "matched",
+        Outcome::AlreadyResolved { .. } => "already_resolved",
     }
 }
 
@@ -340,6 +399,7 @@ fn previewed(report: &mut EditReport, outcome: &Outcome, event: Option<&Value>) 
             ..
         } => report.case = Some(Placement::existing(*case_id, *household_id)),
         Outcome::Failed { .. } => report.error = data.map(|d| redacted(&d["error"])),
+        Outcome::AlreadyResolved { .. } => {}
     }
 }
 
@@ -368,7 +428,7 @@ async fn applied(
             report.error =
                 Some(error.unwrap_or_else(|| serde_json::json!({ "code": code.as_str() })));
         }
-        Outcome::Duplicate { .. } => {}
+        Outcome::Duplicate { .. } | Outcome::AlreadyResolved { .. } => {}
     }
     Ok(())
 }

@@ -147,6 +147,41 @@ pub async fn list(pool: &PgPool, f: &Filter, after: i64) -> Result<Page, sqlx::E
     })
 }
 
+/// The open failed intakes a bulk retry (replay, bulk edit) selected, by id, fixed when
+/// selected: what the command announces, and what its report accounts for row by row, however
+/// many are resolved before their batch runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selected {
+    ids: Vec<i64>,
+}
+
+impl Selected {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The failed-intake ids, in id order.
+    pub fn ids(&self) -> &[i64] {
+        &self.ids
+    }
+}
+
+/// Selects the open failed intakes matching `f` now (only what failed before the selection:
+/// a retry that fails again records a new failed intake, which the run must not pick up).
+pub async fn select_open(pool: &PgPool, f: &Filter) -> Result<Selected, sqlx::Error> {
+    let open = Filter {
+        include_resolved: false,
+        ..f.clone()
+    };
+    let upto = store::failed::newest_failed_id(pool).await?;
+    let ids = store::failed::select_failed_ids(pool, &open, upto).await?;
+    Ok(Selected { ids })
+}
+
 /// How many open failed intakes a replay of `f` would select now.
 pub async fn replay_count(pool: &PgPool, f: &Filter) -> Result<i64, sqlx::Error> {
     let open = Filter {
@@ -240,6 +275,10 @@ pub struct ReplayReport {
     /// Failed intakes without a message key cannot be replayed under it, nor those whose
     /// payload key is no longer configured.
     pub skipped: usize,
+    /// Resolved after the selection, before their retry claimed the key (the sender's
+    /// corrected body committed first, another replay or edit, a dismissal; or purged): left
+    /// as they were, nothing published. `selected` is the sum of every other count.
+    pub already_resolved: usize,
     /// Nothing was written: each window was rolled back.
     pub dry_run: bool,
 }
@@ -271,11 +310,42 @@ pub async fn replay_with(
     options: BulkOptions,
     progress: impl FnMut(&ReplayReport),
 ) -> Result<ReplayReport, sqlx::Error> {
+    let selected = select_open(pool, f).await?;
+    replay_selected(pool, ctx, &selected, options, progress).await
+}
+
+/// Replays the failed intakes of `selected` (see [`replay_with`]): every row is accounted for,
+/// those resolved since the selection as `already_resolved`.
+pub async fn replay_selected(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    selected: &Selected,
+    options: BulkOptions,
+    progress: impl FnMut(&ReplayReport),
+) -> Result<ReplayReport, sqlx::Error> {
     let batch_of = |rows: Vec<Stored>, report: &mut ReplayReport| Batch {
         envelopes: envelopes_of(rows, ctx, report),
         audits: HashMap::new(),
     };
-    retry_batches(pool, ctx, f, options, batch_of, progress).await
+    retry_batches(pool, ctx, selected, options, batch_of, progress).await
+}
+
+/// The envelopes a replay would run for these failed intakes now (those still open, with a
+/// key and a payload that opens), as [`replay_selected`] builds them for a batch. The fault
+/// suite and the tests run them after a resend to stage the race a replay meets between its
+/// selection and its claim.
+pub async fn replay_envelopes(
+    pool: &PgPool,
+    ctx: &WindowContext,
+    ids: &[i64],
+) -> Result<Vec<Envelope>, sqlx::Error> {
+    let rows = store::failed::failed_by_ids(pool, ids).await?;
+    let open = rows
+        .into_iter()
+        .map(Stored::from)
+        .filter(|s| s.intake.resolved_at.is_none())
+        .collect();
+    Ok(envelopes_of(open, ctx, &mut ReplayReport::default()))
 }
 
 /// One batch of retries: the envelopes to run, and the audit of each that is an operator's
@@ -286,14 +356,16 @@ pub(super) struct Batch {
     pub(super) audits: HashMap<i64, EditAudit>,
 }
 
-/// The loop of every bulk retry (replay, bulk edit): the open failed intakes matching `f` that
-/// failed before it started, in batches paced to `options.rate`, each turned into a [`Batch`]
-/// by `batch_of` (which counts what it skips) and run as one window (previewed and rolled back
-/// on a dry run); `progress` after each batch.
+/// The loop of every bulk retry (replay, bulk edit): the failed intakes of `selected`, in
+/// batches paced to `options.rate`, each batch's rows read again when it starts: those
+/// resolved since the selection are counted `already_resolved`, the others turned into a
+/// [`Batch`] by `batch_of` (which counts what it skips) and run as one window (previewed and
+/// rolled back on a dry run), whose retries of failures resolved meanwhile come back
+/// [`Outcome::AlreadyResolved`]. `progress` after every batch, each announced batch included.
 pub(super) async fn retry_batches(
     pool: &PgPool,
     ctx: &WindowContext,
-    f: &Filter,
+    selected: &Selected,
     options: BulkOptions,
     mut batch_of: impl FnMut(Vec<Stored>, &mut ReplayReport) -> Batch,
     mut progress: impl FnMut(&ReplayReport),
@@ -303,23 +375,18 @@ pub(super) async fn retry_batches(
         dry_run: options.dry_run,
         ..ReplayReport::default()
     };
-    let mut after = 0;
-    let page = Filter {
-        include_resolved: false,
-        limit: pacing.batch() as i64,
-        ..f.clone()
-    };
-    // Only what failed before the run started: a retry that fails again records a new
-    // failed intake, which this run must not pick up again.
-    let upto = store::failed::newest_failed_id(pool).await?;
-    loop {
+    for ids in selected.ids.chunks(pacing.batch().max(1)) {
         let started = Instant::now();
-        let rows = select(pool, &page, after, upto).await?;
-        let Some(last) = rows.last() else { break };
-        after = last.intake.id;
-        let n = rows.len();
+        let n = ids.len();
         report.selected += n;
-        let batch = batch_of(rows, &mut report);
+        let open: Vec<Stored> = store::failed::failed_by_ids(pool, ids)
+            .await?
+            .into_iter()
+            .map(Stored::from)
+            .filter(|s| s.intake.resolved_at.is_none())
+            .collect();
+        report.already_resolved += n - open.len();
+        let batch = batch_of(open, &mut report);
         let edited;
         let window_ctx = if batch.audits.is_empty() {
             ctx
@@ -351,6 +418,7 @@ impl ReplayReport {
             }
             Outcome::Duplicate { .. } => self.duplicate += 1,
             Outcome::Matched { .. } => self.matched += 1,
+            Outcome::AlreadyResolved { .. } => self.already_resolved += 1,
         }
     }
 }

@@ -36,7 +36,8 @@ pub async fn dismiss(args: &DismissArgs, settings: &Settings) -> CliResult {
     let who = Dismissal::new(&operator, &args.reason)?;
     let pool = db::open_current(&settings.database).await?;
     let filter = args.select.filter(false, 0);
-    let total = failed::replay_count(&pool, &filter).await?;
+    let selected = failed::select_open(&pool, &filter).await?;
+    let total = selected.len() as i64;
     eprintln!("{total} open failed intake(s) selected");
     if total == 0 {
         return print_report(&dismiss::DismissReport::default(), bulk.json);
@@ -46,7 +47,7 @@ pub async fn dismiss(args: &DismissArgs, settings: &Settings) -> CliResult {
     let ctx = supervisor::window_context(settings);
     let bar = progress_bar(total);
     let options = bulk.options(settings);
-    let report = dismiss::dismiss(&pool, &ctx, &filter, &who, options, |r| {
+    let report = dismiss::dismiss_selected(&pool, &ctx, &selected, &who, options, |r| {
         if bar.is_hidden() {
             eprintln!(
                 "dismissed {} of {total} (already resolved {})",

@@ -109,7 +109,8 @@ async fn edit_selected(
     }
     let pool = db::open_current(&settings.database).await?;
     let filter = select.filter(false, 0);
-    let total = failed::replay_count(&pool, &filter).await?;
+    let selected = failed::select_open(&pool, &filter).await?;
+    let total = selected.len() as i64;
     eprintln!("{total} open failed intake(s) selected");
     let req = BulkEdit {
         set,
@@ -124,7 +125,7 @@ async fn edit_selected(
     let ctx = supervisor::window_context(settings);
     let bar = progress_bar(total);
     let progress = retry_progress(&bar, total, "edited");
-    let report = bulk_edit::edit_selected(&pool, &ctx, &filter, req, progress).await?;
+    let report = bulk_edit::edit_selected(&pool, &ctx, &selected, req, progress).await?;
     bar.finish_and_clear();
     if bulk.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -207,6 +208,12 @@ fn print_report(r: &EditReport) {
     let verb = if r.dry_run { "would be" } else { "is" };
     match (r.outcome, &r.case, &r.error) {
         ("failed", _, error) => print_failure(verb, error.as_ref()),
+        ("already_resolved", _, _) => {
+            println!("already_resolved: the failure was resolved meanwhile; nothing was done");
+            if !r.dry_run {
+                return;
+            }
+        }
         (outcome, Some(c), _) => print_case(r.dry_run, verb, outcome, c),
         (outcome, None, _) => println!("{outcome}: the key's outcome {verb} answered again"),
     }

@@ -300,7 +300,10 @@ pub async fn replay(select: &Selection, bulk: &BulkArgs, settings: &Settings) ->
     let operator = bulk.operator()?;
     let pool = db::open_current(&settings.database).await?;
     let filter = select.filter(false, 0);
-    let total = failed::replay_count(&pool, &filter).await?;
+    // The selection is fixed here: the run accounts for each of these rows, however many a
+    // sender's resend resolves before its batch.
+    let selected = failed::select_open(&pool, &filter).await?;
+    let total = selected.len() as i64;
     eprintln!("{total} open failed intake(s) selected");
     if total == 0 {
         return print_replay(&failed::ReplayReport::default(), bulk.json);
@@ -314,7 +317,7 @@ pub async fn replay(select: &Selection, bulk: &BulkArgs, settings: &Settings) ->
     let bar = progress_bar(total);
     let options = bulk.options(settings);
     let progress = retry_progress(&bar, total, "replayed");
-    let report = failed::replay_with(&pool, &ctx, &filter, options, progress).await?;
+    let report = failed::replay_selected(&pool, &ctx, &selected, options, progress).await?;
     bar.finish_and_clear();
     print_replay(&report, bulk.json)
 }
@@ -329,8 +332,9 @@ pub(super) fn retry_progress<'a>(
     move |r| {
         if bar.is_hidden() {
             eprintln!(
-                "{verb} {} of {total} (created {}, failed again {}, already done {}, skipped {})",
-                r.selected, r.created, r.failed, r.duplicate, r.skipped
+                "{verb} {} of {total} (created {}, failed again {}, already done {}, skipped {}, \
+                 already resolved {})",
+                r.selected, r.created, r.failed, r.duplicate, r.skipped, r.already_resolved
             );
         }
         bar.set_position(r.selected as u64);
@@ -367,8 +371,14 @@ pub(super) fn retry_summary(report: &failed::ReplayReport, verbs: [&str; 2]) -> 
         n => format!(", linked to an existing case {n}"),
     };
     format!(
-        "{prefix}{verb} {}: created {}{linked}, failed again {}{by_code}, already done {}, skipped {}",
-        report.selected, report.created, report.failed, report.duplicate, report.skipped
+        "{prefix}{verb} {}: created {}{linked}, failed again {}{by_code}, already done {}, \
+         skipped {}, already resolved {}",
+        report.selected,
+        report.created,
+        report.failed,
+        report.duplicate,
+        report.skipped,
+        report.already_resolved
     )
 }
 

@@ -277,6 +277,8 @@ impl IntakeConsumer {
                     Outcome::Failed { code, .. } => ("failed", Some(code.as_str())),
                     Outcome::Duplicate { .. } => ("duplicate", None),
                     Outcome::Matched { .. } => ("matched", None),
+                    // Only an operator's retry comes to this; a delivery never does.
+                    Outcome::AlreadyResolved { .. } => ("already_resolved", None),
                 };
                 self.metrics.record_outcome(kind, code);
             }
@@ -439,6 +441,9 @@ fn log_outcomes(envelopes: &[Envelope], dispositions: &[Disposition]) {
                 household_id,
                 ..
             }) => tracing::info!(case_id, household_id, "linked to an existing case"),
+            Disposition::Done(Outcome::AlreadyResolved { .. }) => {
+                tracing::info!("failure already resolved; nothing done")
+            }
             Disposition::Retry => {
                 if let Some(suppressed) = RETRIED.allow() {
                     tracing::warn!(suppressed, "transient failure; sent to the retry queue")

@@ -80,6 +80,13 @@ pub enum Outcome {
         household_id: i64,
         event_id: Uuid,
     },
+    /// An operator's retry (replay, edit) of a failed intake that was resolved after it was
+    /// selected (its sender's corrected body committed first, another replay, a dismissal):
+    /// nothing was done to the key, nothing published, no failed intake opened. `event_id` is
+    /// the event of the failure it would have retried, no longer the key's outcome.
+    AlreadyResolved {
+        event_id: Uuid,
+    },
 }
 
 impl Outcome {
@@ -88,7 +95,8 @@ impl Outcome {
             Outcome::Created { event_id, .. }
             | Outcome::Failed { event_id, .. }
             | Outcome::Duplicate { event_id }
-            | Outcome::Matched { event_id, .. } => *event_id,
+            | Outcome::Matched { event_id, .. }
+            | Outcome::AlreadyResolved { event_id } => *event_id,
         }
     }
 }
@@ -152,6 +160,10 @@ enum Slot {
     /// The key's committed outcome is a failure its sender can correct, and this body differs:
     /// decided as the key's next attempt, its outcome replacing the failure (fix and resend).
     Resend(store::StoredOutcome),
+    /// An operator's retry of a failed intake found resolved in this transaction: the key is
+    /// left alone (not claimed, its outcome not forgotten) and the retry comes to
+    /// [`Outcome::AlreadyResolved`].
+    Superseded,
 }
 
 impl Slot {
@@ -260,6 +272,13 @@ async fn transaction(
     // three kinds of lock are always taken in one order.
     let stored_matches = duplicates::look_up(&mut tx, matchable(prepared, &callers)).await?;
     let (slots, early_heads) = claim_keys(&mut tx, prepared, &callers, claim).await?;
+    let mut w = Written::new(prepared.len());
+    for (i, slot) in slots.iter().enumerate() {
+        if let (Slot::Superseded, Some(retry)) = (slot, prepared[i].env.replay) {
+            let event_id = retry.supersedes.unwrap_or_default();
+            w.outcomes[i] = Some(Outcome::AlreadyResolved { event_id });
+        }
+    }
     let refs = References::find(prepared, &slots, &callers);
     let counties = store::existing_counties(&mut tx, &unique(refs.counties)).await?;
 
@@ -271,7 +290,6 @@ async fn transaction(
     // only, which is what limits throughput (docs/benchmarks.md).
     let (locked, unlocked): (Vec<usize>, Vec<usize>) =
         (0..prepared.len()).partition(|&i| names_household(&prepared[i]));
-    let mut w = Written::new(prepared.len());
     let phase = Phase {
         ctx,
         prepared,
@@ -378,13 +396,6 @@ async fn claim_keys(
     callers: &Callers,
     claim: Claim,
 ) -> Result<(Vec<Slot>, Option<HashMap<i64, store::HouseholdState>>), sqlx::Error> {
-    let (mut slots, claims) = slots_in_window(prepared, callers);
-    // A replay re-decides a key whose recorded outcome is a failure; a created case stays.
-    let replayed: Vec<(NetworkId, String)> = prepared
-        .iter()
-        .filter(|p| p.env.replay.is_some())
-        .filter_map(|p| Some((callers.namespace(p), p.env.message_key.clone()?)))
-        .collect();
     // A window that claims first locks every household its intakes name before it claims.
     let early_heads = match claim {
         Claim::AtEnd => None,
@@ -401,6 +412,29 @@ async fn claim_keys(
             Some(store::lock_households(tx, &unique(refs)).await?)
         }
     };
+    // An operator's retry acts only on a failure still open, locked until this transaction
+    // ends: one whose sender's resend (or another retry) committed after it was selected is
+    // left alone. After the households, as a resend takes the row after its households too.
+    let retried: Vec<i64> = prepared
+        .iter()
+        .filter_map(|p| p.env.replay?.failed_intake_id)
+        .collect();
+    let open = store::failed::lock_open_failed(tx, &retried).await?;
+    let superseded: Vec<bool> = prepared
+        .iter()
+        .map(|p| {
+            let retried = p.env.replay.and_then(|r| r.failed_intake_id);
+            retried.is_some_and(|id| !open.contains(&id))
+        })
+        .collect();
+    let (mut slots, claims) = slots_in_window(prepared, callers, &superseded);
+    // A replay re-decides a key whose recorded outcome is a failure; a created case stays.
+    let replayed: Vec<(NetworkId, String)> = prepared
+        .iter()
+        .zip(&superseded)
+        .filter(|(p, gone)| p.env.replay.is_some() && !**gone)
+        .filter_map(|(p, _)| Some((callers.namespace(p), p.env.message_key.clone()?)))
+        .collect();
     store::forget_failed_outcomes(tx, &replayed).await?;
     let lost = match claim {
         Claim::First => store::claim_keys(tx, &claims).await?,
@@ -467,12 +501,21 @@ fn resends(p: &Prepared, stored: &store::StoredOutcome) -> bool {
         }
 }
 
-/// The first occurrence of each key within the window (per network) and the keys to claim.
-fn slots_in_window(prepared: &[Prepared<'_>], callers: &Callers) -> (Vec<Slot>, Vec<ClaimedKey>) {
+/// The first occurrence of each key within the window (per network) and the keys to claim;
+/// the retries marked `superseded` neither claim nor follow their key.
+fn slots_in_window(
+    prepared: &[Prepared<'_>],
+    callers: &Callers,
+    superseded: &[bool],
+) -> (Vec<Slot>, Vec<ClaimedKey>) {
     let mut first_of: HashMap<(NetworkId, &str), usize> = HashMap::new();
     let mut slots: Vec<Slot> = Vec::with_capacity(prepared.len());
     let mut claims: Vec<ClaimedKey> = Vec::new();
     for (i, p) in prepared.iter().enumerate() {
+        if superseded[i] {
+            slots.push(Slot::Superseded);
+            continue;
+        }
         let Some(key) = p.env.message_key.as_deref() else {
             slots.push(Slot::NoKey);
             continue;
@@ -637,6 +680,9 @@ impl Phase<'_, '_> {
             let (Some(retry), Some(outcome)) = (self.retry_of(i), w.outcomes[i].clone()) else {
                 continue;
             };
+            if let Outcome::AlreadyResolved { .. } = outcome {
+                continue;
+            }
             let p = &self.prepared[i];
             if let Some(id) = retry.failed_intake_id {
                 w.plan.resolved.push(store::ResolvedRow {
@@ -665,7 +711,7 @@ impl Phase<'_, '_> {
                     .event(event_id)
                     .or_else(|| self.stored_event(i, event_id))
                     .and_then(|ev| event::case_of(&ev)),
-                Outcome::Failed { .. } => None,
+                Outcome::Failed { .. } | Outcome::AlreadyResolved { .. } => None,
             };
             let (Some((case_id, household_id)), Some(supersedes)) = (case, retry.supersedes) else {
                 continue;
@@ -710,6 +756,7 @@ impl Phase<'_, '_> {
                 Outcome::Failed { .. } => "failed",
                 Outcome::Duplicate { .. } => "duplicate",
                 Outcome::Matched { .. } => "matched",
+                Outcome::AlreadyResolved { .. } => return,
             },
             event_id: outcome.event_id(),
         });

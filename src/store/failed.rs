@@ -129,6 +129,31 @@ pub async fn resolve_failed(
     .await
 }
 
+/// Of the failed intakes an operator's retry names (replay, edit), those still open, each
+/// locked (`FOR UPDATE`) until the retry's transaction ends. The retry's check-and-set: a row
+/// resolved meanwhile (its sender's resend committed first, another replay, a dismissal) is
+/// not returned (`READ COMMITTED` re-reads a row whose writer it waited for), and while the
+/// lock is held no resend can resolve the row, as a resend resolves the failure it supersedes
+/// in its own transaction.
+pub async fn lock_open_failed(
+    tx: &mut PgConnection,
+    ids: &[i64],
+) -> Result<std::collections::HashSet<i64>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let open: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM failed_intakes
+          WHERE id = ANY($1) AND resolved_at IS NULL
+          ORDER BY id
+            FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(open.into_iter().collect())
+}
+
 /// Which failed intakes a listing or a replay selects.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -237,6 +262,32 @@ pub async fn select_failed(
     let sql = format!("{COLUMNS} {WHERE} ORDER BY id LIMIT $10");
     bind_selection(sqlx::query_as(sqlx::AssertSqlSafe(sql)), f, after, upto)
         .bind(f.limit)
+        .fetch_all(pool)
+        .await
+}
+
+/// The ids of every failed intake matching `f` with an id at most `upto`, in id order
+/// (`f.limit` does not apply): the fixed selection of a bulk command.
+pub async fn select_failed_ids(
+    pool: &PgPool,
+    f: &Filter,
+    upto: Option<i64>,
+) -> Result<Vec<i64>, sqlx::Error> {
+    // Made of constants only, like `select_failed`'s.
+    let sql = format!("SELECT id FROM failed_intakes {WHERE} ORDER BY id");
+    let rows: Vec<(i64,)> = bind_selection(sqlx::query_as(sqlx::AssertSqlSafe(sql)), f, 0, upto)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// The failed intakes with these ids, open or resolved, in id order (a row purged meanwhile is
+/// missing).
+pub async fn failed_by_ids(pool: &PgPool, ids: &[i64]) -> Result<Vec<StoredFailure>, sqlx::Error> {
+    // Made of constants only.
+    let sql = format!("{COLUMNS} WHERE id = ANY($1) ORDER BY id");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
         .fetch_all(pool)
         .await
 }
