@@ -1,6 +1,6 @@
 //! What an intake of a run is (a new household, a join, a head replacement, an invalid one,
-//! a failure fixed and resent, a race of two bodies) and how its body is built from the seed
-//! fixture.
+//! a failure fixed and resent, a race of two bodies, a resend racing an operator's retry) and
+//! how its body is built from the seed fixture.
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -19,6 +19,11 @@ pub enum Kind {
     Resent,
     /// Two different valid bodies published at once under one key.
     Race,
+    /// Like `Resent`, with an operator's replay of the failure selected before the correction
+    /// is published and run after the workers committed it (`retry_race`).
+    ReplayRace,
+    /// Like `ReplayRace`, with an operator's `failed edit` as the retry.
+    EditRace,
     /// A new key whose body is a person already on file, written differently (a possible
     /// duplicate for matching; still a new case unless the network's policy says otherwise).
     SamePerson,
@@ -35,14 +40,17 @@ impl Kind {
     pub fn body_valid(self, n: usize) -> bool {
         match self {
             Kind::Invalid => false,
-            Kind::Resent => n > 0,
+            Kind::Resent | Kind::ReplayRace | Kind::EditRace => n > 0,
             _ => true,
         }
     }
 
     /// Whether the key is published with more than one body.
     pub fn several_bodies(self) -> bool {
-        matches!(self, Kind::Resent | Kind::Race)
+        matches!(
+            self,
+            Kind::Resent | Kind::Race | Kind::ReplayRace | Kind::EditRace
+        )
     }
 
     /// The name reports use (the serialized one).
@@ -54,6 +62,8 @@ impl Kind {
             Kind::Invalid => "invalid",
             Kind::Resent => "resent",
             Kind::Race => "race",
+            Kind::ReplayRace => "replay_race",
+            Kind::EditRace => "edit_race",
             Kind::SamePerson => "person",
         }
     }

@@ -38,6 +38,7 @@ use case_intake_harness::cli::{self, BoxError};
 use case_intake_harness::db::{self, LOCAL_SERVER};
 use case_intake_harness::kinds::{self, Flaw, Kind};
 use case_intake_harness::ledger::{EventLog, lock};
+use case_intake_harness::retry_race::{self, Operator};
 use case_intake_harness::workers::{self, End, WorkerCommand};
 
 type Res<T> = Result<T, BoxError>;
@@ -647,6 +648,9 @@ struct Publisher {
     stop: CancellationToken,
     /// Resent keys whose corrected body waits for the suite to see their failure.
     corrections: Vec<usize>,
+    /// Stages the operator's retries of `ReplayRace`/`EditRace` keys; `retries` runs them.
+    operator: Operator,
+    retries: JoinSet<()>,
 }
 
 impl Publisher {
@@ -705,7 +709,7 @@ impl Publisher {
         let kind = lock(&self.ledger).entries[idx].kind;
         match kind {
             Kind::Race => self.publish(idx, 1).await,
-            Kind::Resent => self.corrections.push(idx),
+            Kind::Resent | Kind::ReplayRace | Kind::EditRace => self.corrections.push(idx),
             _ => {}
         }
     }
@@ -728,7 +732,31 @@ impl Publisher {
         self.corrections.retain(|i| !ready.contains(i));
         lock(&self.ledger).corrections += ready.len();
         for idx in ready {
+            self.stage_retry(idx).await;
             self.publish(idx, 1).await;
+        }
+    }
+
+    /// For a `ReplayRace`/`EditRace` key whose correction is about to be published: the
+    /// operator's retry selects the failure now and runs once the workers committed the
+    /// correction (see docs/faults.md). A retry that cannot be staged (a fault keeps the
+    /// database away) leaves the key an ordinary resent one.
+    async fn stage_retry(&mut self, idx: usize) {
+        let (kind, key) = {
+            let ledger = lock(&self.ledger);
+            let e = &ledger.entries[idx];
+            (e.kind, e.key.clone())
+        };
+        if !matches!(kind, Kind::ReplayRace | Kind::EditRace) {
+            return;
+        }
+        match self.operator.stage(kind, &key).await {
+            Ok(staged) => {
+                let operator = self.operator.clone();
+                self.retries
+                    .spawn(async move { operator.finish(kind, key, staged).await });
+            }
+            Err(e) => say!("{key}: retry not staged: {e}"),
         }
     }
 
@@ -743,6 +771,11 @@ impl Publisher {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         self.settle().await;
+        let bound = Duration::from_secs(180);
+        let _ = tokio::time::timeout(bound, async {
+            while self.retries.join_next().await.is_some() {}
+        })
+        .await;
         if !self.corrections.is_empty() {
             say!(
                 "{} resent keys never saw their failure: corrections not sent",
@@ -809,7 +842,9 @@ impl Publisher {
             (_, r) if r < 0.10 => (Kind::Invalid, None),
             (_, r) if r < 0.13 => (Kind::Resent, None),
             (_, r) if r < 0.145 => (Kind::Race, None),
-            (_, r) if r < 0.185 && hot.is_some() => (Kind::ReplaceHead, hot),
+            (_, r) if r < 0.16 => (Kind::ReplayRace, None),
+            (_, r) if r < 0.175 => (Kind::EditRace, None),
+            (_, r) if r < 0.215 && hot.is_some() => (Kind::ReplaceHead, hot),
             (Mix::Normal, r) if r < 0.50 && known.is_some() => (Kind::Join, known),
             (Mix::Joins, _) if known.is_some() => (Kind::Join, known),
             _ => (Kind::NewHousehold, None),
@@ -1039,6 +1074,8 @@ struct Run {
     commands: mpsc::Sender<Cmd>,
     injected: BTreeMap<&'static str, u32>,
     fault_errors: Vec<String>,
+    /// The publisher's operator (shared results): what its staged retries came to.
+    operator: Operator,
 }
 
 impl Run {
@@ -1384,6 +1421,7 @@ async fn read_stored(pool: &PgPool) -> Res<Stored> {
 /// Runs the shared checks of the database and the events against the ledger.
 async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
     let stored = read_stored(&run.setup.pool).await?;
+    let retry_failures = retry_race::open_retry_failures_of_cases(&run.setup.pool).await?;
     let ledger = lock(&run.ledger);
     let seen = lock(&run.seen);
     let unconfirmed_keys: Vec<String> = unconfirmed_bodies(&ledger)
@@ -1404,6 +1442,16 @@ async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
     ));
     figures.extend(deserved);
     figures.extend(history_figures(&ledger, &seen, &stored));
+    figures.push(figure(
+        "operator retries acting on a superseded failure",
+        true,
+        retry_race::retries_that_acted(&lock(&run.operator.results)),
+    ));
+    figures.push(figure(
+        "open retry failures of keys with a case",
+        true,
+        retry_failures,
+    ));
     figures.push(figure(
         "intakes still unconfirmed after healing",
         true,
@@ -1830,6 +1878,19 @@ fn print_summary(run: &Run, workers: &Workers) {
         kinds(Kind::Race),
         created(Kind::Race)
     );
+    let results = lock(&run.operator.results);
+    let ran = |k: Kind| results.iter().filter(|r| r.kind == k).count();
+    let alone = results
+        .iter()
+        .filter(|r| r.outcome == "already_resolved")
+        .count();
+    println!(
+        "retry races: {} replay-vs-resend keys ({} replays run after the resend), {} edit-vs-resend keys ({} edits), {alone} of them already_resolved",
+        kinds(Kind::ReplayRace),
+        ran(Kind::ReplayRace),
+        kinds(Kind::EditRace),
+        ran(Kind::EditRace),
+    );
     println!(
         "publish attempts: {} (re-published after healing: {})",
         cli::listed(ledger.attempt_counts(), " "),
@@ -1933,7 +1994,8 @@ async fn suite(args: Args) -> Res<bool> {
         setup.dir.display()
     );
     let stop = CancellationToken::new();
-    let (mut run, mut tasks) = start(plan, setup, exe, &stop);
+    let operator = Operator::new(setup.pool.clone(), &setup.db_url)?;
+    let (mut run, mut tasks) = start(plan, setup, exe, operator, &stop);
     if !await_workers(&run.workers, Duration::from_secs(30)).await {
         say!("warning: both workers are not running 30 s after start");
     }
@@ -1973,7 +2035,13 @@ fn worker_command(setup: &Setup, exe: PathBuf) -> WorkerCommand {
 }
 
 /// Starts the workers' supervisor, the events collector and the publisher.
-fn start(plan: Plan, setup: Setup, exe: PathBuf, stop: &CancellationToken) -> (Run, JoinSet<()>) {
+fn start(
+    plan: Plan,
+    setup: Setup,
+    exe: PathBuf,
+    operator: Operator,
+    stop: &CancellationToken,
+) -> (Run, JoinSet<()>) {
     let workers = Arc::new(Mutex::new(Workers {
         command: worker_command(&setup, exe),
         dir: setup.dir.clone(),
@@ -2006,6 +2074,8 @@ fn start(plan: Plan, setup: Setup, exe: PathBuf, stop: &CancellationToken) -> (R
         permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         stop: stop.clone(),
         corrections: Vec::new(),
+        operator: operator.clone(),
+        retries: JoinSet::new(),
     };
     tasks.spawn(publisher.run(rx));
     let run = Run {
@@ -2017,6 +2087,7 @@ fn start(plan: Plan, setup: Setup, exe: PathBuf, stop: &CancellationToken) -> (R
         commands: tx,
         injected: BTreeMap::new(),
         fault_errors: Vec::new(),
+        operator,
     };
     (run, tasks)
 }
