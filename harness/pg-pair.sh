@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# A PostgreSQL 15 primary with a streaming standby on this machine, behind one stable address
+# (haproxy), for the database-failover run of the fault suite (docs/faults.md). Never touches
+# the machine's own cluster on 5432: its own data folders under DIR, its own loopback ports.
+#
+#   pg-pair.sh start DIR [sync|async]   initdb + start the primary, pg_basebackup + start the
+#                                       standby, start haproxy; prints the address
+#   pg-pair.sh failover DIR [SECS]      kill -9 of the primary, the address moved to the standby,
+#                                       pg_ctl promote; with SECS, the address moves SECS seconds
+#                                       before the promotion (writes meet a read-only server)
+#   pg-pair.sh stop DIR                 stops haproxy and both servers, removes DIR
+#
+# Ports: PG_PAIR_PRIMARY_PORT (55432), PG_PAIR_STANDBY_PORT (55433), PG_PAIR_PROXY_PORT (55400).
+# `sync` (the default) sets synchronous_standby_names to the standby and synchronous_commit = on:
+# a commit is acknowledged only once the standby has it. `async` leaves the standby behind.
+set -euo pipefail
+
+BIN=${PG_PAIR_BIN:-/usr/lib/postgresql/15/bin}
+PRIMARY_PORT=${PG_PAIR_PRIMARY_PORT:-55432}
+STANDBY_PORT=${PG_PAIR_STANDBY_PORT:-55433}
+PROXY_PORT=${PG_PAIR_PROXY_PORT:-55400}
+
+die() { echo "pg-pair: $*" >&2; exit 1; }
+
+# initdb refuses root: the servers run as the postgres OS user when this runs as root.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+ensure_haproxy() {
+  command -v haproxy >/dev/null 2>&1 && return
+  [ "$(id -u)" = 0 ] || die "haproxy is not installed (apt-get install haproxy)"
+  echo "pg-pair: installing haproxy"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+}
+
+port_free() {
+  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# The runtime API of haproxy, over its stats socket.
+proxy_cmd() {
+  python3 - "$DIR/haproxy.sock" "$1" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall((sys.argv[2] + "\n").encode())
+out = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    out += chunk
+sys.stdout.write(out.decode())
+EOF
+}
+
+server_conf() { # port, extra settings
+  cat <<EOF
+port = $1
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$DIR'
+wal_level = replica
+max_wal_senders = 5
+hot_standby = on
+max_connections = 100
+shared_buffers = 64MB
+fsync = on
+log_min_messages = warning
+logging_collector = off
+EOF
+}
+
+start() {
+  local mode=${1:-sync}
+  [ "$mode" = sync ] || [ "$mode" = async ] || die "mode must be sync or async"
+  [ -x "$BIN/initdb" ] || die "$BIN/initdb not found (PostgreSQL 15 server binaries)"
+  for p in "$PRIMARY_PORT" "$STANDBY_PORT" "$PROXY_PORT"; do
+    port_free "$p" || die "port $p is in use"
+  done
+  ensure_haproxy
+  mkdir -p "$DIR"
+  [ "$(id -u)" = 0 ] && chown postgres "$DIR"
+  # Whatever fails from here on, nothing is left running.
+  trap 'stop >/dev/null 2>&1 || true' ERR
+  as_pg "$BIN/initdb" -D "$DIR/primary" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$DIR/initdb.log"
+  server_conf "$PRIMARY_PORT" >>"$DIR/primary/postgresql.conf"
+  if [ "$mode" = sync ]; then
+    printf "synchronous_standby_names = 'standby1'\nsynchronous_commit = on\n" >>"$DIR/primary/postgresql.conf"
+  fi
+  echo "host replication postgres 127.0.0.1/32 trust" >>"$DIR/primary/pg_hba.conf"
+  as_pg "$BIN/pg_ctl" -D "$DIR/primary" -l "$DIR/primary.log" -w -t 60 start >/dev/null
+  as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$DIR/standby" -X stream -R
+  # The name the primary's synchronous_standby_names waits for.
+  sed -i "s/^port = .*/port = $STANDBY_PORT/" "$DIR/standby/postgresql.conf"
+  # Once promoted it is alone: waiting for a synchronous standby of its own (the copied
+  # synchronous_standby_names) would hang every commit. The new primary takes writes
+  # unprotected until a new standby is attached (docs/operations.md).
+  cat >>"$DIR/standby/postgresql.auto.conf" <<EOF
+primary_conninfo = 'host=127.0.0.1 port=$PRIMARY_PORT user=postgres application_name=standby1'
+synchronous_standby_names = ''
+EOF
+  as_pg "$BIN/pg_ctl" -D "$DIR/standby" -l "$DIR/standby.log" -w -t 60 start >/dev/null
+  local want=async
+  [ "$mode" = sync ] && want=sync
+  for _ in $(seq 1 60); do
+    state=$(as_pg psql -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -Atc \
+      "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1' AND state = 'streaming'" 2>/dev/null || true)
+    [ "$state" = "$want" ] && break
+    sleep 0.5
+  done
+  [ "$state" = "$want" ] || die "the standby is not streaming ($want) after 30 s"
+  cat >"$DIR/haproxy.cfg" <<EOF
+global
+    stats socket $DIR/haproxy.sock mode 600 level admin
+    maxconn 500
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+listen postgres
+    bind 127.0.0.1:$PROXY_PORT
+    server primary 127.0.0.1:$PRIMARY_PORT
+    server standby 127.0.0.1:$STANDBY_PORT disabled
+EOF
+  haproxy -D -f "$DIR/haproxy.cfg" -p "$DIR/haproxy.pid"
+  for _ in $(seq 1 20); do
+    [ -S "$DIR/haproxy.sock" ] && as_pg psql -h 127.0.0.1 -p "$PROXY_PORT" -U postgres -Atc "SELECT 1" >/dev/null 2>&1 && break
+    sleep 0.25
+  done
+  trap - ERR
+  echo "postgres://postgres@127.0.0.1:$PROXY_PORT"
+}
+
+# The address to the standby: new sessions go there, the primary's are cut.
+move_address() {
+  proxy_cmd "enable server postgres/standby" >/dev/null
+  proxy_cmd "disable server postgres/primary" >/dev/null
+  proxy_cmd "shutdown sessions server postgres/primary" >/dev/null
+}
+
+failover() {
+  local early=${1:-}
+  [ -f "$DIR/primary/postmaster.pid" ] || die "no primary running in $DIR"
+  local pid children
+  pid=$(head -1 "$DIR/primary/postmaster.pid")
+  # The whole server, as a crash of its machine: the postmaster and every backend, so that no
+  # session of the old primary lives on.
+  children=$(ps -o pid= --ppid "$pid" | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  kill -9 "$pid" $children
+  echo "pg-pair: kill -9 of the primary (postmaster $pid and its processes)"
+  if [ -n "$early" ]; then
+    move_address
+    echo "pg-pair: address moved to the standby, still in recovery for ${early}s"
+    sleep "$early"
+  fi
+  as_pg "$BIN/pg_ctl" -D "$DIR/standby" -w -t 60 promote >/dev/null
+  echo "pg-pair: standby promoted"
+  if [ -z "$early" ]; then
+    move_address
+    echo "pg-pair: address moved to the new primary"
+  fi
+}
+
+stop() {
+  [ -d "$DIR" ] || return 0
+  if [ -f "$DIR/haproxy.pid" ]; then
+    kill "$(cat "$DIR/haproxy.pid")" 2>/dev/null || true
+  fi
+  for node in primary standby; do
+    if [ -f "$DIR/$node/postmaster.pid" ]; then
+      as_pg "$BIN/pg_ctl" -D "$DIR/$node" -m immediate -w -t 30 stop >/dev/null 2>&1 ||
+        kill -9 "$(head -1 "$DIR/$node/postmaster.pid")" 2>/dev/null || true
+    fi
+  done
+  rm -rf "$DIR"
+}
+
+cmd=${1:-}
+DIR=${2:-}
+[ -n "$cmd" ] && [ -n "$DIR" ] || die "usage: pg-pair.sh start|failover|stop DIR [...]"
+case "$cmd" in
+  start) start "${3:-sync}" ;;
+  failover) failover "${3:-}" ;;
+  stop) stop ;;
+  *) die "unknown command $cmd" ;;
+esac
