@@ -8,6 +8,7 @@
 #   pg-pair.sh failover DIR [SECS]      kill -9 of the primary, the address moved to the standby,
 #                                       pg_ctl promote; with SECS, the address moves SECS seconds
 #                                       before the promotion (writes meet a read-only server)
+#   pg-pair.sh rebuild DIR              after a failover: the dead node as the new standby
 #   pg-pair.sh stop DIR                 stops haproxy and both servers, removes DIR
 #
 # Ports: PG_PAIR_PRIMARY_PORT (55432), PG_PAIR_STANDBY_PORT (55433), PG_PAIR_PROXY_PORT (55400).
@@ -72,6 +73,43 @@ logging_collector = off
 EOF
 }
 
+# Node a listens on PG_PAIR_PRIMARY_PORT, node b on PG_PAIR_STANDBY_PORT; DIR/primary names the
+# node that is the primary now (a at start, the other after each failover).
+port_of() { if [ "$1" = a ]; then echo "$PRIMARY_PORT"; else echo "$STANDBY_PORT"; fi; }
+other_of() { if [ "$1" = a ]; then echo b; else echo a; fi; }
+
+# Makes node $1 a streaming standby of node $2 (pg_basebackup), starts it and waits until the
+# primary sees it streaming (and, in sync mode, as its synchronous standby).
+make_standby() {
+  local node=$1 primary=$2 mode
+  mode=$(cat "$DIR/mode")
+  rm -rf "${DIR:?}/${node:?}"
+  as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$(port_of "$primary")" -U postgres -D "$DIR/$node" -X stream -R
+  sed -i "s/^port = .*/port = $(port_of "$node")/" "$DIR/$node/postgresql.conf"
+  # application_name is the name synchronous_standby_names waits for. Once promoted the node
+  # is alone: waiting for a synchronous standby of its own (the copied setting) would hang
+  # every commit, so it takes writes unprotected until a new standby is attached
+  # (docs/operations.md).
+  cat >>"$DIR/$node/postgresql.auto.conf" <<EOF
+primary_conninfo = 'host=127.0.0.1 port=$(port_of "$primary") user=postgres application_name=standby1'
+synchronous_standby_names = ''
+EOF
+  as_pg "$BIN/pg_ctl" -D "$DIR/$node" -l "$DIR/$node.log" -w -t 60 start >/dev/null
+  if [ "$mode" = sync ]; then
+    as_pg psql -h 127.0.0.1 -p "$(port_of "$primary")" -U postgres -Atq \
+      -c "ALTER SYSTEM SET synchronous_standby_names = 'standby1'" -c "SELECT pg_reload_conf()" >/dev/null
+  fi
+  local want=async state=
+  [ "$mode" = sync ] && want=sync
+  for _ in $(seq 1 60); do
+    state=$(as_pg psql -h 127.0.0.1 -p "$(port_of "$primary")" -U postgres -Atc \
+      "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1' AND state = 'streaming'" 2>/dev/null || true)
+    [ "$state" = "$want" ] && return 0
+    sleep 0.5
+  done
+  die "the standby is not streaming ($want) after 30 s"
+}
+
 start() {
   local mode=${1:-sync}
   [ "$mode" = sync ] || [ "$mode" = async ] || die "mode must be sync or async"
@@ -82,35 +120,16 @@ start() {
   ensure_haproxy
   mkdir -p "$DIR"
   [ "$(id -u)" = 0 ] && chown postgres "$DIR"
+  echo "$mode" >"$DIR/mode"
+  echo a >"$DIR/primary"
   # Whatever fails from here on, nothing is left running.
-  trap 'stop >/dev/null 2>&1 || true' ERR
-  as_pg "$BIN/initdb" -D "$DIR/primary" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$DIR/initdb.log"
-  server_conf "$PRIMARY_PORT" >>"$DIR/primary/postgresql.conf"
-  if [ "$mode" = sync ]; then
-    printf "synchronous_standby_names = 'standby1'\nsynchronous_commit = on\n" >>"$DIR/primary/postgresql.conf"
-  fi
-  echo "host replication postgres 127.0.0.1/32 trust" >>"$DIR/primary/pg_hba.conf"
-  as_pg "$BIN/pg_ctl" -D "$DIR/primary" -l "$DIR/primary.log" -w -t 60 start >/dev/null
-  as_pg "$BIN/pg_basebackup" -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -D "$DIR/standby" -X stream -R
-  # The name the primary's synchronous_standby_names waits for.
-  sed -i "s/^port = .*/port = $STANDBY_PORT/" "$DIR/standby/postgresql.conf"
-  # Once promoted it is alone: waiting for a synchronous standby of its own (the copied
-  # synchronous_standby_names) would hang every commit. The new primary takes writes
-  # unprotected until a new standby is attached (docs/operations.md).
-  cat >>"$DIR/standby/postgresql.auto.conf" <<EOF
-primary_conninfo = 'host=127.0.0.1 port=$PRIMARY_PORT user=postgres application_name=standby1'
-synchronous_standby_names = ''
-EOF
-  as_pg "$BIN/pg_ctl" -D "$DIR/standby" -l "$DIR/standby.log" -w -t 60 start >/dev/null
-  local want=async
-  [ "$mode" = sync ] && want=sync
-  for _ in $(seq 1 60); do
-    state=$(as_pg psql -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -Atc \
-      "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'standby1' AND state = 'streaming'" 2>/dev/null || true)
-    [ "$state" = "$want" ] && break
-    sleep 0.5
-  done
-  [ "$state" = "$want" ] || die "the standby is not streaming ($want) after 30 s"
+  trap 'if [ $? -ne 0 ]; then stop >/dev/null 2>&1 || true; fi' EXIT
+  as_pg "$BIN/initdb" -D "$DIR/a" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$DIR/initdb.log"
+  server_conf "$PRIMARY_PORT" >>"$DIR/a/postgresql.conf"
+  echo "synchronous_commit = on" >>"$DIR/a/postgresql.conf"
+  echo "host replication postgres 127.0.0.1/32 trust" >>"$DIR/a/pg_hba.conf"
+  as_pg "$BIN/pg_ctl" -D "$DIR/a" -l "$DIR/a.log" -w -t 60 start >/dev/null
+  make_standby b a
   cat >"$DIR/haproxy.cfg" <<EOF
 global
     stats socket $DIR/haproxy.sock mode 600 level admin
@@ -122,47 +141,59 @@ defaults
     timeout server 1h
 listen postgres
     bind 127.0.0.1:$PROXY_PORT
-    server primary 127.0.0.1:$PRIMARY_PORT
-    server standby 127.0.0.1:$STANDBY_PORT disabled
+    server a 127.0.0.1:$PRIMARY_PORT
+    server b 127.0.0.1:$STANDBY_PORT disabled
 EOF
   haproxy -D -f "$DIR/haproxy.cfg" -p "$DIR/haproxy.pid"
   for _ in $(seq 1 20); do
     [ -S "$DIR/haproxy.sock" ] && as_pg psql -h 127.0.0.1 -p "$PROXY_PORT" -U postgres -Atc "SELECT 1" >/dev/null 2>&1 && break
     sleep 0.25
   done
-  trap - ERR
+  trap - EXIT
   echo "postgres://postgres@127.0.0.1:$PROXY_PORT"
 }
 
-# The address to the standby: new sessions go there, the primary's are cut.
+# The address to node $2: new sessions go there, those of node $1 are cut.
 move_address() {
-  proxy_cmd "enable server postgres/standby" >/dev/null
-  proxy_cmd "disable server postgres/primary" >/dev/null
-  proxy_cmd "shutdown sessions server postgres/primary" >/dev/null
+  proxy_cmd "enable server postgres/$2" >/dev/null
+  proxy_cmd "disable server postgres/$1" >/dev/null
+  proxy_cmd "shutdown sessions server postgres/$1" >/dev/null
 }
 
 failover() {
-  local early=${1:-}
-  [ -f "$DIR/primary/postmaster.pid" ] || die "no primary running in $DIR"
-  local pid children
-  pid=$(head -1 "$DIR/primary/postmaster.pid")
+  local early=${1:-} old new pid children
+  old=$(cat "$DIR/primary")
+  new=$(other_of "$old")
+  [ -f "$DIR/$old/postmaster.pid" ] || die "no primary running in $DIR/$old"
+  [ -f "$DIR/$new/standby.signal" ] || die "no standby in $DIR/$new (rebuild first)"
+  pid=$(head -1 "$DIR/$old/postmaster.pid")
   # The whole server, as a crash of its machine: the postmaster and every backend, so that no
   # session of the old primary lives on.
   children=$(ps -o pid= --ppid "$pid" | tr '\n' ' ')
   # shellcheck disable=SC2086
   kill -9 "$pid" $children
-  echo "pg-pair: kill -9 of the primary (postmaster $pid and its processes)"
+  echo "pg-pair: kill -9 of the primary $old (postmaster $pid and its processes)"
   if [ -n "$early" ]; then
-    move_address
-    echo "pg-pair: address moved to the standby, still in recovery for ${early}s"
+    move_address "$old" "$new"
+    echo "pg-pair: address moved to $new, still in recovery for ${early}s"
     sleep "$early"
   fi
-  as_pg "$BIN/pg_ctl" -D "$DIR/standby" -w -t 60 promote >/dev/null
-  echo "pg-pair: standby promoted"
+  as_pg "$BIN/pg_ctl" -D "$DIR/$new" -w -t 60 promote >/dev/null
+  echo "$new" >"$DIR/primary"
+  echo "pg-pair: $new promoted"
   if [ -z "$early" ]; then
-    move_address
-    echo "pg-pair: address moved to the new primary"
+    move_address "$old" "$new"
+    echo "pg-pair: address moved to $new"
   fi
+}
+
+# After a failover: the dead node comes back as a standby of the new primary (a fresh copy).
+rebuild() {
+  local primary dead
+  primary=$(cat "$DIR/primary")
+  dead=$(other_of "$primary")
+  make_standby "$dead" "$primary"
+  echo "pg-pair: $dead is a standby of $primary again"
 }
 
 stop() {
@@ -170,7 +201,7 @@ stop() {
   if [ -f "$DIR/haproxy.pid" ]; then
     kill "$(cat "$DIR/haproxy.pid")" 2>/dev/null || true
   fi
-  for node in primary standby; do
+  for node in a b; do
     if [ -f "$DIR/$node/postmaster.pid" ]; then
       as_pg "$BIN/pg_ctl" -D "$DIR/$node" -m immediate -w -t 30 stop >/dev/null 2>&1 ||
         kill -9 "$(head -1 "$DIR/$node/postmaster.pid")" 2>/dev/null || true
@@ -181,10 +212,11 @@ stop() {
 
 cmd=${1:-}
 DIR=${2:-}
-[ -n "$cmd" ] && [ -n "$DIR" ] || die "usage: pg-pair.sh start|failover|stop DIR [...]"
+[ -n "$cmd" ] && [ -n "$DIR" ] || die "usage: pg-pair.sh start|failover|rebuild|stop DIR [...]"
 case "$cmd" in
   start) start "${3:-sync}" ;;
   failover) failover "${3:-}" ;;
+  rebuild) rebuild ;;
   stop) stop ;;
   *) die "unknown command $cmd" ;;
 esac
