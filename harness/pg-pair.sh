@@ -95,7 +95,9 @@ make_standby() {
 primary_conninfo = 'host=127.0.0.1 port=$(port_of "$primary") user=postgres application_name=standby1'
 synchronous_standby_names = ''
 EOF
-  as_pg "$BIN/pg_ctl" -D "$DIR/$node" -l "$DIR/$node.log" -w -t 60 start >/dev/null
+  for _ in $(seq 1 100); do port_free "$(port_of "$node")" && break; sleep 0.1; done
+  as_pg "$BIN/pg_ctl" -D "$DIR/$node" -l "$DIR/$node.log" -w -t 60 start >/dev/null ||
+    die "the standby $node did not start: $(tail -3 "$DIR/$node.log" | tr '\n' ' ')"
   if [ "$mode" = sync ]; then
     as_pg psql -h 127.0.0.1 -p "$(port_of "$primary")" -U postgres -Atq \
       -c "ALTER SYSTEM SET synchronous_standby_names = 'standby1'" -c "SELECT pg_reload_conf()" >/dev/null
@@ -161,18 +163,36 @@ move_address() {
   proxy_cmd "shutdown sessions server postgres/$1" >/dev/null
 }
 
+# kill -9 of every process of the server in data folder $1, as a crash of its machine: the
+# postmaster and every backend (all of them run in the data folder), again until none is left,
+# so that no session of the old primary lives on and its port is free.
+kill_server() {
+  local pids
+  for _ in $(seq 1 50); do
+    pids=
+    for p in /proc/[0-9]*; do
+      [ "$(readlink "$p/cwd" 2>/dev/null)" = "$1" ] && pids="$pids ${p#/proc/}"
+    done
+    [ -z "$pids" ] && return 0
+    # shellcheck disable=SC2086
+    kill -9 $pids 2>/dev/null || true
+    sleep 0.1
+  done
+  die "processes of $1 survive kill -9"
+}
+
 failover() {
-  local early=${1:-} old new pid children
+  local early=${1:-} old new pid
   old=$(cat "$DIR/primary")
   new=$(other_of "$old")
   [ -f "$DIR/$old/postmaster.pid" ] || die "no primary running in $DIR/$old"
-  [ -f "$DIR/$new/standby.signal" ] || die "no standby in $DIR/$new (rebuild first)"
+  [ -f "$DIR/$new/standby.signal" ] && as_pg "$BIN/pg_ctl" -D "$DIR/$new" status >/dev/null ||
+    die "no standby running in $DIR/$new (rebuild first)"
   pid=$(head -1 "$DIR/$old/postmaster.pid")
-  # The whole server, as a crash of its machine: the postmaster and every backend, so that no
-  # session of the old primary lives on.
-  children=$(ps -o pid= --ppid "$pid" | tr '\n' ' ')
-  # shellcheck disable=SC2086
-  kill -9 "$pid" $children
+  kill_server "$DIR/$old"
+  # Its socket lock names a pid that may live on as a zombie (where nothing reaps orphans, as
+  # in a container), which would stop the node from starting again as a standby.
+  rm -f "$DIR/.s.PGSQL.$(port_of "$old")" "$DIR/.s.PGSQL.$(port_of "$old").lock"
   echo "pg-pair: kill -9 of the primary $old (postmaster $pid and its processes)"
   if [ -n "$early" ]; then
     move_address "$old" "$new"
