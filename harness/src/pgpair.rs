@@ -41,7 +41,13 @@ pub struct PgPair {
 /// Runs the script with `args`, bounded by `limit`; its output, or why it failed.
 fn script(args: &[&str], limit: Duration) -> Result<String, String> {
     let out = Command::new("timeout")
-        .args(["-k", "5", &limit.as_secs().max(1).to_string(), "bash", SCRIPT])
+        .args([
+            "-k",
+            "5",
+            &limit.as_secs().max(1).to_string(),
+            "bash",
+            SCRIPT,
+        ])
         .args(args)
         .stdin(Stdio::null())
         .output()

@@ -312,7 +312,9 @@ struct Ledger {
 
 impl Ledger {
     fn begin(&mut self, idx: usize, body: usize) -> usize {
-        self.entries[idx].first_sent.get_or_insert_with(Instant::now);
+        self.entries[idx]
+            .first_sent
+            .get_or_insert_with(Instant::now);
         let attempts = &mut self.entries[idx].attempts;
         attempts.push(Try {
             body,
@@ -1485,7 +1487,10 @@ async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
 fn longest_gap(ledger: &Ledger, seen: &EventLog) -> Figure {
     let gap = |e: &Entry| {
         let first = seen.arrivals(&e.key).iter().map(|a| a.at).min()?;
-        Some((first.saturating_duration_since(e.first_sent?), e.key.clone()))
+        Some((
+            first.saturating_duration_since(e.first_sent?),
+            e.key.clone(),
+        ))
     };
     let worst = ledger.entries.iter().filter_map(gap).max();
     Figure {
