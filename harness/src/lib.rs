@@ -10,6 +10,7 @@ pub mod fixtures;
 pub mod kinds;
 pub mod ledger;
 pub mod people;
+pub mod pgpair;
 pub mod retry_race;
 pub mod support;
 pub mod testkit;

@@ -69,21 +69,22 @@ async fn healthz(State(s): State<HttpState>) -> Response {
     }
 }
 
-async fn database_ok(pool: &PgPool) -> bool {
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, store::ping(pool)).await,
-        Ok(Ok(_))
-    )
+/// Why the database cannot take intakes now, if it cannot: unreachable, or read-only (a
+/// standby, or the address still on the old primary after a failover).
+async fn database_problem(pool: &PgPool) -> Option<&'static str> {
+    match tokio::time::timeout(PROBE_TIMEOUT, store::probe(pool)).await {
+        Ok(Ok(store::Health::Writable)) => None,
+        Ok(Ok(store::Health::ReadOnly)) => Some("database read-only"),
+        Ok(Err(_)) | Err(_) => Some("database unreachable"),
+    }
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {
     let state = s.metrics.state();
     let reason = if state != ConsumerState::Consuming {
         Some(format!("consumer is {state:?}"))
-    } else if !database_ok(&s.pool).await {
-        Some("database unreachable".to_owned())
     } else {
-        None
+        database_problem(&s.pool).await.map(str::to_owned)
     };
     match reason {
         None => (StatusCode::OK, Json(json!({"status": "ready"}))).into_response(),

@@ -110,13 +110,29 @@ pub async fn prepare_database(settings: &Settings, shutdown: &CancellationToken)
     }
 }
 
-/// Waits until `SELECT 1` succeeds (or shutdown).
+/// Waits until the database answers and takes writes (or shutdown). The pool is recycled
+/// first: its sessions may be on a server that is gone or read-only now (a failover), and a
+/// session that only answers is not enough. A read-only answer is logged once per wait.
 async fn await_database(pool: &PgPool, shutdown: &CancellationToken) {
+    crate::infra::db::recycle();
     let mut delays = probe_backoff();
+    let mut told_read_only = false;
     loop {
-        if crate::store::ping(pool).await.is_ok() {
-            tracing::info!("database reachable again; resuming intake");
-            return;
+        match crate::store::probe(pool).await {
+            Ok(crate::store::Health::Writable) => {
+                tracing::info!("database reachable again; resuming intake");
+                return;
+            }
+            Ok(crate::store::Health::ReadOnly) => {
+                if !told_read_only {
+                    tracing::warn!(
+                        "database answers but is read-only (a standby, or the address not yet moved after a failover); intake stays paused"
+                    );
+                    told_read_only = true;
+                }
+                crate::infra::db::recycle();
+            }
+            Err(_) => {}
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
         tokio::select! {

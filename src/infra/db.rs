@@ -1,10 +1,13 @@
 //! The PostgreSQL pool: session settings that bound every wait, database creation and
 //! migrations (`migrate`, for `run` and `migrate` only), and opening a database that must
-//! already exist at the binary's schema (`open_current`, for every other command).
+//! already exist at the binary's schema (`open_current`, for every other command), and
+//! recycling the pool's connections after an outage (`recycle`).
 
 use std::future::Future;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
 use sqlx::migrate::{Migrate, MigrateError};
@@ -151,8 +154,37 @@ pub async fn ensure_database(settings: &DatabaseSettings) -> Result<(), DbError>
     Ok(())
 }
 
+/// When [`recycle`] was last asked, in microseconds since [`clock`]'s start; 0 for never.
+///
+/// Process-wide rather than per pool: the pool is cloned into every part of the worker and a
+/// sqlx pool carries no state of ours, and a process talks to one database. A recycle asked
+/// by one part (or by a test beside others) only costs the other pools a reconnect each.
+static RECYCLED_AT_US: AtomicU64 = AtomicU64::new(0);
+
+/// Microseconds since the first call; the clock of [`RECYCLED_AT_US`].
+fn clock() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// Discards, at their next acquire, every pooled connection made before now. Called on an
+/// outage-class error (see `intake::classify`): after a failover the pool may hold sessions
+/// that still answer but go to the wrong server — a demoted primary, a server made read-only,
+/// a proxy's old backend — and sqlx's ping before acquire only catches dead ones. New
+/// connections go through the database address again, to wherever it points now.
+pub fn recycle() {
+    RECYCLED_AT_US.fetch_max(clock().max(1), Ordering::Relaxed);
+}
+
+/// Whether a connection of age `age` was made after the last [`recycle`].
+fn made_since_recycle(age: Duration) -> bool {
+    let made_at = clock().saturating_sub(age.as_micros() as u64);
+    made_at >= RECYCLED_AT_US.load(Ordering::Relaxed)
+}
+
 /// Opens the pool (connections are made on demand, so a database outage at start is retried
-/// by the caller rather than failing here).
+/// by the caller rather than failing here). Connections made before the last [`recycle`] are
+/// closed instead of handed out.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     let options = connect_options(settings)?;
     // A Unix-socket connection has no Nagle delay; a TCP one gets TCP_NODELAY (see `nodelay`).
@@ -160,6 +192,7 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, sqlx::Error> {
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(settings.acquire_timeout())
+        .before_acquire(|_conn, meta| Box::pin(async move { Ok(made_since_recycle(meta.age)) }))
         .after_connect(move |_conn, _meta| {
             Box::pin(async move {
                 if let Some(port) = tcp_port {

@@ -275,7 +275,14 @@ impl Metrics {
     /// registry's lock so that a scrape never sees two states at 1 or none.
     pub fn set_state(&self, state: ConsumerState) {
         let _scrape = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        self.state.store(state as u8, Ordering::Relaxed);
+        let previous = self.state.swap(state as u8, Ordering::Relaxed);
+        if previous != state as u8 {
+            tracing::info!(
+                from = Self::state_of(previous).label(),
+                to = state.label(),
+                "consumer state changed"
+            );
+        }
         for s in ConsumerState::ALL {
             self.consumer_state_gauge
                 .get_or_create(&vec![("state".to_owned(), s.label().to_owned())])
@@ -284,7 +291,11 @@ impl Metrics {
     }
 
     pub fn state(&self) -> ConsumerState {
-        match self.state.load(Ordering::Relaxed) {
+        Self::state_of(self.state.load(Ordering::Relaxed))
+    }
+
+    fn state_of(value: u8) -> ConsumerState {
+        match value {
             1 => ConsumerState::Consuming,
             2 => ConsumerState::DatabaseOutage,
             3 => ConsumerState::Reconnecting,

@@ -11,8 +11,9 @@ pub enum ErrorClass {
     /// Worth re-running the whole transaction: serialization failure, deadlock, lock or
     /// statement timeout.
     Transient,
-    /// The database is unreachable or restarting, or the pool is exhausted: never the
-    /// message's fault, so no attempt is spent and nothing is marked failed.
+    /// The database is unreachable, restarting or read-only (a standby not yet promoted, an
+    /// address still on the old primary after a failover), or the pool is exhausted: never
+    /// the message's fault, so no attempt is spent and nothing is marked failed.
     Outage,
     /// Anything else: a bug or an unforeseen state. Retried a bounded number of times by
     /// redelivery, then dead-lettered (and so kept and replayable).
@@ -22,6 +23,13 @@ pub enum ErrorClass {
 /// SQLSTATEs of errors that a re-run of the transaction can cure.
 const TRANSIENT: [&str; 4] = ["40001", "40P01", "55P03", "57014"];
 
+/// SQLSTATEs (besides class 08, connection exceptions) that say the session or the server,
+/// not the data, is the problem: admin shutdown (a terminated backend, a fast shutdown), crash
+/// shutdown, cannot connect now (starting up, shutting down, in recovery mode), too many
+/// connections, idle-in-transaction timeout, and a read-only transaction — what a write gets
+/// from a standby, so from the old address during a failover.
+const OUTAGE: [&str; 6] = ["57P01", "57P02", "57P03", "53300", "25P03", "25006"];
+
 pub fn classify(error: &sqlx::Error) -> ErrorClass {
     match error {
         sqlx::Error::Database(db) => {
@@ -29,11 +37,7 @@ pub fn classify(error: &sqlx::Error) -> ErrorClass {
             let code = code.as_deref().unwrap_or("");
             if TRANSIENT.contains(&code) {
                 ErrorClass::Transient
-            } else if code.starts_with("08")
-                || ["57P01", "57P02", "57P03", "53300", "25P03"].contains(&code)
-            {
-                // Connection exceptions, admin/crash shutdown, cannot connect now, too many
-                // connections, idle-in-transaction timeout: the session, not the data.
+            } else if code.starts_with("08") || OUTAGE.contains(&code) {
                 ErrorClass::Outage
             } else {
                 ErrorClass::Unknown

@@ -364,7 +364,7 @@ impl IntakeConsumer {
                     tracing::warn!(
                         window = envelopes.len(),
                         retry_in_ms = delay.as_millis() as u64,
-                        "database unreachable; holding the window"
+                        "database unreachable or read-only; holding the window"
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -394,6 +394,11 @@ impl IntakeConsumer {
             }
             Ok(Err(e)) => {
                 let class = classify(&e);
+                if class == ErrorClass::Outage {
+                    // The next try must not get the same session back: it may be on a server
+                    // that is read-only or gone since a failover.
+                    crate::infra::db::recycle();
+                }
                 if let Some(suppressed) = WINDOW_FAILED.allow() {
                     tracing::warn!(error = %e, ?class, window = envelopes.len(), suppressed, "window failed");
                 }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::infra::metrics::Metrics;
 use crate::infra::settings::OutboxSettings;
+use crate::intake::classify::{ErrorClass, classify};
 use crate::store::outbox::{self, Taken};
 
 /// The content type of every event body: CloudEvents in structured JSON mode.
@@ -292,6 +293,10 @@ impl Relay {
                 Ok(Some(report))
             }
             Err(RelayError::Database(e)) if !shutdown.is_cancelled() => {
+                if classify(&e) == ErrorClass::Outage {
+                    // As in the consumer: the next pass takes a fresh session.
+                    crate::infra::db::recycle();
+                }
                 let delay = outage.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(error = %e, "relay cannot reach the database; retrying");
                 tokio::time::sleep(delay).await;

@@ -8,7 +8,8 @@
 //!   `failed`: failed intakes; `edits`: the audit of operators' edits of them; `outbox`: the
 //!   events to publish and the relay's take and put back;
 //! - `tenancy`: networks, groups, agents, API keys, counties; `rotate`: re-sealing under the
-//!   active key; `retention`: deleting what is past its retention; `health`: the ping;
+//!   active key; `retention`: deleting what is past its retention; `health`: whether the
+//!   database answers and takes writes;
 //! - `matching`: the duplicate policy, the match locks and candidate lookup, flagged pairs;
 //! - `status`: what became of a message key (the status endpoint, the `status` command);
 //! - `duplicates`: the flagged pairs, the duplicate policy and the match keys, for operators.
@@ -46,7 +47,7 @@ pub use cases::{
     insert_cases, insert_households, lock_households, unflag_heads, update_heads,
 };
 pub use failed::{FailedRow, ResolvedRow, insert_failed, resolve_failed};
-pub use health::ping;
+pub use health::{Health, probe};
 pub use ids::{HeadUpdate, InNetwork, NetworkId};
 pub use outbox::{OutboxBody, OutboxRow, insert_outbox, outbox_backlog};
 pub use outcomes::{

@@ -38,6 +38,7 @@ use case_intake_harness::cli::{self, BoxError};
 use case_intake_harness::db::{self, LOCAL_SERVER};
 use case_intake_harness::kinds::{self, Flaw, Kind};
 use case_intake_harness::ledger::{EventLog, lock};
+use case_intake_harness::pgpair::{PgPair, Replication};
 use case_intake_harness::retry_race::{self, Operator};
 use case_intake_harness::workers::{self, End, WorkerCommand};
 
@@ -72,6 +73,9 @@ enum Fault {
     Terminate,
     /// `LOCK TABLE households IN ACCESS EXCLUSIVE MODE` held past the worker's lock_timeout.
     Lock,
+    /// `--db-failover` only: `kill -9` of the primary of the PostgreSQL pair, the address
+    /// moved to the standby, its promotion; then the dead node rebuilt as the new standby.
+    Failover,
 }
 
 impl Fault {
@@ -81,7 +85,7 @@ impl Fault {
         match self {
             Fault::Kill | Fault::Terminate => 1,
             Fault::Pgrestart | Fault::Lock => 2,
-            Fault::Close | Fault::Outage => 4,
+            Fault::Close | Fault::Outage | Fault::Failover => 4,
             Fault::Broker => 8,
         }
     }
@@ -95,6 +99,7 @@ impl Fault {
             Fault::Outage => "outage",
             Fault::Terminate => "terminate",
             Fault::Lock => "lock",
+            Fault::Failover => "failover",
         }
     }
 }
@@ -137,6 +142,18 @@ struct Args {
     /// Keep the database afterwards for inspection.
     #[arg(long)]
     keep_db: bool,
+    /// The database-failover run: the workers' database on a primary with a streaming standby
+    /// behind haproxy (harness/pg-pair.sh), and the one fault `failover` [repetitions:
+    /// default 3, quick 1]. `--faults` is ignored.
+    #[arg(long)]
+    db_failover: bool,
+    /// With `--db-failover`: asynchronous replication, to measure what a failover loses.
+    #[arg(long, requires = "db_failover")]
+    async_replication: bool,
+    /// With `--db-failover`: how long the address is on the standby before its promotion
+    /// (writes meet a read-only server); 0 moves it just after the promotion.
+    #[arg(long, default_value_t = 2, requires = "db_failover")]
+    read_only_secs: u64,
 }
 
 /// The resolved plan of a run.
@@ -152,6 +169,8 @@ struct Plan {
     /// Hard bound of the whole run.
     limit: Duration,
     keep_db: bool,
+    /// `--db-failover`: the replication of the pair, and the read-only time of a failover.
+    db_failover: Option<(Replication, Duration)>,
 }
 
 impl Plan {
@@ -159,14 +178,19 @@ impl Plan {
         let quick = args.quick;
         let kills = args.kills.unwrap_or(if quick { 3 } else { 10 });
         let mut seen = HashSet::new();
-        let phases = args
-            .faults
+        let faults = if args.db_failover {
+            vec![Fault::Failover]
+        } else {
+            args.faults.clone()
+        };
+        let phases = faults
             .iter()
             .filter(|f| seen.insert(**f))
             .map(|&f| {
                 let reps = match f {
                     Fault::Kill => kills,
                     _ if quick => 1,
+                    Fault::Failover => 3,
                     Fault::Broker | Fault::Pgrestart | Fault::Lock => 2,
                     Fault::Close | Fault::Terminate => 3,
                     Fault::Outage => 1,
@@ -188,6 +212,14 @@ impl Plan {
             phases,
             limit: Duration::from_secs(if quick { 15 * 60 } else { 60 * 60 }),
             keep_db: args.keep_db,
+            db_failover: args.db_failover.then(|| {
+                let replication = if args.async_replication {
+                    Replication::Async
+                } else {
+                    Replication::Sync
+                };
+                (replication, Duration::from_secs(args.read_only_secs))
+            }),
         }
     }
 }
@@ -236,6 +268,8 @@ struct Entry {
     bodies: Vec<Arc<Vec<u8>>>,
     kind: Kind,
     attempts: Vec<Try>,
+    /// When the key was first published: where its gap to its first event starts.
+    first_sent: Option<Instant>,
 }
 
 impl Entry {
@@ -279,6 +313,9 @@ struct Ledger {
 
 impl Ledger {
     fn begin(&mut self, idx: usize, body: usize) -> usize {
+        self.entries[idx]
+            .first_sent
+            .get_or_insert_with(Instant::now);
         let attempts = &mut self.entries[idx].attempts;
         attempts.push(Try {
             body,
@@ -859,6 +896,7 @@ impl Publisher {
             bodies,
             kind,
             attempts: Vec::new(),
+            first_sent: None,
         });
         (seq, 0, true)
     }
@@ -983,8 +1021,16 @@ struct Setup {
     dir: PathBuf,
 }
 
+/// The PostgreSQL server of the run: the pair's address with `--db-failover`, else the
+/// machine's own.
+static SERVER: OnceLock<String> = OnceLock::new();
+
+fn server() -> &'static str {
+    SERVER.get().map_or(LOCAL_SERVER, String::as_str)
+}
+
 async fn drop_database() -> Res<()> {
-    Ok(db::drop_database(LOCAL_SERVER, DB_NAME).await?)
+    Ok(db::drop_database(server(), DB_NAME).await?)
 }
 
 /// The suite's own pool; its `application_name` keeps it out of the `terminate` fault.
@@ -1000,7 +1046,7 @@ async fn setup() -> Res<Setup> {
     let suffix = Uuid::new_v4().simple().to_string()[..10].to_owned();
     drop_database().await?;
     let mut settings = Settings::load(None)?;
-    let url = db::database_url(LOCAL_SERVER, DB_NAME);
+    let url = db::database_url(server(), DB_NAME);
     settings.database.url = url.clone().into();
     settings.database.create_database = true;
     settings.amqp.intake_queue = format!("faults.{suffix}.intake");
@@ -1076,6 +1122,8 @@ struct Run {
     fault_errors: Vec<String>,
     /// The publisher's operator (shared results): what its staged retries came to.
     operator: Operator,
+    /// `--db-failover`: the PostgreSQL pair the workers' database is on.
+    pair: Option<Arc<PgPair>>,
 }
 
 impl Run {
@@ -1225,8 +1273,20 @@ impl Run {
                     Err(e) => Err(e.to_string()),
                 }
             }
+            Fault::Failover => self.fail_over().await,
             Fault::Outage | Fault::Lock => Ok(String::new()),
         }
+    }
+
+    /// The `failover` fault on the pair (see `pgpair`).
+    async fn fail_over(&self) -> Result<String, String> {
+        let (Some(pair), Some((_, read_only))) = (&self.pair, self.plan.db_failover) else {
+            return Err("the failover fault needs --db-failover".into());
+        };
+        say!("kill -9 of the primary; address on the standby {read_only:?} before its promotion");
+        let took = pair.fail_over(read_only).await?;
+        say!("failover done in {:.1} s", took.as_secs_f64());
+        Ok(String::new())
     }
 
     /// Lets the system come back before the next repetition.
@@ -1240,6 +1300,15 @@ impl Run {
             }
             Fault::Pgrestart => {
                 await_pg(Duration::from_secs(60)).await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Fault::Failover => {
+                if let Some(pair) = &self.pair {
+                    say!("rebuilding the dead node as the new standby");
+                    if let Err(e) = pair.rebuild().await {
+                        say!("failover: {e}");
+                    }
+                }
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
             _ => tokio::time::sleep(Duration::from_secs(3)).await,
@@ -1457,7 +1526,27 @@ async fn check(run: &Run, unconfirmed: usize) -> Res<Vec<Figure>> {
         true,
         unconfirmed_keys,
     ));
+    figures.push(longest_gap(&ledger, &seen));
     Ok(figures)
+}
+
+/// The longest time from a key's first publish to its first outcome event, over the keys
+/// that got one: how long the worst fault held intake up (a figure, not a check).
+fn longest_gap(ledger: &Ledger, seen: &EventLog) -> Figure {
+    let gap = |e: &Entry| {
+        let first = seen.arrivals(&e.key).iter().map(|a| a.at).min()?;
+        Some((
+            first.saturating_duration_since(e.first_sent?),
+            e.key.clone(),
+        ))
+    };
+    let worst = ledger.entries.iter().filter_map(gap).max();
+    Figure {
+        name: "longest gap publish -> first event (ms)",
+        value: worst.as_ref().map_or(0, |(d, _)| d.as_millis() as usize),
+        must_be_zero: false,
+        examples: worst.into_iter().map(|(_, key)| key).collect(),
+    }
 }
 
 /// Exactly once, per key: every confirmed intake has one outcome with one event id, and
@@ -1987,6 +2076,20 @@ async fn suite(args: Args) -> Res<bool> {
         plan.seed
     );
     ensure_services().await;
+    // Dropped (its servers stopped, its folder removed) when the suite returns, however.
+    let pair = match plan.db_failover {
+        Some((replication, _)) => {
+            say!(
+                "starting a PostgreSQL primary and standby ({} replication) behind haproxy",
+                replication.name()
+            );
+            let pair = Arc::new(PgPair::start(replication)?);
+            let _ = SERVER.set(pair.server.clone());
+            say!("database server {}", pair.server);
+            Some(pair)
+        }
+        None => None,
+    };
     let setup = setup().await?;
     say!(
         "database {DB_NAME}, intake queue {}, worker logs in {}",
@@ -1996,6 +2099,7 @@ async fn suite(args: Args) -> Res<bool> {
     let stop = CancellationToken::new();
     let operator = Operator::new(setup.pool.clone(), &setup.db_url)?;
     let (mut run, mut tasks) = start(plan, setup, exe, operator, &stop);
+    run.pair = pair;
     if !await_workers(&run.workers, Duration::from_secs(30)).await {
         say!("warning: both workers are not running 30 s after start");
     }
@@ -2088,6 +2192,7 @@ fn start(
         injected: BTreeMap::new(),
         fault_errors: Vec::new(),
         operator,
+        pair: None,
     };
     (run, tasks)
 }
