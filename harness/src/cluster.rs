@@ -123,6 +123,13 @@ impl Cluster {
         NODES.contains(&n).then_some(n)
     }
 
+    /// The node listening on AMQP port `port` (3.10's `list_connections` has no `node` column:
+    /// the server port tells the node).
+    pub fn node_of_port(&self, port: u64) -> Option<u8> {
+        let n = port.checked_sub(u64::from(self.port))? + 1;
+        NODES.iter().copied().find(|m| u64::from(*m) == n)
+    }
+
     /// `kill -9` of node `n` (by its pid file); waits until the process is gone.
     pub async fn kill(&self, n: u8) -> Result<(), String> {
         self.script(&["node-kill", &n.to_string()], Duration::from_secs(30))
@@ -203,7 +210,7 @@ impl Cluster {
                     n,
                     &[
                         "list_connections",
-                        "node",
+                        "port",
                         "client_properties",
                         "--formatter",
                         "json",
@@ -220,7 +227,7 @@ impl Cluster {
             let mut nodes: Vec<u8> = rows
                 .iter()
                 .filter(|row| connection_name(&row["client_properties"]).starts_with(prefix))
-                .filter_map(|row| self.node_number(row["node"].as_str()?))
+                .filter_map(|row| self.node_of_port(row["port"].as_u64()?))
                 .collect();
             nodes.sort_unstable();
             nodes.dedup();
@@ -330,6 +337,9 @@ mod tests {
         assert_eq!(c.node_number("rabbit@localhost"), None);
         assert_eq!(c.node_number("ci-rmq4@localhost"), None);
         assert_eq!(c.url(3), "amqp://guest:guest@127.0.0.1:5703/%2f");
+        assert_eq!(c.node_of_port(5702), Some(2));
+        assert_eq!(c.node_of_port(5672), None);
+        assert_eq!(c.node_of_port(5704), None);
     }
 
     #[test]
