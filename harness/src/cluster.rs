@@ -291,6 +291,163 @@ impl Cluster {
     }
 }
 
+/// A fault of the fault suite's `--cluster` mode; each one heals itself before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterFault {
+    /// `kill -9` of the node the worker's consumer connection is on, restarted after a while.
+    KillConnected,
+    /// `kill -9` of the node that leads the intake queue.
+    KillLeader,
+    /// `kill -9` of a node that holds a follower replica and no worker consumer connection.
+    KillFollower,
+    /// `rabbitmqctl stop_app`, then `start_app`, on the node the worker is connected to.
+    StopApp,
+    /// Each node in turn stopped and started again, waiting for it before the next.
+    Rolling,
+}
+
+impl ClusterFault {
+    pub const ALL: [ClusterFault; 5] = [
+        ClusterFault::KillConnected,
+        ClusterFault::KillLeader,
+        ClusterFault::KillFollower,
+        ClusterFault::StopApp,
+        ClusterFault::Rolling,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClusterFault::KillConnected => "node-kill-connected",
+            ClusterFault::KillLeader => "node-kill-leader",
+            ClusterFault::KillFollower => "node-kill-follower",
+            ClusterFault::StopApp => "node-stop-app",
+            ClusterFault::Rolling => "rolling-restart",
+        }
+    }
+}
+
+/// How long a killed or stopped node stays down: long enough that clients must fail over
+/// rather than wait for it.
+const DOWN_FOR: Duration = Duration::from_secs(8);
+
+impl Cluster {
+    /// Injects `fault` against the cluster serving `queue`, whose worker connections are
+    /// named starting with `worker_prefix`, and brings the node(s) back; what was done.
+    pub async fn inject(
+        &self,
+        fault: ClusterFault,
+        queue: &str,
+        worker_prefix: &str,
+    ) -> Result<String, String> {
+        match fault {
+            ClusterFault::KillConnected => {
+                let n = *self
+                    .nodes_of_connections(worker_prefix)
+                    .await
+                    .first()
+                    .ok_or("no worker connection found")?;
+                self.kill_for_a_while(n).await?;
+                Ok(format!("kill -9 of node {n} (a worker connection's)"))
+            }
+            ClusterFault::KillLeader => {
+                let n = self.leader_of(queue).await.ok_or("no leader found")?;
+                self.kill_for_a_while(n).await?;
+                Ok(format!("kill -9 of node {n} (leader of {queue})"))
+            }
+            ClusterFault::KillFollower => {
+                let leader = self.leader_of(queue).await;
+                let connected = self.nodes_of_connections(worker_prefix).await;
+                let members = self.members_of(queue).await;
+                let followers: Vec<u8> = members
+                    .iter()
+                    .copied()
+                    .filter(|m| Some(*m) != leader)
+                    .collect();
+                let n = followers
+                    .iter()
+                    .copied()
+                    .find(|m| !connected.contains(m))
+                    .or(followers.first().copied())
+                    .ok_or("no follower found")?;
+                self.kill_for_a_while(n).await?;
+                Ok(format!("kill -9 of node {n} (a follower)"))
+            }
+            ClusterFault::StopApp => {
+                let n = *self
+                    .nodes_of_connections(worker_prefix)
+                    .await
+                    .first()
+                    .ok_or("no worker connection found")?;
+                self.stop_app(n).await?;
+                tokio::time::sleep(DOWN_FOR).await;
+                self.start_app(n).await?;
+                Ok(format!("stop_app/start_app of node {n}"))
+            }
+            ClusterFault::Rolling => {
+                for n in NODES {
+                    self.ctl(n, &["stop"], Duration::from_secs(90)).await?;
+                    self.restart(n).await?;
+                    self.await_all_running(Duration::from_secs(120)).await?;
+                }
+                Ok("rolling restart of nodes 1, 2, 3".into())
+            }
+        }
+    }
+
+    async fn kill_for_a_while(&self, n: u8) -> Result<(), String> {
+        self.kill(n).await?;
+        tokio::time::sleep(DOWN_FOR).await;
+        self.restart(n).await?;
+        self.await_all_running(Duration::from_secs(120)).await
+    }
+
+    /// Waits until all three nodes run.
+    pub async fn await_all_running(&self, limit: Duration) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let running = self.running().await;
+            if running == NODES {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("running nodes after {limit:?}: {running:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Brings back every node that does not run: `start_app` where the Erlang node lives,
+    /// a start of the node otherwise.
+    pub async fn heal(&self) -> Result<(), String> {
+        let running = self.running().await;
+        for n in NODES.into_iter().filter(|n| !running.contains(n)) {
+            if self.start_app(n).await.is_err() {
+                self.restart(n).await?;
+            }
+        }
+        self.await_all_running(Duration::from_secs(120)).await
+    }
+}
+
+/// The longest time between `from` and `to` in which no outcome arrived: from `from` to the
+/// first arrival, between two arrivals, and from the last arrival to `to`. `arrivals` in any
+/// order.
+pub fn longest_gap(
+    arrivals: impl Iterator<Item = std::time::Instant>,
+    from: std::time::Instant,
+    to: std::time::Instant,
+) -> Duration {
+    let mut times: Vec<std::time::Instant> = arrivals.filter(|t| *t >= from && *t <= to).collect();
+    times.sort_unstable();
+    let mut last = from;
+    let mut longest = Duration::ZERO;
+    for t in times.into_iter().chain(std::iter::once(to)) {
+        longest = longest.max(t.duration_since(last));
+        last = t;
+    }
+    longest
+}
+
 /// `connection_name` of a connection's client properties as `list_connections --formatter
 /// json` prints them: a map, or a list of `[name, type, value]` triples.
 fn connection_name(props: &serde_json::Value) -> &str {
@@ -340,6 +497,25 @@ mod tests {
         assert_eq!(c.node_of_port(5702), Some(2));
         assert_eq!(c.node_of_port(5672), None);
         assert_eq!(c.node_of_port(5704), None);
+    }
+
+    #[test]
+    fn the_longest_gap_counts_the_edges_and_ignores_arrivals_outside() {
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let arrivals = [at(5000), at(100), at(400), at(3400), at(20_000)];
+        assert_eq!(
+            longest_gap(arrivals.into_iter(), at(0), at(6000)),
+            Duration::from_millis(3000)
+        );
+        assert_eq!(
+            longest_gap(std::iter::empty(), at(0), at(6000)),
+            Duration::from_millis(6000)
+        );
+        assert_eq!(
+            longest_gap([at(1000)].into_iter(), at(0), at(9000)),
+            Duration::from_millis(8000)
+        );
     }
 
     #[test]

@@ -574,9 +574,7 @@ async fn populate(running: &mut Running, s: &Session<'_>) -> Result<(), SessionE
     let consuming = &running.consuming;
     let publishing = running.publishing.as_ref().unwrap_or(consuming);
     if settings.amqp.declare_topology {
-        let ch = consuming.create_channel().await?;
-        topology::declare(&ch, &settings.amqp).await?;
-        ch.close(200, "OK".into()).await?;
+        topology::declare(consuming, &settings.amqp).await?;
     }
     let dead = topology::dead_letter_queue(&settings.amqp.intake_queue);
     let retry = topology::retry_queue(&settings.amqp.intake_queue);

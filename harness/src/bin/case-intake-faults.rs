@@ -35,6 +35,7 @@ use case_intake::outbox::topology;
 use case_intake_harness::broker::{self, LOCAL_BROKER};
 use case_intake_harness::checks::{self, Expected, FailedIntakeRow, OutcomeRow};
 use case_intake_harness::cli::{self, BoxError};
+use case_intake_harness::cluster::{self, Cluster, ClusterFault};
 use case_intake_harness::db::{self, LOCAL_SERVER};
 use case_intake_harness::kinds::{self, Flaw, Kind};
 use case_intake_harness::ledger::{EventLog, lock};
@@ -136,6 +137,11 @@ struct Args {
     /// Keep the database afterwards for inspection.
     #[arg(long)]
     keep_db: bool,
+    /// Run against a three-node cluster of .ci/rabbit-cluster (started and removed by the
+    /// suite), the workers given all three endpoints, with the node faults instead of
+    /// `--faults` (see harness/src/cluster.rs).
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// The resolved plan of a run.
@@ -148,6 +154,8 @@ struct Plan {
     seed: u64,
     /// Each fault with its number of repetitions.
     phases: Vec<(Fault, u32)>,
+    /// `--cluster`: each node fault with its number of repetitions (`phases` is then empty).
+    cluster: Vec<(ClusterFault, u32)>,
     /// Hard bound of the whole run.
     limit: Duration,
     keep_db: bool,
@@ -178,6 +186,12 @@ impl Plan {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
+        let (phases, cluster) = if args.cluster {
+            let reps = if quick { 1 } else { 2 };
+            (Vec::new(), ClusterFault::ALL.map(|f| (f, reps)).to_vec())
+        } else {
+            (phases, Vec::new())
+        };
         Plan {
             count: args.count.unwrap_or(if quick { 600 } else { 3000 }).max(1),
             outage: Duration::from_secs(args.outage_secs.unwrap_or(if quick { 10 } else { 60 })),
@@ -185,6 +199,7 @@ impl Plan {
             drain: Duration::from_secs(args.drain_secs.max(10)),
             seed,
             phases,
+            cluster,
             limit: Duration::from_secs(if quick { 15 * 60 } else { 60 * 60 }),
             keep_db: args.keep_db,
         }
@@ -385,6 +400,11 @@ async fn rabbitmqctl(args: &[&str], limit: Duration) -> Result<String, String> {
 
 /// Makes sure PostgreSQL and RabbitMQ run and the RabbitMQ app is started.
 async fn ensure_services() {
+    if let Some(c) = CLUSTER.get()
+        && let Err(e) = c.heal().await
+    {
+        say!("heal: cluster: {e}");
+    }
     if !pg_ready().await {
         say!("heal: starting PostgreSQL");
         if let Err(e) = pg_ctl("start").await {
@@ -544,7 +564,21 @@ async fn stop_workers(workers: &Mutex<Workers>) -> Vec<(u32, String)> {
 // ---------------------------------------------------------------------------------------------
 // RabbitMQ helpers.
 
+/// `--cluster`: the cluster every broker client of the suite and the workers use.
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// Weight of one node fault's burst (as [`Fault::weight`]).
+const CLUSTER_WEIGHT: usize = 2;
+
 async fn amqp_connect(name: &str) -> Res<Connection> {
+    if let Some(c) = CLUSTER.get() {
+        let urls: Vec<String> = c
+            .urls()
+            .iter()
+            .map(|u| format!("{u}?heartbeat=10"))
+            .collect();
+        return Ok(cluster::connect_any(&urls, name).await?.0);
+    }
     // A short heartbeat: a broker that went away is noticed within seconds.
     let url = format!("{LOCAL_BROKER}?heartbeat=10");
     let conn = tokio::time::timeout(Duration::from_secs(10), broker::connect(&url, Some(name)))
@@ -1002,8 +1036,8 @@ async fn setup() -> Res<Setup> {
 /// every event (it keeps the events through broker restarts).
 async fn declare_broker(settings: &Settings, capture_queue: &str) -> Res<()> {
     let conn = amqp_connect("case-intake-faults setup").await?;
+    topology::declare(&conn, &settings.amqp).await?;
     let ch = conn.create_channel().await?;
-    topology::declare(&ch, &settings.amqp).await?;
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), broker::text("quorum"));
     let durable = QueueDeclareOptions {
@@ -1039,6 +1073,8 @@ struct Run {
     commands: mpsc::Sender<Cmd>,
     injected: BTreeMap<&'static str, u32>,
     fault_errors: Vec<String>,
+    /// `--cluster`: per node fault, the longest time without an outcome it caused.
+    gaps: Vec<(&'static str, Duration)>,
 }
 
 impl Run {
@@ -1132,6 +1168,54 @@ impl Run {
                     self.recover(fault).await;
                 }
             }
+        }
+    }
+
+    /// One node fault of `--cluster`, `reps` times: a burst spread over the fault, then the
+    /// longest gap in outcome events from the fault's start to the burst's end.
+    async fn cluster_phase(&mut self, fault: ClusterFault, reps: u32, per_burst: usize) {
+        let Some(c) = CLUSTER.get() else { return };
+        say!(
+            "phase {}: {reps} time(s), {per_burst} intakes per burst",
+            fault.name()
+        );
+        for _ in 0..reps {
+            let spread = if fault == ClusterFault::Rolling {
+                60.0
+            } else {
+                20.0
+            };
+            let rx = self
+                .burst(per_burst, per_burst as f64 / spread, Mix::Normal)
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let from = Instant::now();
+            let r = c
+                .inject(fault, &self.setup.intake_queue, "case-intake consumer")
+                .await;
+            if let Ok(what) = &r {
+                say!("{what}");
+            }
+            *self.injected.entry(fault.name()).or_insert(0) += 1;
+            if let Err(e) = &r {
+                say!("fault {}: {e}", fault.name());
+                self.fault_errors.push(format!("{}: {e}", fault.name()));
+            }
+            Self::await_burst(rx).await;
+            // Up to the burst's last confirm: later there is nothing left to come out.
+            let to = Instant::now();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let gap = {
+                let seen = lock(&self.seen);
+                let times = seen.by_key.values().flatten().map(|a| a.at);
+                cluster::longest_gap(times, from, to)
+            };
+            say!(
+                "{}: longest gap in outcomes {:.1} s",
+                fault.name(),
+                gap.as_secs_f64()
+            );
+            self.gaps.push((fault.name(), gap));
         }
     }
 
@@ -1725,13 +1809,22 @@ async fn exercise(run: &mut Run) -> Res<bool> {
         .phases
         .iter()
         .map(|(f, r)| f.weight() * *r as usize)
-        .sum();
+        .sum::<usize>()
+        + run
+            .plan
+            .cluster
+            .iter()
+            .map(|(_, r)| CLUSTER_WEIGHT * *r as usize)
+            .sum::<usize>();
     let warm_min = (run.plan.count / 10).max(50).min(run.plan.count);
     let unit = (run.plan.count - warm_min).checked_div(units).unwrap_or(0);
     run.warm_up(run.plan.count - unit * units).await;
     let phases = run.plan.phases.clone();
     for (fault, reps) in phases {
         run.phase(fault, reps, unit * fault.weight()).await;
+    }
+    for (fault, reps) in run.plan.cluster.clone() {
+        run.cluster_phase(fault, reps, unit * CLUSTER_WEIGHT).await;
     }
     let (unconfirmed, drained) = run.heal_and_drain().await;
     say!("stopping the workers with SIGTERM");
@@ -1772,6 +1865,12 @@ fn report(run: &Run, figures: &[Figure], drained: bool) -> bool {
     let passed = print_figures(figures) && drained;
     if !drained {
         println!("drain timed out: the queue or the outbox did not empty in time");
+    }
+    for (fault, gap) in &run.gaps {
+        println!(
+            "longest gap in outcomes, {fault}: {:.1} s",
+            gap.as_secs_f64()
+        );
     }
     for e in &run.fault_errors {
         println!("fault error: {e}");
@@ -1925,6 +2024,17 @@ async fn suite(args: Args) -> Res<bool> {
         plan.outage,
         plan.seed
     );
+    if !plan.cluster.is_empty() {
+        let c = Cluster::for_faults(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+        say!("cluster: starting three nodes ({})", c.urls().join(","));
+        let began = Instant::now();
+        if let Err(e) = c.start().await {
+            let _ = c.remove().await;
+            return Err(e.into());
+        }
+        say!("cluster: up in {:.0} s", began.elapsed().as_secs_f64());
+        let _ = CLUSTER.set(c);
+    }
     ensure_services().await;
     let setup = setup().await?;
     say!(
@@ -1947,12 +2057,18 @@ async fn suite(args: Args) -> Res<bool> {
     };
     stop.cancel();
     tear_down(&run, &mut tasks, &result).await;
+    if let Some(c) = CLUSTER.get() {
+        match c.remove().await {
+            Ok(()) => say!("cluster: removed"),
+            Err(e) => say!("cluster: {e}"),
+        }
+    }
     result
 }
 
 /// The worker processes' settings: the suite's database, queue and exchange.
 fn worker_command(setup: &Setup, exe: PathBuf) -> WorkerCommand {
-    let env = [
+    let mut env = vec![
         ("database", "url", setup.db_url.clone()),
         ("amqp", "intake_queue", setup.intake_queue.clone()),
         ("amqp", "events_exchange", setup.events_exchange.clone()),
@@ -1961,6 +2077,9 @@ fn worker_command(setup: &Setup, exe: PathBuf) -> WorkerCommand {
         // Two workers on one machine: their HTTP servers would fight over one port.
         ("http", "address", String::new()),
     ];
+    if let Some(c) = CLUSTER.get() {
+        env.push(("amqp", "urls", c.urls().join(",")));
+    }
     WorkerCommand {
         bin: exe,
         env: env
@@ -2017,6 +2136,7 @@ fn start(plan: Plan, setup: Setup, exe: PathBuf, stop: &CancellationToken) -> (R
         commands: tx,
         injected: BTreeMap::new(),
         fault_errors: Vec::new(),
+        gaps: Vec::new(),
     };
     (run, tasks)
 }
