@@ -305,6 +305,20 @@ fn definitions_retry_delay_ms() -> u64 {
         .expect("the retry queue has a message TTL")
 }
 
+/// The replicas the definitions give the intake queue: the `amqp.quorum_initial_group_size`
+/// every deployment which imports them must run with (a worker that declares the queues
+/// itself, e.g. after a broker reset, sizes them the same).
+fn definitions_group_size() -> u16 {
+    let intake = defaults().amqp.intake_queue;
+    json_file("rabbitmq/definitions.json")["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["name"] == intake.as_str())
+        .and_then(|q| q["arguments"]["x-quorum-initial-group-size"].as_u64())
+        .expect("the intake queue has an initial group size") as u16
+}
+
 /// The uid the image runs as, from the Dockerfile's last USER line.
 fn dockerfile_uid() -> u64 {
     let text = read(&deploy().join("Dockerfile"));
@@ -465,9 +479,10 @@ fn definitions_declare_exactly_the_service_topology() {
         assert_eq!(q["durable"], true, "{q}");
         assert_eq!(q["auto_delete"], false, "{q}");
     }
+    let group = settings.amqp.quorum_initial_group_size;
     assert_eq!(
         queues[intake]["arguments"],
-        field_table_json(&topology::intake_queue_arguments(intake)),
+        field_table_json(&topology::intake_queue_arguments(intake, group)),
         "the intake queue's arguments must equal topology::intake_queue_arguments"
     );
     assert_eq!(
@@ -476,18 +491,25 @@ fn definitions_declare_exactly_the_service_topology() {
     );
     assert_eq!(
         queues[dead.as_str()]["arguments"],
-        field_table_json(&topology::dead_letter_queue_arguments(intake)),
+        field_table_json(&topology::dead_letter_queue_arguments(intake, group)),
         "the dead-letter queue's arguments must equal topology::dead_letter_queue_arguments"
     );
     assert_eq!(
         queues[parked.as_str()]["arguments"],
-        json!({"x-queue-type": "quorum"})
+        field_table_json(&topology::quorum(group)),
+        "the parked queue's arguments must equal topology::quorum"
     );
+    // Replicated on every node of a three-node cluster, and the setting's default agrees.
+    assert_eq!(group, 3);
+    for q in queues.values() {
+        assert_eq!(q["arguments"]["x-quorum-initial-group-size"], 3, "{q}");
+    }
     assert_eq!(
         queues[retry.as_str()]["arguments"],
         field_table_json(&topology::retry_queue_arguments(
             intake,
-            settings.amqp.retry_delay_ms
+            settings.amqp.retry_delay_ms,
+            group
         )),
         "the retry queue's arguments must equal topology::retry_queue_arguments"
     );
@@ -697,6 +719,10 @@ fn the_deployment_probes_sizes_and_stops_the_workers_as_documented() {
         let settings = effective_settings(Some(&file), &env);
         assert!(!settings.amqp.declare_topology);
         assert_eq!(settings.amqp.retry_delay_ms, definitions_retry_delay_ms());
+        assert_eq!(
+            settings.amqp.quorum_initial_group_size,
+            definitions_group_size()
+        );
         assert!(
             grace * 1000 > settings.shutdown.timeout_ms,
             "terminationGracePeriodSeconds {grace} must exceed shutdown.timeout_ms {}",
@@ -862,6 +888,10 @@ fn compose_migrates_once_then_runs_two_workers() {
     let settings = effective_settings(None, &env);
     assert!(!settings.amqp.declare_topology);
     assert_eq!(settings.amqp.retry_delay_ms, definitions_retry_delay_ms());
+    assert_eq!(
+        settings.amqp.quorum_initial_group_size,
+        definitions_group_size()
+    );
     let (importer, _) = services
         .iter()
         .find(|(_, s)| {

@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod checks;
 pub mod cli;
+pub mod cluster;
 pub mod db;
 pub mod fixtures;
 pub mod kinds;

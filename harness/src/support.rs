@@ -190,8 +190,7 @@ impl Broker {
 
     /// Declares the intake queue exactly as the worker does (idempotent).
     pub async fn declare_topology(&self, env: &TestEnv) {
-        let ch = self.conn.create_channel().await.unwrap();
-        case_intake::outbox::topology::declare(&ch, &env.settings.amqp)
+        case_intake::outbox::topology::declare(&self.conn, &env.settings.amqp)
             .await
             .unwrap();
     }

@@ -11,10 +11,11 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+use crate::infra::endpoints::{self, Unreachable};
 use crate::infra::settings::AmqpSettings;
 use crate::intake::delivery::KEY_HEADER;
 use crate::intake::envelope::{MAX_KEY_CHARS, check_message_key, is_unsafe_char};
@@ -88,12 +89,15 @@ pub async fn publish(
 }
 
 async fn connect(amqp: &AmqpSettings) -> Result<Connection, PublishError> {
-    let props = ConnectionProperties::default().with_connection_name("case-intake publish".into());
     let timeout = Duration::from_millis(amqp.connect_timeout_ms);
-    tokio::time::timeout(timeout, Connection::connect(&amqp.connection_url(), props))
+    tokio::time::timeout(timeout, endpoints::connect(amqp, "case-intake publish"))
         .await
         .map_err(|_| PublishError::ConnectTimeout)?
-        .map_err(PublishError::from)
+        .map(|(conn, _)| conn)
+        .map_err(|e| match e {
+            Unreachable::Timeout(_) => PublishError::ConnectTimeout,
+            Unreachable::Failed(_, e) => PublishError::from(e),
+        })
 }
 
 async fn publish_on(

@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use lapin::Connection;
 use lapin::options::{BasicQosOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::http::HttpState;
 use crate::infra::backoff::probe_backoff;
+use crate::infra::endpoints::{self, Unreachable};
 use crate::infra::metrics::{ConsumerState, Metrics};
 use crate::infra::settings::{IntakeSettings, Settings};
 use crate::infra::throttle::Throttle;
@@ -299,18 +300,36 @@ async fn supervise(
     }
 }
 
-/// The AMQP URL with the configured heartbeat and the frame size the io thread's stack is
-/// sized for (src/stack.rs), unless the URL sets them.
-async fn connect(settings: &Settings, name: &str) -> Result<Connection, SessionError> {
-    let props = ConnectionProperties::default().with_connection_name(name.into());
+/// A connection to the first broker endpoint that answers (src/infra/endpoints.rs), the
+/// whole walk bounded by `amqp.connect_timeout_ms`; the endpoint is logged and exported, and
+/// a move to another endpoint is logged as a warning.
+async fn connect(
+    settings: &Settings,
+    metrics: &Metrics,
+    name: &str,
+) -> Result<Connection, SessionError> {
     let timeout = Duration::from_millis(settings.amqp.connect_timeout_ms);
-    tokio::time::timeout(
-        timeout,
-        Connection::connect(&settings.amqp.connection_url(), props),
-    )
-    .await
-    .map_err(|_| SessionError::ConnectTimeout)?
-    .map_err(SessionError::Broker)
+    let (conn, endpoint) = tokio::time::timeout(timeout, endpoints::connect(&settings.amqp, name))
+        .await
+        .map_err(|_| SessionError::ConnectTimeout)?
+        .map_err(|e| match e {
+            Unreachable::Timeout(_) => SessionError::ConnectTimeout,
+            Unreachable::Failed(_, e) => SessionError::Broker(e),
+        })?;
+    match metrics.set_endpoint(name, endpoint.label()) {
+        Some(before) => tracing::warn!(
+            connection = name,
+            endpoint = endpoint.label(),
+            before = %before,
+            "broker endpoint changed"
+        ),
+        None => tracing::info!(
+            connection = name,
+            endpoint = endpoint.label(),
+            "broker connected"
+        ),
+    }
+    Ok(conn)
 }
 
 /// The first error a connection reports; ends the session at once (a consumer blocked on a
@@ -469,6 +488,7 @@ async fn start(s: &Session<'_>, fault: &ConnectionFault) -> Result<Running, Sess
     let Session {
         role,
         settings,
+        metrics,
         stop,
         ..
     } = *s;
@@ -476,7 +496,7 @@ async fn start(s: &Session<'_>, fault: &ConnectionFault) -> Result<Running, Sess
         Role::Intake { .. } => "case-intake consumer",
         Role::DeadLetter => "case-intake dead-letter",
     };
-    let consuming = connect(settings, name).await?;
+    let consuming = connect(settings, metrics, name).await?;
     fault.watch(&consuming, stop);
     let mut running = Running {
         consuming,
@@ -487,7 +507,7 @@ async fn start(s: &Session<'_>, fault: &ConnectionFault) -> Result<Running, Sess
     if matches!(role, Role::Intake { .. }) {
         // Broker flow control on publishes must never delay acks: the relay publishes on a
         // connection of its own.
-        match connect(settings, "case-intake relay").await {
+        match connect(settings, metrics, "case-intake relay").await {
             Ok(publishing) => {
                 fault.watch(&publishing, stop);
                 running.publishing = Some(publishing);
@@ -570,9 +590,7 @@ async fn populate(running: &mut Running, s: &Session<'_>) -> Result<(), SessionE
     let consuming = &running.consuming;
     let publishing = running.publishing.as_ref().unwrap_or(consuming);
     if settings.amqp.declare_topology {
-        let ch = consuming.create_channel().await?;
-        topology::declare(&ch, &settings.amqp).await?;
-        ch.close(200, "OK".into()).await?;
+        topology::declare(consuming, &settings.amqp).await?;
     }
     let dead = topology::dead_letter_queue(&settings.amqp.intake_queue);
     let retry = topology::retry_queue(&settings.amqp.intake_queue);

@@ -67,6 +67,9 @@ pub struct Metrics {
     outbox_backlog: Gauge,
     outbox_oldest_seconds: Gauge,
     consumer_state_gauge: Family<Labels, Gauge>,
+    broker_endpoint: Family<Labels, Gauge>,
+    /// Connection name → endpoint label it is on now.
+    endpoints: Mutex<std::collections::BTreeMap<String, String>>,
     unparseable: Counter,
     parked: Gauge,
     intake_waiting: Gauge,
@@ -168,6 +171,12 @@ impl Metrics {
                 "consumer_state",
                 "1 for the state the consumers are in, 0 for the others",
             ),
+            broker_endpoint: r.gauges(
+                "broker_endpoint",
+                "1 for the broker endpoint (host:port/vhost) each connection is on, 0 for \
+                 endpoints it was on before",
+            ),
+            endpoints: Mutex::new(std::collections::BTreeMap::new()),
             unparseable: r.counter(
                 "unparseable_deliveries",
                 "Broker sessions ended by a delivery the AMQP client could not parse (such a \
@@ -290,6 +299,25 @@ impl Metrics {
         }
     }
 
+    /// Records that connection `name` is now on `endpoint`; returns the endpoint it was on
+    /// before when that differs (the caller logs the change).
+    pub fn set_endpoint(&self, name: &str, endpoint: &str) -> Option<String> {
+        let _scrape = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut on = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let labels = |e: &str| {
+            vec![
+                ("connection".to_owned(), name.to_owned()),
+                ("endpoint".to_owned(), e.to_owned()),
+            ]
+        };
+        let before = on.insert(name.to_owned(), endpoint.to_owned());
+        if let Some(old) = before.as_deref().filter(|old| *old != endpoint) {
+            self.broker_endpoint.get_or_create(&labels(old)).set(0);
+        }
+        self.broker_endpoint.get_or_create(&labels(endpoint)).set(1);
+        before.filter(|old| old != endpoint)
+    }
+
     pub fn state(&self) -> ConsumerState {
         Self::state_of(self.state.load(Ordering::Relaxed))
     }
@@ -322,6 +350,27 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_endpoint_gauge_follows_each_connection() {
+        let m = Metrics::new();
+        assert_eq!(m.set_endpoint("consumer", "a:5672/%2f"), None);
+        assert_eq!(m.set_endpoint("consumer", "a:5672/%2f"), None);
+        assert_eq!(
+            m.set_endpoint("consumer", "b:5672/%2f").as_deref(),
+            Some("a:5672/%2f")
+        );
+        let text = m.render();
+        for series in [
+            r#"case_intake_broker_endpoint{connection="consumer",endpoint="a:5672/%2f"} 0"#,
+            r#"case_intake_broker_endpoint{connection="consumer",endpoint="b:5672/%2f"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == series),
+                "{series} missing: {text}"
+            );
+        }
+    }
 
     #[test]
     fn renders_outcomes_without_empty_labels() {

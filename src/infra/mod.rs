@@ -1,9 +1,10 @@
 //! The ground every layer stands on: settings, metrics (with the process's own in `process`),
-//! PostgreSQL connections (`db`, `nodelay`), retry backoff, thread stack sizes, log throttling
+//! broker endpoints (`endpoints`), PostgreSQL connections (`db`, `nodelay`), retry backoff, thread stack sizes, log throttling
 //! and redaction. Calls nothing above it.
 
 pub mod backoff;
 pub mod db;
+pub mod endpoints;
 pub mod metrics;
 pub mod nodelay;
 pub mod process;

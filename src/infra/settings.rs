@@ -165,10 +165,20 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// `amqp://` or, for TLS, `amqps://`.
+    /// `amqp://` or, for TLS, `amqps://`: the one-endpoint form of `urls`.
     pub url: SecretString,
     /// A file whose content replaces `url` (secrets mounted as files).
     pub url_file: String,
+    /// Several endpoints of one cluster (TOML array; `CASE_INTAKE__AMQP__URLS` as a
+    /// comma-separated list), tried in a shuffled order on every (re)connect. Setting both
+    /// this and `url` (or `url_file`) is refused.
+    #[serde(default, deserialize_with = "url_list")]
+    pub urls: Option<Vec<SecretString>>,
+    /// Bounds the connect to one endpoint before the next is tried.
+    pub endpoint_timeout_ms: u64,
+    /// Replicas of each quorum queue when it is declared (`x-quorum-initial-group-size`);
+    /// RabbitMQ caps it at the number of cluster nodes, so 3 also works on a single node.
+    pub quorum_initial_group_size: u16,
     pub intake_queue: String,
     pub events_exchange: String,
     pub created_routing_key: String,
@@ -187,11 +197,54 @@ pub struct AmqpSettings {
     pub retry_delay_ms: u64,
 }
 
+/// `urls` as a TOML array or as one comma-separated string (the environment form).
+fn url_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<SecretString>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Form::deserialize(d)? {
+        Form::One(s) => s.split(',').map(str::to_owned).collect::<Vec<_>>(),
+        Form::Many(v) => v,
+    };
+    Ok(Some(
+        items
+            .into_iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .map(SecretString::from)
+            .collect(),
+    ))
+}
+
 impl AmqpSettings {
-    /// The URL the service's lapin connections use: `url` with the heartbeat and the frame
-    /// size the stacks are sized for (src/infra/stack.rs), unless the URL sets them itself.
-    pub fn connection_url(&self) -> String {
-        let mut url = self.url.expose_secret().to_owned();
+    /// The configured endpoints: `urls`, or `url` alone.
+    pub fn endpoint_urls(&self) -> Vec<&str> {
+        match &self.urls {
+            Some(urls) => urls.iter().map(|u| u.expose_secret()).collect(),
+            None => vec![self.url.expose_secret()],
+        }
+    }
+
+    /// Every endpoint's URL as the service's lapin connections use it (see
+    /// [`Self::with_session_params`]).
+    pub fn connection_urls(&self) -> Vec<String> {
+        self.endpoint_urls()
+            .into_iter()
+            .map(|u| self.with_session_params(u))
+            .collect()
+    }
+
+    pub fn endpoint_timeout(&self) -> Duration {
+        Duration::from_millis(self.endpoint_timeout_ms)
+    }
+
+    /// `url` with the heartbeat and the frame size the stacks are sized for
+    /// (src/infra/stack.rs), unless the URL sets them itself.
+    fn with_session_params(&self, url: &str) -> String {
+        let mut url = url.to_owned();
         for (name, value) in [
             ("heartbeat", self.heartbeat_secs.to_string()),
             ("frame_max", crate::infra::stack::FRAME_MAX.to_string()),
@@ -276,23 +329,53 @@ pub enum SettingsError {
 impl Settings {
     /// Defaults, then `file` if given, then `CASE_INTAKE__*` variables.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let environment = || {
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+        };
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        // The same sources without the defaults: whether the operator set `amqp.url` (the
+        // defaults always do), which together with `amqp.urls` is refused.
+        let mut given = config::Config::builder();
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
+            given = given.add_source(config::File::from(path).required(true));
         }
+        let url_given = given
+            .add_source(environment())
+            .build()?
+            .get_string("amqp.url")
+            .is_ok();
         let mut settings: Settings = builder
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
-            )
+            .add_source(environment())
             .build()?
             .try_deserialize()?;
         settings.read_secret_files()?;
+        settings.check_endpoints(url_given)?;
         settings.check()?;
         Ok(settings)
+    }
+
+    /// `amqp.urls` and `amqp.url` are two forms of one setting: one of them, and a list that
+    /// names at least one endpoint.
+    fn check_endpoints(&self, url_given: bool) -> Result<(), SettingsError> {
+        let Some(urls) = &self.amqp.urls else {
+            return Ok(());
+        };
+        if url_given || !self.amqp.url_file.is_empty() {
+            return Err(SettingsError::Invalid(
+                "amqp.url (or amqp.url_file) and amqp.urls are both set: use one of them".into(),
+            ));
+        }
+        if urls.is_empty() {
+            return Err(SettingsError::Invalid(
+                "amqp.urls must list at least one endpoint".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn read_secret_files(&mut self) -> Result<(), SettingsError> {
@@ -368,24 +451,36 @@ impl Settings {
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             problems.push("database.url must start with postgres:// or postgresql://".into());
         }
-        let amqp = self.amqp.url.expose_secret();
-        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
-            problems.push("amqp.url must start with amqp:// or amqps://".into());
+        let key = if self.amqp.urls.is_some() {
+            "amqp.urls"
+        } else {
+            "amqp.url"
+        };
+        for amqp in self.amqp.endpoint_urls() {
+            if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+                problems.push(format!("{key} must start with amqp:// or amqps://"));
+            }
+            // The deepest header the AMQP client may have to parse is bounded by the frame
+            // size; the io thread's stack is sized for frames of at most this (src/stack.rs).
+            if frame_max_of(amqp).is_some_and(|f| f == 0 || f > crate::infra::stack::FRAME_MAX) {
+                problems.push(format!(
+                    "{key} frame_max must be between 1 and {}",
+                    crate::infra::stack::FRAME_MAX
+                ));
+            }
         }
-        // The deepest header the AMQP client may have to parse is bounded by the frame size;
-        // the io thread's stack is sized for frames of at most this (src/stack.rs).
-        if frame_max_of(amqp).is_some_and(|f| f == 0 || f > crate::infra::stack::FRAME_MAX) {
-            problems.push(format!(
-                "amqp.url frame_max must be between 1 and {}",
-                crate::infra::stack::FRAME_MAX
-            ));
-        }
+        problems.dedup();
         problems
     }
 
     /// Settings where 0 means nothing works (a queue without consumers, a sweep that spins).
-    fn positive_numbers(&self) -> [(&'static str, u64); 14] {
+    fn positive_numbers(&self) -> [(&'static str, u64); 16] {
         [
+            ("amqp.endpoint_timeout_ms", self.amqp.endpoint_timeout_ms),
+            (
+                "amqp.quorum_initial_group_size",
+                self.amqp.quorum_initial_group_size as u64,
+            ),
             (
                 "database.connect_timeout_ms",
                 self.database.connect_timeout_ms,

@@ -4,7 +4,7 @@
 
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::infra::settings::AmqpSettings;
 
@@ -41,9 +41,8 @@ fn text(s: &str) -> AMQPValue {
 }
 
 /// Arguments of the intake queue; also used by tests and the definitions file check.
-pub fn intake_queue_arguments(intake_queue: &str) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text("quorum"));
+pub fn intake_queue_arguments(intake_queue: &str, group_size: u16) -> FieldTable {
+    let mut args = quorum(group_size);
     args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DELIVERY_LIMIT),
@@ -55,8 +54,8 @@ pub fn intake_queue_arguments(intake_queue: &str) -> FieldTable {
 /// Arguments of the dead-letter queue: like the intake queue's, its delivery limit bounds the
 /// messages its consumer cannot record (the AMQP client cannot parse them, or recording fails
 /// every time); they move on to the parking queue, which no one consumes.
-pub fn dead_letter_queue_arguments(intake_queue: &str) -> FieldTable {
-    let mut args = quorum();
+pub fn dead_letter_queue_arguments(intake_queue: &str, group_size: u16) -> FieldTable {
+    let mut args = quorum(group_size);
     args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT),
@@ -76,8 +75,8 @@ fn dead_letter_to(args: &mut FieldTable, queue: &str) {
 }
 
 /// Arguments of the retry queue: a message TTL, then back to the intake queue.
-pub fn retry_queue_arguments(intake_queue: &str, delay_ms: u64) -> FieldTable {
-    let mut args = quorum();
+pub fn retry_queue_arguments(intake_queue: &str, delay_ms: u64, group_size: u16) -> FieldTable {
+    let mut args = quorum(group_size);
     args.insert(
         "x-message-ttl".into(),
         AMQPValue::LongLongInt(delay_ms as i64),
@@ -86,43 +85,84 @@ pub fn retry_queue_arguments(intake_queue: &str, delay_ms: u64) -> FieldTable {
     args
 }
 
-fn quorum() -> FieldTable {
+const GROUP_SIZE: &str = "x-quorum-initial-group-size";
+
+/// A quorum queue with `group_size` replicas when it is declared
+/// (`amqp.quorum_initial_group_size`; RabbitMQ caps it at the cluster's size). It only
+/// shapes the first declaration: nodes added later get replicas from `rabbitmq-queues grow`.
+pub fn quorum(group_size: u16) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), text("quorum"));
+    args.insert(
+        GROUP_SIZE.into(),
+        AMQPValue::LongLongInt(i64::from(group_size)),
+    );
     args
 }
 
-/// Declares the intake queue, its dead-letter and retry queues and the events exchange.
-pub async fn declare(channel: &Channel, amqp: &AmqpSettings) -> lapin::Result<()> {
+/// Declares the intake queue, its dead-letter, parked and retry queues and the events exchange,
+/// each on a channel of its own.
+///
+/// RabbitMQ checks `x-quorum-initial-group-size` like any other argument of an existing queue,
+/// so a queue an earlier version declared without it would refuse the declaration
+/// (PRECONDITION_FAILED) and stop the worker from starting after an upgrade. Such a queue is
+/// declared again without the group size: it keeps the replicas it has, and an operator grows
+/// it with `rabbitmq-queues grow` (docs/operations.md).
+pub async fn declare(conn: &Connection, amqp: &AmqpSettings) -> lapin::Result<()> {
+    let q = &amqp.intake_queue;
+    let group = amqp.quorum_initial_group_size;
+    for (name, args) in [
+        (parked_queue(q), quorum(group)),
+        (dead_letter_queue(q), dead_letter_queue_arguments(q, group)),
+        (q.clone(), intake_queue_arguments(q, group)),
+        (
+            retry_queue(q),
+            retry_queue_arguments(q, amqp.retry_delay_ms, group),
+        ),
+    ] {
+        declare_queue(conn, &name, args).await?;
+    }
+    let ch = conn.create_channel().await?;
+    let declared = declare_events_exchange(&ch, amqp).await;
+    let _ = ch.close(200, "OK".into()).await;
+    declared
+}
+
+async fn declare_queue(conn: &Connection, name: &str, args: FieldTable) -> lapin::Result<()> {
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    channel
-        .queue_declare(parked_queue(&amqp.intake_queue).into(), durable, quorum())
-        .await?;
-    channel
-        .queue_declare(
-            dead_letter_queue(&amqp.intake_queue).into(),
-            durable,
-            dead_letter_queue_arguments(&amqp.intake_queue),
-        )
-        .await?;
-    channel
-        .queue_declare(
-            amqp.intake_queue.as_str().into(),
-            durable,
-            intake_queue_arguments(&amqp.intake_queue),
-        )
-        .await?;
-    channel
-        .queue_declare(
-            retry_queue(&amqp.intake_queue).into(),
-            durable,
-            retry_queue_arguments(&amqp.intake_queue, amqp.retry_delay_ms),
-        )
-        .await?;
-    declare_events_exchange(channel, amqp).await
+    let ch = conn.create_channel().await?;
+    match ch.queue_declare(name.into(), durable, args.clone()).await {
+        Ok(_) => {
+            let _ = ch.close(200, "OK".into()).await;
+            Ok(())
+        }
+        Err(e)
+            if e.to_string().contains(GROUP_SIZE) && e.to_string().contains("current is none") =>
+        {
+            tracing::warn!(
+                queue = name,
+                "the queue was declared without x-quorum-initial-group-size (an earlier \
+                 version); it keeps its replicas: grow it with rabbitmq-queues grow"
+            );
+            let mut without = FieldTable::default();
+            for (k, v) in args.inner() {
+                if k.as_str() != GROUP_SIZE {
+                    without.insert(k.clone(), v.clone());
+                }
+            }
+            let ch = conn.create_channel().await?;
+            let declared = ch
+                .queue_declare(name.into(), durable, without)
+                .await
+                .map(|_| ());
+            let _ = ch.close(200, "OK".into()).await;
+            declared
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Declares the events exchange (topic, durable; idempotent). Also used by `case-intake

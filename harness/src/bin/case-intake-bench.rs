@@ -646,9 +646,7 @@ async fn open_broker(args: &Args, names: &Names, settings: &Settings) -> Result<
     let publishing = broker::connect(&args.amqp, name).await?;
     let consuming = broker::connect(&args.amqp, name).await?;
     {
-        let ch = publishing.create_channel().await?;
-        topology::declare(&ch, &settings.amqp).await?;
-        let _ = ch.close(200, "OK".into()).await;
+        topology::declare(&publishing, &settings.amqp).await?;
     }
     let ledger = SharedLog::default();
     let tap = start_tap(&consuming, names, ledger.clone()).await?;

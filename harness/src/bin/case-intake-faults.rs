@@ -35,6 +35,7 @@ use case_intake::outbox::topology;
 use case_intake_harness::broker::{self, LOCAL_BROKER};
 use case_intake_harness::checks::{self, Expected, FailedIntakeRow, OutcomeRow};
 use case_intake_harness::cli::{self, BoxError};
+use case_intake_harness::cluster::{self, Cluster, ClusterFault};
 use case_intake_harness::db::{self, LOCAL_SERVER};
 use case_intake_harness::kinds::{self, Flaw, Kind};
 use case_intake_harness::ledger::{EventLog, lock};
@@ -154,6 +155,11 @@ struct Args {
     /// (writes meet a read-only server); 0 moves it just after the promotion.
     #[arg(long, default_value_t = 2, requires = "db_failover")]
     read_only_secs: u64,
+    /// Run against a three-node cluster of .ci/rabbit-cluster (started and removed by the
+    /// suite), the workers given all three endpoints, with the node faults instead of
+    /// `--faults` (see harness/src/cluster.rs).
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// The resolved plan of a run.
@@ -166,6 +172,8 @@ struct Plan {
     seed: u64,
     /// Each fault with its number of repetitions.
     phases: Vec<(Fault, u32)>,
+    /// `--cluster`: each node fault with its number of repetitions (`phases` is then empty).
+    cluster: Vec<(ClusterFault, u32)>,
     /// Hard bound of the whole run.
     limit: Duration,
     keep_db: bool,
@@ -203,6 +211,12 @@ impl Plan {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
         });
+        let (phases, cluster) = if args.cluster {
+            let reps = if quick { 1 } else { 2 };
+            (Vec::new(), ClusterFault::ALL.map(|f| (f, reps)).to_vec())
+        } else {
+            (phases, Vec::new())
+        };
         Plan {
             count: args.count.unwrap_or(if quick { 600 } else { 3000 }).max(1),
             outage: Duration::from_secs(args.outage_secs.unwrap_or(if quick { 10 } else { 60 })),
@@ -210,6 +224,7 @@ impl Plan {
             drain: Duration::from_secs(args.drain_secs.max(10)),
             seed,
             phases,
+            cluster,
             limit: Duration::from_secs(if quick { 15 * 60 } else { 60 * 60 }),
             keep_db: args.keep_db,
             db_failover: args.db_failover.then(|| {
@@ -423,6 +438,11 @@ async fn rabbitmqctl(args: &[&str], limit: Duration) -> Result<String, String> {
 
 /// Makes sure PostgreSQL and RabbitMQ run and the RabbitMQ app is started.
 async fn ensure_services() {
+    if let Some(c) = CLUSTER.get()
+        && let Err(e) = c.heal().await
+    {
+        say!("heal: cluster: {e}");
+    }
     if !pg_ready().await {
         say!("heal: starting PostgreSQL");
         if let Err(e) = pg_ctl("start").await {
@@ -582,7 +602,21 @@ async fn stop_workers(workers: &Mutex<Workers>) -> Vec<(u32, String)> {
 // ---------------------------------------------------------------------------------------------
 // RabbitMQ helpers.
 
+/// `--cluster`: the cluster every broker client of the suite and the workers use.
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// Weight of one node fault's burst (as [`Fault::weight`]).
+const CLUSTER_WEIGHT: usize = 2;
+
 async fn amqp_connect(name: &str) -> Res<Connection> {
+    if let Some(c) = CLUSTER.get() {
+        let urls: Vec<String> = c
+            .urls()
+            .iter()
+            .map(|u| format!("{u}?heartbeat=10"))
+            .collect();
+        return Ok(cluster::connect_any(&urls, name).await?.0);
+    }
     // A short heartbeat: a broker that went away is noticed within seconds.
     let url = format!("{LOCAL_BROKER}?heartbeat=10");
     let conn = tokio::time::timeout(Duration::from_secs(10), broker::connect(&url, Some(name)))
@@ -1083,8 +1117,8 @@ async fn setup() -> Res<Setup> {
 /// every event (it keeps the events through broker restarts).
 async fn declare_broker(settings: &Settings, capture_queue: &str) -> Res<()> {
     let conn = amqp_connect("case-intake-faults setup").await?;
+    topology::declare(&conn, &settings.amqp).await?;
     let ch = conn.create_channel().await?;
-    topology::declare(&ch, &settings.amqp).await?;
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), broker::text("quorum"));
     let durable = QueueDeclareOptions {
@@ -1124,6 +1158,8 @@ struct Run {
     operator: Operator,
     /// `--db-failover`: the PostgreSQL pair the workers' database is on.
     pair: Option<Arc<PgPair>>,
+    /// `--cluster`: per node fault, the longest time without an outcome it caused.
+    gaps: Vec<(&'static str, Duration)>,
 }
 
 impl Run {
@@ -1217,6 +1253,54 @@ impl Run {
                     self.recover(fault).await;
                 }
             }
+        }
+    }
+
+    /// One node fault of `--cluster`, `reps` times: a burst spread over the fault, then the
+    /// longest gap in outcome events from the fault's start to the burst's end.
+    async fn cluster_phase(&mut self, fault: ClusterFault, reps: u32, per_burst: usize) {
+        let Some(c) = CLUSTER.get() else { return };
+        say!(
+            "phase {}: {reps} time(s), {per_burst} intakes per burst",
+            fault.name()
+        );
+        for _ in 0..reps {
+            let spread = if fault == ClusterFault::Rolling {
+                60.0
+            } else {
+                20.0
+            };
+            let rx = self
+                .burst(per_burst, per_burst as f64 / spread, Mix::Normal)
+                .await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let from = Instant::now();
+            let r = c
+                .inject(fault, &self.setup.intake_queue, "case-intake consumer")
+                .await;
+            if let Ok(what) = &r {
+                say!("{what}");
+            }
+            *self.injected.entry(fault.name()).or_insert(0) += 1;
+            if let Err(e) = &r {
+                say!("fault {}: {e}", fault.name());
+                self.fault_errors.push(format!("{}: {e}", fault.name()));
+            }
+            Self::await_burst(rx).await;
+            // Up to the burst's last confirm: later there is nothing left to come out.
+            let to = Instant::now();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let gap = {
+                let seen = lock(&self.seen);
+                let times = seen.by_key.values().flatten().map(|a| a.at);
+                cluster::longest_gap(times, from, to)
+            };
+            say!(
+                "{}: longest gap in outcomes {:.1} s",
+                fault.name(),
+                gap.as_secs_f64()
+            );
+            self.gaps.push((fault.name(), gap));
         }
     }
 
@@ -1862,13 +1946,22 @@ async fn exercise(run: &mut Run) -> Res<bool> {
         .phases
         .iter()
         .map(|(f, r)| f.weight() * *r as usize)
-        .sum();
+        .sum::<usize>()
+        + run
+            .plan
+            .cluster
+            .iter()
+            .map(|(_, r)| CLUSTER_WEIGHT * *r as usize)
+            .sum::<usize>();
     let warm_min = (run.plan.count / 10).max(50).min(run.plan.count);
     let unit = (run.plan.count - warm_min).checked_div(units).unwrap_or(0);
     run.warm_up(run.plan.count - unit * units).await;
     let phases = run.plan.phases.clone();
     for (fault, reps) in phases {
         run.phase(fault, reps, unit * fault.weight()).await;
+    }
+    for (fault, reps) in run.plan.cluster.clone() {
+        run.cluster_phase(fault, reps, unit * CLUSTER_WEIGHT).await;
     }
     let (unconfirmed, drained) = run.heal_and_drain().await;
     say!("stopping the workers with SIGTERM");
@@ -1909,6 +2002,12 @@ fn report(run: &Run, figures: &[Figure], drained: bool) -> bool {
     let passed = print_figures(figures) && drained;
     if !drained {
         println!("drain timed out: the queue or the outbox did not empty in time");
+    }
+    for (fault, gap) in &run.gaps {
+        println!(
+            "longest gap in outcomes, {fault}: {:.1} s",
+            gap.as_secs_f64()
+        );
     }
     for e in &run.fault_errors {
         println!("fault error: {e}");
@@ -2075,6 +2174,17 @@ async fn suite(args: Args) -> Res<bool> {
         plan.outage,
         plan.seed
     );
+    if !plan.cluster.is_empty() {
+        let c = Cluster::for_faults(&Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+        say!("cluster: starting three nodes ({})", c.urls().join(","));
+        let began = Instant::now();
+        if let Err(e) = c.start().await {
+            let _ = c.remove().await;
+            return Err(e.into());
+        }
+        say!("cluster: up in {:.0} s", began.elapsed().as_secs_f64());
+        let _ = CLUSTER.set(c);
+    }
     ensure_services().await;
     // Dropped (its servers stopped, its folder removed) when the suite returns, however.
     let pair = match plan.db_failover {
@@ -2113,12 +2223,18 @@ async fn suite(args: Args) -> Res<bool> {
     };
     stop.cancel();
     tear_down(&run, &mut tasks, &result).await;
+    if let Some(c) = CLUSTER.get() {
+        match c.remove().await {
+            Ok(()) => say!("cluster: removed"),
+            Err(e) => say!("cluster: {e}"),
+        }
+    }
     result
 }
 
 /// The worker processes' settings: the suite's database, queue and exchange.
 fn worker_command(setup: &Setup, exe: PathBuf) -> WorkerCommand {
-    let env = [
+    let mut env = vec![
         ("database", "url", setup.db_url.clone()),
         ("amqp", "intake_queue", setup.intake_queue.clone()),
         ("amqp", "events_exchange", setup.events_exchange.clone()),
@@ -2127,6 +2243,9 @@ fn worker_command(setup: &Setup, exe: PathBuf) -> WorkerCommand {
         // Two workers on one machine: their HTTP servers would fight over one port.
         ("http", "address", String::new()),
     ];
+    if let Some(c) = CLUSTER.get() {
+        env.push(("amqp", "urls", c.urls().join(",")));
+    }
     WorkerCommand {
         bin: exe,
         env: env
@@ -2193,6 +2312,7 @@ fn start(
         fault_errors: Vec::new(),
         operator,
         pair: None,
+        gaps: Vec::new(),
     };
     (run, tasks)
 }

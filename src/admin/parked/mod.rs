@@ -23,6 +23,9 @@ pub use wire::{
     decode_value, encode_content_header, parse_content_header,
 };
 
+use rand::seq::SliceRandom;
+
+use crate::infra::endpoints::{Endpoint, Unreachable, first_reachable};
 use crate::infra::settings::AmqpSettings;
 use crate::outbox::topology::parked_queue;
 
@@ -54,7 +57,8 @@ pub enum ParkedError {
 /// Where the parked queue is and how long to wait for the broker.
 #[derive(Clone)]
 pub struct Parked {
-    url: SecretString,
+    /// The broker endpoints, tried in a shuffled order on every connect.
+    urls: Vec<SecretString>,
     intake_queue: String,
     timeout: Duration,
 }
@@ -280,19 +284,26 @@ pub fn sanitize(p: &Properties) -> Properties {
 }
 
 impl Parked {
-    pub fn new(url: SecretString, intake_queue: impl Into<String>, timeout: Duration) -> Self {
+    pub fn new(
+        urls: Vec<SecretString>,
+        intake_queue: impl Into<String>,
+        timeout: Duration,
+    ) -> Self {
         Parked {
-            url,
+            urls,
             intake_queue: intake_queue.into(),
             timeout,
         }
     }
 
-    /// `amqp.url`, `amqp.intake_queue`, and `amqp.connect_timeout_ms` as the bound of every
-    /// wait.
+    /// `amqp.urls` (or `amqp.url`), `amqp.intake_queue`, and `amqp.connect_timeout_ms` as the
+    /// bound of every wait.
     pub fn from_settings(amqp: &AmqpSettings) -> Self {
         Parked::new(
-            amqp.url.clone(),
+            amqp.endpoint_urls()
+                .into_iter()
+                .map(|u| SecretString::from(u.to_owned()))
+                .collect(),
             amqp.intake_queue.clone(),
             Duration::from_millis(amqp.connect_timeout_ms),
         )
@@ -303,8 +314,26 @@ impl Parked {
         parked_queue(&self.intake_queue)
     }
 
+    /// The first endpoint that answers, in a shuffled order (src/infra/endpoints.rs).
     async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect(self.url.expose_secret(), self.timeout).await
+        let mut order: Vec<Endpoint> = self
+            .urls
+            .iter()
+            .map(|u| Endpoint::new(u.expose_secret()))
+            .collect();
+        order.shuffle(&mut rand::rng());
+        let timeout = self.timeout;
+        match first_reachable(&order, timeout, |e| async move {
+            Client::connect(e.url(), timeout).await
+        })
+        .await
+        {
+            Ok((client, _)) => Ok(client),
+            Err(Unreachable::Failed(_, e)) => Err(e),
+            Err(Unreachable::Timeout(_)) => {
+                Err(ClientError::Timeout(timeout, "the broker connection"))
+            }
+        }
     }
 
     /// Ready messages in the parked queue.
