@@ -334,3 +334,133 @@ fn invalid_configuration_is_refused_with_a_clear_message() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A body of the seed with `names` added as unknown keys.
+fn with_unknown(env: &TestEnv, names: &[String]) -> Vec<u8> {
+    let mut body = seed_of(&env.a);
+    for n in names {
+        body[n.as_str()] = serde_json::json!(1);
+    }
+    to_bytes(&body)
+}
+
+#[tokio::test]
+async fn long_error_lists_are_stored_bounded_and_stay_resendable() {
+    use case_intake::intake::error::{MAX_FIELD_NAME_BYTES, MAX_LISTED_FIELDS};
+    let env = TestEnv::new().await;
+    let (mut broker, worker) = broker_and_worker(&env).await;
+    // A name at the byte bound, one just past it (ASCII), one past it in 4-byte characters
+    // (cut on a character boundary), and the 2,800-character key.
+    let at = |c: char| c.to_string().repeat(MAX_FIELD_NAME_BYTES / c.len_utf8());
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("name-at-bound", vec![at('a')]),
+        (
+            "name-past-bound",
+            vec!["b".repeat(MAX_FIELD_NAME_BYTES + 1)],
+        ),
+        ("wide-name", vec!["😀".repeat(2_800)]),
+        ("one-huge-name", vec!["x".repeat(2_800)]),
+        // Escaped in the stored list: `\\` and `,` doubled to the bound's full width.
+        ("escaped-name", vec![",\\".repeat(MAX_FIELD_NAME_BYTES / 2)]),
+        (
+            "list-at-bound",
+            (0..MAX_LISTED_FIELDS)
+                .map(|i| format!("{}{}", (b'a' + i as u8) as char, at('c')))
+                .collect(),
+        ),
+        (
+            "list-past-bound",
+            (0..=MAX_LISTED_FIELDS)
+                .map(|i| format!("{}{}", (b'a' + i as u8) as char, "d".repeat(300)))
+                .collect(),
+        ),
+    ];
+    // Distinct people, so that no resend meets another as a possible duplicate.
+    let person = |n: u64| {
+        let mut body = seed_of(&env.a);
+        case_intake_harness::people::Person::of(n).apply(&mut body);
+        to_bytes(&body)
+    };
+    let seed = person(7_000);
+    for (key, names) in &cases {
+        publish_as(
+            &broker,
+            &env.a.token,
+            Some(key),
+            None,
+            &with_unknown(&env, names),
+        )
+        .await;
+    }
+    publish_as(&broker, &env.a.token, Some("innocent"), None, &seed).await;
+
+    let mut events = std::collections::HashMap::new();
+    while events.len() < cases.len() + 1 {
+        let e = broker.next_event().await;
+        events.insert(e.2["subject"].as_str().unwrap().to_owned(), e);
+    }
+    assert_eq!(events["innocent"].0, env.settings.amqp.created_routing_key);
+    for (key, names) in &cases {
+        let (rk, _, ev) = &events[*key];
+        let error = &ev["data"]["error"];
+        assert_eq!(rk, &env.settings.amqp.failed_routing_key, "{key}");
+        assert_eq!(error["code"], "validation_failed", "{key}");
+        let listed: Vec<&String> = error["fields"].as_object().unwrap().keys().collect();
+        assert_eq!(listed.len(), names.len().min(MAX_LISTED_FIELDS), "{key}");
+        let omitted = names.len().saturating_sub(MAX_LISTED_FIELDS);
+        assert_eq!(
+            error["fields_omitted"].as_u64().unwrap_or(0),
+            omitted as u64,
+            "{key}: {error}"
+        );
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{} field", names.len())),
+            "{key}: {error}"
+        );
+        for (name, sent) in listed.iter().zip(names) {
+            assert!(name.len() <= MAX_FIELD_NAME_BYTES, "{key}: {name}");
+            if sent.len() <= MAX_FIELD_NAME_BYTES {
+                assert_eq!(*name, sent, "{key}");
+            } else {
+                assert!(name.ends_with('…'), "{key}: {name}");
+                assert!(sent.starts_with(name.trim_end_matches('…')), "{key}");
+            }
+        }
+        // What is stored agrees with the event: the listed names, then the count omitted.
+        let stored: (String, serde_json::Value) =
+            sqlx::query_as("SELECT error_fields, error FROM failed_intakes WHERE message_key = $1")
+                .bind(key)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        let mut expected: Vec<String> = listed
+            .iter()
+            .map(|s| s.replace('\\', "\\\\").replace(',', "\\,"))
+            .collect();
+        if omitted > 0 {
+            expected.push(format!("…and {omitted} more"));
+        }
+        assert_eq!(stored.0, expected.join(","), "{key}");
+        assert_eq!(&stored.1, error, "{key}");
+    }
+    assert_eq!(failed_count(&env, "dead_lettered").await, 0);
+
+    // Each is resendable: the corrected body under the same key creates the case.
+    for (i, (key, _)) in cases.iter().enumerate() {
+        let corrected = person(7_001 + i as u64);
+        publish_as(&broker, &env.a.token, Some(key), None, &corrected).await;
+        // Its resolution event may come first.
+        loop {
+            let (rk, _, ev) = broker.next_event_for(key).await;
+            assert_ne!(rk, env.settings.amqp.failed_routing_key, "{key}: {ev}");
+            if rk == env.settings.amqp.created_routing_key {
+                break;
+            }
+        }
+    }
+    worker.stop().await;
+    env.cleanup().await;
+}

@@ -112,6 +112,20 @@ impl std::fmt::Display for ErrorCode {
 /// Per-field error messages, keyed by field name; sorted so events are deterministic.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
+/// At most this many failing fields are named in an error (the first, in name order); the
+/// rest are counted in `fields_omitted`. With [`MAX_FIELD_NAME_BYTES`] this bounds what is
+/// stored and indexed (`failed_intakes.error_fields`, whose btree index refuses rows over
+/// 2,704 bytes) and what is published, whatever the body holds: even with every byte escaped
+/// there, 16 names of 64 bytes come to under 2.1 KB.
+pub const MAX_LISTED_FIELDS: usize = 16;
+
+/// A field name, once redacted, longer than this many bytes of UTF-8 is cut at a character
+/// boundary and ends in `…` (the marker counted within the bound).
+pub const MAX_FIELD_NAME_BYTES: usize = 64;
+
+/// The marker ending a cut field name.
+pub const CUT_MARKER: char = '…';
+
 /// Why an intake failed: the `error` object of a `case.failed` event. Build it with
 /// [`IntakeError::new`] or [`IntakeError::validation`], which redact what they are given.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -120,6 +134,10 @@ pub struct IntakeError {
     pub message: String,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: FieldErrors,
+    /// How many more failing fields there were than `fields` names (see
+    /// [`MAX_LISTED_FIELDS`]).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub fields_omitted: usize,
     /// For `possible_duplicate`: the existing cases of the caller's network the person may be
     /// (ids, rule names and scores only: no other client's data).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -134,14 +152,24 @@ impl IntakeError {
             code,
             message: redact::display_text(&message.into()),
             fields: FieldErrors::new(),
+            fields_omitted: 0,
             candidates: Vec::new(),
         }
     }
 
     /// A `validation_failed` error. Field names are caller text (an unknown key is named), so
     /// they are redacted, and names that redact alike (two SSN-shaped keys with the same last
-    /// four digits) share one entry rather than producing a duplicate JSON key.
+    /// four digits) share one entry rather than producing a duplicate JSON key. Only the
+    /// first [`MAX_LISTED_FIELDS`] names are kept, each cut to [`MAX_FIELD_NAME_BYTES`]; the
+    /// message counts them all.
     pub fn validation(fields: FieldErrors) -> Self {
+        Self::validation_beyond(fields, 0)
+    }
+
+    /// A `validation_failed` error naming `fields` and counting `omitted` more failing fields
+    /// that an earlier bounded error already left out (a body's errors merged with the
+    /// reference checks': without the count, merging would forget them).
+    pub fn validation_beyond(fields: FieldErrors, omitted: usize) -> Self {
         let mut redacted = FieldErrors::new();
         for (field, messages) in fields {
             redacted
@@ -149,8 +177,13 @@ impl IntakeError {
                 .or_default()
                 .extend(messages.iter().map(|m| redact::display_text(m)));
         }
-        let fields = redacted;
-        let n = fields.len();
+        let n = redacted.len() + omitted;
+        let fields_omitted = omitted + redacted.len().saturating_sub(MAX_LISTED_FIELDS);
+        let mut fields = FieldErrors::new();
+        for (field, messages) in redacted.into_iter().take(MAX_LISTED_FIELDS) {
+            // Names that cut alike share one entry, as names that redact alike do.
+            fields.entry(cut_name(field)).or_default().extend(messages);
+        }
         Self {
             code: ErrorCode::ValidationFailed,
             message: format!(
@@ -158,6 +191,7 @@ impl IntakeError {
                 if n == 1 { "" } else { "s" }
             ),
             fields,
+            fields_omitted,
             candidates: Vec::new(),
         }
     }
@@ -174,9 +208,31 @@ impl IntakeError {
                 if n == 1 { "" } else { "s" }
             ),
             fields: FieldErrors::new(),
+            fields_omitted: 0,
             candidates,
         }
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// `name` cut to at most [`MAX_FIELD_NAME_BYTES`] bytes, ending in [`CUT_MARKER`] when cut.
+fn cut_name(name: String) -> String {
+    if name.len() <= MAX_FIELD_NAME_BYTES {
+        return name;
+    }
+    let room = MAX_FIELD_NAME_BYTES - CUT_MARKER.len_utf8();
+    let end = name
+        .char_indices()
+        .map(|(i, c)| i + c.len_utf8())
+        .take_while(|&end| end <= room)
+        .last()
+        .unwrap_or(0);
+    let mut cut = name[..end].to_owned();
+    cut.push(CUT_MARKER);
+    cut
 }
 
 #[cfg(test)]
@@ -239,5 +295,40 @@ mod tests {
         );
         let e = IntakeError::new(ErrorCode::Unauthorized, "a valid API token is required");
         assert_eq!(e.message, "a valid API token is required");
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn long_lists_are_bounded_and_counted() {
+        let names: FieldErrors = (0..=MAX_LISTED_FIELDS)
+            .map(|i| {
+                (
+                    format!("{}{}", (b'a' + i as u8) as char, "d".repeat(300)),
+                    vec!["x".to_owned()],
+                )
+            })
+            .collect();
+        let e = IntakeError::validation(names);
+        assert_eq!(e.fields.len(), MAX_LISTED_FIELDS);
+        assert_eq!(e.fields_omitted, 1);
+        assert_eq!(
+            e.message,
+            format!("{} fields failed validation", MAX_LISTED_FIELDS + 1)
+        );
+        assert!(
+            e.fields
+                .keys()
+                .all(|k| k.len() == MAX_FIELD_NAME_BYTES && k.ends_with('…'))
+        );
+        let wide = IntakeError::validation(FieldErrors::from([(
+            "😀".repeat(100),
+            vec!["x".to_owned()],
+        )]));
+        let name = wide.fields.keys().next().unwrap();
+        assert_eq!(name, &format!("{}…", "😀".repeat(15)));
     }
 }

@@ -633,7 +633,7 @@ fn decide<'v>(
                     for (field, messages) in &e.fields {
                         refs.insert(field.clone(), messages.clone());
                     }
-                    Err(IntakeError::validation(refs))
+                    Err(IntakeError::validation_beyond(refs, e.fields_omitted))
                 }
                 Err(e) => Err(e.clone()),
                 Ok(v) if refs.is_empty() => Ok((caller, v)),
@@ -1309,7 +1309,7 @@ impl Plan {
             truncated: p.env.oversize.is_some(),
             error_code: error.code.as_str().to_owned(),
             error: serde_json::to_string(error).unwrap_or_default(),
-            error_fields: store::failed::error_fields(&error.fields),
+            error_fields: store::failed::error_fields(error),
             attempts: retry.map_or(1, |r| r.attempt),
             event_id: ev.id,
         });

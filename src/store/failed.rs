@@ -34,15 +34,23 @@ pub struct FailedRow {
     pub event_id: Uuid,
 }
 
-/// The failing fields of an error, sorted and comma-separated (`''` when it names none): with
-/// the code, the cause a failure is grouped by (`failed groups`).
-pub fn error_fields(fields: &crate::intake::error::FieldErrors) -> String {
+/// The failing fields an error names, sorted and comma-separated (`''` when it names none),
+/// then `…and N more` when it omitted some: with the code, the cause a failure is grouped by
+/// (`failed groups`). A name's `\` and `,` are escaped (`\\`, `\,`) so that the list reads
+/// back unambiguously. Bounded as the error's list is (at most 16 names of at most 64 bytes,
+/// each at most doubled by escaping: under 2.1 KB), so the btree index over it can always
+/// hold the row.
+pub fn error_fields(error: &crate::intake::error::IntakeError) -> String {
     // A BTreeMap: already sorted.
-    fields
-        .keys()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(",")
+    let mut names: Vec<String> = error.fields.keys().map(|n| escape_field(n)).collect();
+    if error.fields_omitted > 0 {
+        names.push(format!("…and {} more", error.fields_omitted));
+    }
+    names.join(",")
+}
+
+fn escape_field(name: &str) -> String {
+    name.replace('\\', "\\\\").replace(',', "\\,")
 }
 
 /// Inserts a window's failed intakes in one statement, each payload sealed whole under the
