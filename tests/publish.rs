@@ -77,3 +77,40 @@ async fn publish_reports_a_missing_intake_queue_and_a_bad_key() {
     }
     env.cleanup().await;
 }
+
+/// Issue 21, item 4: under the `link` policy the outcome of a second intake of the same person
+/// is `case.matched`; `--wait` binds that routing key too and returns it as an outcome with a
+/// case (exit status 0), instead of timing out.
+#[tokio::test]
+async fn publish_waits_for_a_linked_outcome() {
+    let env = TestEnv::new().await;
+    let broker = Broker::connect(&env).await;
+    broker.declare_topology(&env).await;
+    sqlx::query("UPDATE networks SET duplicate_policy = 'link' WHERE id = $1")
+        .bind(env.a.network_id)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let worker = RunningWorker::start(&env.settings);
+    let wait = Some(Duration::from_secs(60));
+
+    let body = seed_body(env.a.county_ids[0]);
+    let first = publish(&env.settings.amqp, &intake(&env, "link-1", &body), wait)
+        .await
+        .unwrap()
+        .expect("an outcome");
+    assert_eq!(first.routing_key, "case.created", "{}", first.event);
+    let case_id = first.event["data"]["id"].clone();
+
+    let linked = publish(&env.settings.amqp, &intake(&env, "link-2", &body), wait)
+        .await
+        .expect("an outcome within the wait, not a timeout")
+        .expect("an outcome");
+    assert_eq!(linked.routing_key, "case.matched", "{}", linked.event);
+    assert_eq!(linked.event["type"], "case.matched");
+    assert_eq!(linked.event["subject"], "link-2");
+    assert_eq!(linked.event["data"]["case_id"], case_id);
+    assert!(linked.has_case() && !linked.created());
+    worker.stop().await;
+    env.cleanup().await;
+}

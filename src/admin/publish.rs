@@ -19,7 +19,7 @@ use crate::infra::endpoints::{self, Unreachable};
 use crate::infra::settings::AmqpSettings;
 use crate::intake::delivery::KEY_HEADER;
 use crate::intake::envelope::{MAX_KEY_CHARS, check_message_key, is_unsafe_char};
-use crate::intake::event::CASE_CREATED;
+use crate::intake::event::{CASE_CREATED, CASE_MATCHED};
 use crate::outbox::topology;
 
 /// Longest key, in bytes, that fits the AMQP `message_id` property (a short string); a longer
@@ -46,6 +46,12 @@ impl Outcome {
     /// True for `case.created`.
     pub fn created(&self) -> bool {
         self.event["type"] == CASE_CREATED
+    }
+
+    /// True when the intake has a case: `case.created`, or `case.matched` (a network whose
+    /// duplicate policy is `link` answered with an existing case). Only `case.failed` is not.
+    pub fn has_case(&self) -> bool {
+        self.created() || self.event["type"] == CASE_MATCHED
     }
 }
 
@@ -115,7 +121,8 @@ async fn publish_on(
     outcome_of(events, &intake.key, timeout).await.map(Some)
 }
 
-/// A server-named, exclusive, auto-delete queue bound to both outcome routing keys, consumed
+/// A server-named, exclusive, auto-delete queue bound to every outcome routing key (created,
+/// failed, matched: an intake has exactly one of them), consumed
 /// without acks: it lives only as long as this command.
 async fn subscribe(
     conn: &Connection,
@@ -131,7 +138,11 @@ async fn subscribe(
     let queue = ch
         .queue_declare("".into(), private, FieldTable::default())
         .await?;
-    for routing_key in [&amqp.created_routing_key, &amqp.failed_routing_key] {
+    for routing_key in [
+        &amqp.created_routing_key,
+        &amqp.failed_routing_key,
+        &amqp.matched_routing_key,
+    ] {
         ch.queue_bind(
             queue.name().clone(),
             amqp.events_exchange.as_str().into(),

@@ -1,5 +1,5 @@
 //! `case-intake publish`: reads the body and the token, publishes one intake (`admin::publish`)
-//! and, with `--wait`, prints its outcome event; a `case.failed` outcome is a failing exit.
+//! and, with `--wait`, prints its outcome event; `case.failed` or no outcome is a failing exit.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,8 @@ pub struct PublishArgs {
     #[arg(long)]
     correlation_id: Option<String>,
     /// Bind a temporary queue to the events exchange first, then wait for this intake's
-    /// outcome event and print it (exit status 1 on `case.failed` or timeout).
+    /// outcome event and print it: exit status 0 on `case.created` or `case.matched`, 1 on
+    /// `case.failed` or when no outcome came within `--timeout`.
     #[arg(long)]
     wait: bool,
     /// With `--wait`: how long to wait for the event, in seconds.
@@ -64,7 +65,7 @@ pub async fn publish(args: PublishArgs, settings: &Settings) -> CliResult {
         return Ok(());
     };
     println!("{}", serde_json::to_string_pretty(&outcome.event)?);
-    if outcome.created() {
+    if outcome.has_case() {
         Ok(())
     } else {
         let code = outcome.event["data"]["error"]["code"]
