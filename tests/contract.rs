@@ -14,7 +14,9 @@ use case_intake::intake::delivery::{
 };
 use case_intake::intake::envelope::MAX_KEY_CHARS;
 use case_intake::intake::error::{ALL_CODES, ErrorCode, IntakeError};
-use case_intake::intake::event::{CASE_CREATED, CASE_FAILED, CONTENT_TYPE, INTAKE_RESOLVED};
+use case_intake::intake::event::{
+    CASE_CREATED, CASE_FAILED, CASE_MATCHED, CONTENT_TYPE, EVENT_TYPES, INTAKE_RESOLVED,
+};
 use case_intake::intake::validate::{KNOWN_FIELDS, READ_ONLY_FIELDS, validate};
 use case_intake::intake::window::Outcome;
 use case_intake::store::auth::TOKEN_HEADERS;
@@ -343,6 +345,88 @@ fn the_documented_names_are_the_service_defaults() {
             "{bad}"
         );
     }
+}
+
+/// The string literals of `source` that follow `marker`, up to the closing quote.
+fn literals_after<'a>(source: &'a str, marker: &str) -> BTreeSet<&'a str> {
+    source
+        .match_indices(marker)
+        .filter_map(|(at, _)| source[at + marker.len()..].split('"').next())
+        .collect()
+}
+
+/// Every event the code can publish is in the contract, so the two cannot drift: each event
+/// type constant of src/intake/event.rs is in `EVENT_TYPES`; the AMQP `type` of events allows
+/// exactly those; each has a channel at its default routing key on the events exchange whose
+/// message is of that type; and the AMQP headers the relay sets on events are exactly the
+/// documented event headers.
+#[test]
+fn every_event_type_routing_key_and_header_is_in_the_contract() {
+    let c = Contract::load();
+    let s = Settings::load(None).expect("defaults load");
+    let listed: BTreeSet<&str> = EVENT_TYPES.into_iter().collect();
+    let source = std::fs::read_to_string(repo().join("src/intake/event.rs")).unwrap();
+    let defined = literals_after(&source, ": &str = \"");
+    let defined: BTreeSet<&str> = defined
+        .into_iter()
+        .filter(|t| t.starts_with("case."))
+        .collect();
+    assert_eq!(
+        defined, listed,
+        "every event type constant is in EVENT_TYPES"
+    );
+
+    let allowed: BTreeSet<&str> = c.schema("EventProperties")["properties"]["type"]["enum"]
+        .as_array()
+        .expect("EventProperties.type lists its values")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(allowed, listed, "the AMQP type of events");
+
+    let channels = c.doc["channels"].as_object().expect("channels");
+    for event_type in EVENT_TYPES {
+        let routing_key = match event_type {
+            CASE_CREATED => &s.amqp.created_routing_key,
+            CASE_FAILED => &s.amqp.failed_routing_key,
+            CASE_MATCHED => &s.amqp.matched_routing_key,
+            INTAKE_RESOLVED => &s.amqp.resolved_routing_key,
+            other => panic!("no routing key setting for {other}"),
+        };
+        assert_eq!(
+            routing_key, event_type,
+            "the default routing key is the type"
+        );
+        let (_, channel) = channels
+            .iter()
+            .find(|(_, ch)| ch["address"] == routing_key.as_str())
+            .unwrap_or_else(|| panic!("a channel has the address {routing_key}"));
+        let exchange = &channel["bindings"]["amqp"]["exchange"];
+        assert_eq!(exchange["name"], s.amqp.events_exchange.as_str());
+        let messages = channel["messages"].as_object().expect("messages");
+        for m in messages.values() {
+            let m = c.resolve(m);
+            assert_eq!(m["bindings"]["amqp"]["messageType"], event_type);
+            let payload = c.resolve(&m["payload"]);
+            assert_eq!(payload["properties"]["type"]["const"], event_type);
+            assert_eq!(
+                c.resolve(&m["headers"]),
+                c.schema("EventHeaders"),
+                "{event_type}: the event headers"
+            );
+        }
+    }
+
+    let relay = std::fs::read_to_string(repo().join("src/outbox/relay.rs")).unwrap();
+    let set: BTreeSet<&str> = literals_after(&relay, "headers.insert(\"");
+    let documented: BTreeSet<&str> = c.schema("EventHeaders")["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert!(!set.is_empty(), "the relay's header names are found");
+    assert_eq!(set, documented, "the AMQP headers of events");
 }
 
 #[test]

@@ -26,6 +26,9 @@ pub const INTAKE_RESOLVED: &str = "case.intake_resolved";
 /// The CloudEvents `type` of an intake linked to an existing case (the network's duplicate
 /// policy is `link`): no case was created; the key's outcome is that case.
 pub const CASE_MATCHED: &str = "case.matched";
+/// Every CloudEvents `type` the service publishes (each also the default routing key and the
+/// AMQP `type` of its events): what tests/contract.rs holds docs/asyncapi.yaml to.
+pub const EVENT_TYPES: [&str; 4] = [CASE_CREATED, CASE_FAILED, CASE_MATCHED, INTAKE_RESOLVED];
 
 /// An event ready for the outbox.
 #[derive(Debug, Clone, PartialEq)]
