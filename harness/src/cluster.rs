@@ -236,13 +236,14 @@ impl Cluster {
         Vec::new()
     }
 
-    /// The node that leads quorum queue `queue`, asked of a running node.
-    pub async fn leader_of(&self, queue: &str) -> Option<u8> {
+    /// Column `column` of quorum queue `queue`'s row of `list_queues`, asked of the first
+    /// running node that answers; `None` when none answers or the queue is not listed.
+    async fn queue_column(&self, queue: &str, column: &str) -> Option<serde_json::Value> {
         for n in self.running().await {
             let Ok(out) = self
                 .ctl(
                     n,
-                    &["list_queues", "name", "leader", "--formatter", "json"],
+                    &["list_queues", "name", column, "--formatter", "json"],
                     Duration::from_secs(20),
                 )
                 .await
@@ -253,41 +254,31 @@ impl Cluster {
                 continue;
             };
             return rows
-                .iter()
+                .into_iter()
                 .find(|row| row["name"] == queue)
-                .and_then(|row| self.node_number(row["leader"].as_str()?));
+                .map(|mut row| row[column].take());
         }
         None
     }
 
+    /// The node that leads quorum queue `queue`, asked of a running node.
+    pub async fn leader_of(&self, queue: &str) -> Option<u8> {
+        let leader = self.queue_column(queue, "leader").await?;
+        self.node_number(leader.as_str()?)
+    }
+
     /// The members (replicas) of quorum queue `queue`, asked of a running node.
     pub async fn members_of(&self, queue: &str) -> Vec<u8> {
-        for n in self.running().await {
-            let Ok(out) = self
-                .ctl(
-                    n,
-                    &["list_queues", "name", "members", "--formatter", "json"],
-                    Duration::from_secs(20),
-                )
-                .await
-            else {
-                continue;
-            };
-            let Ok(serde_json::Value::Array(rows)) = serde_json::from_str(&out) else {
-                continue;
-            };
-            let mut members: Vec<u8> = rows
-                .iter()
-                .find(|row| row["name"] == queue)
-                .and_then(|row| row["members"].as_array())
-                .into_iter()
-                .flatten()
-                .filter_map(|m| self.node_number(m.as_str()?))
-                .collect();
-            members.sort_unstable();
-            return members;
-        }
-        Vec::new()
+        let members = self.queue_column(queue, "members").await;
+        let mut members: Vec<u8> = members
+            .as_ref()
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|m| self.node_number(m.as_str()?))
+            .collect();
+        members.sort_unstable();
+        members
     }
 }
 
