@@ -579,3 +579,86 @@ async fn a_dismissal_without_a_reason_or_an_operator_is_refused() {
     );
     env.cleanup().await;
 }
+
+/// A dismissed failure has one resolution. Its sender's corrected body is still the key's
+/// next attempt (the case is created, its `case.created` names the failure it supersedes),
+/// but it announces no second `case.intake_resolved` for that failure, and the failure stays
+/// `dismissed`: the failure's story ends at the dismissal, the key's goes on to its case.
+#[tokio::test]
+async fn a_resend_after_a_dismissal_creates_the_case_without_a_second_resolution() {
+    let env = TestEnv::new().await;
+    let county = with(seed_of(&env.a), "street_county", json!(NO_COUNTY));
+    process_as(&env, "gone-0", &env.a, &county).await;
+    let (failed_id, failed_event): (i64, uuid::Uuid) =
+        sqlx::query_as("SELECT id, event_id FROM failed_intakes WHERE message_key = 'gone-0'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+
+    let only = Filter {
+        key: Some("gone-0".into()),
+        ..Filter::default()
+    };
+    let who = Dismissal::new("ana", "entered by hand").unwrap();
+    let ctx = supervisor::window_context(&env.settings);
+    let r = dismiss::dismiss(&env.pool, &ctx, &only, &who, options(None, false), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(r.dismissed, 1);
+
+    let corrected = seed_of(&env.a);
+    let created = process_as(&env, "gone-0", &env.a, &corrected).await;
+    let Outcome::Created { event_id, .. } = created else {
+        panic!("a corrected body after a dismissal creates the case: {created:?}");
+    };
+    let ev = case_intake_harness::testkit::event_of(&env, "gone-0", env.a.network_id).await;
+    assert_eq!(ev["id"], json!(event_id.to_string()));
+    assert_eq!(
+        ev["data"]["replay"],
+        json!({"how": "resent", "replayed": true, "attempt": 2, "supersedes_event_id": failed_event})
+    );
+
+    // Exactly one resolution announced for the failure: the dismissal.
+    let resolutions: Vec<Value> = sqlx::query_scalar(
+        "SELECT body FROM outbox
+          WHERE routing_key = $1 AND body->'data'->>'failed_event_id' = $2 ORDER BY id",
+    )
+    .bind(&env.settings.amqp.resolved_routing_key)
+    .bind(failed_event.to_string())
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let how: Vec<&str> = resolutions
+        .iter()
+        .map(|b| b["data"]["resolution"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(how, ["dismissed"], "{resolutions:?}");
+
+    // The failure stays as the operator left it.
+    let (resolution, by, eid): (String, String, Option<uuid::Uuid>) = sqlx::query_as(
+        "SELECT resolution, resolved_by, resolved_event_id FROM failed_intakes WHERE id = $1",
+    )
+    .bind(failed_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (resolution.as_str(), by.as_str(), eid),
+        ("dismissed", "ana", None)
+    );
+
+    // The key's status is its case, made by attempt 2.
+    let out = run(&env, &["status", "gone-0", "--json"]).await;
+    let status = json_of(&out);
+    let status = if status.is_array() {
+        status[0].clone()
+    } else {
+        status
+    };
+    assert_eq!(
+        (status["status"].as_str(), status["attempt"].as_i64()),
+        (Some("created"), Some(2)),
+        "{status}"
+    );
+    env.cleanup().await;
+}

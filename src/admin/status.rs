@@ -35,7 +35,8 @@ pub enum IntakeStatus {
     /// open: it was not decided on its merits and awaits an operator's replay; the sender need
     /// do nothing.
     Pending(Failure),
-    /// An operator closed the key's current failure (a dismissal): no further attempt.
+    /// An operator closed the key's current failure (a dismissal): no operator retries it; a
+    /// corrected body from its sender is still the key's next attempt.
     Resolved(Resolved),
 }
 

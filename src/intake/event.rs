@@ -50,7 +50,8 @@ pub enum Resolution {
     Resent,
     /// An operator corrected its body (`case-intake failed edit`).
     Edited,
-    /// An operator dismissed it (`case-intake failed dismiss`): no further attempt.
+    /// An operator dismissed it (`case-intake failed dismiss`): no operator retries it. Its
+    /// sender's corrected body may still create the case, without a second resolution.
     Dismissed,
 }
 

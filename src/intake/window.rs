@@ -311,7 +311,8 @@ async fn transaction(
     phase.answer_duplicates(&mut w);
 
     phase.resolve(&mut w);
-    store::resolve_failed(&mut tx, &w.plan.resolved, now).await?;
+    let open = store::resolve_failed(&mut tx, &w.plan.resolved, now).await?;
+    w.plan.announce_only(&open);
     let outcomes: Vec<Outcome> = w
         .outcomes
         .iter()
@@ -727,6 +728,9 @@ impl Phase<'_, '_> {
             };
             let ev = resolved_event(self.ctx, &resolved, p.env, self.now);
             w.plan.queue_event(i, &ev, p.env);
+            if let Some(id) = retry.failed_intake_id {
+                w.plan.announces.push((id, ev.id));
+            }
         }
     }
 
@@ -1202,6 +1206,8 @@ struct Plan {
     resolved: Vec<store::ResolvedRow>,
     /// The audit of an operator's edit among them.
     edits: Vec<store::edits::EditRow>,
+    /// The `case.intake_resolved` events planned, by the failed intake each announces.
+    announces: Vec<(i64, Uuid)>,
     /// Possible-duplicate pairs flagged by this window's cases.
     pairs: Vec<PairRow>,
     /// Events with the index of their intake: written in delivery order.
@@ -1332,6 +1338,25 @@ impl Plan {
                 correlation_id: env.correlation_id.clone(),
             },
         ));
+    }
+
+    /// Keeps the `case.intake_resolved` events of the failed intakes this window resolved
+    /// (`open`: those still open when it wrote), and drops the others. A failure has one
+    /// resolution: a resend of a key whose failure an operator dismissed (before, or while
+    /// this window ran) still becomes the key's next attempt, but that failure was already
+    /// announced as resolved.
+    fn announce_only(&mut self, open: &[i64]) {
+        let closed: HashSet<Uuid> = self
+            .announces
+            .iter()
+            .filter(|(id, _)| !open.contains(id))
+            .map(|(_, ev)| *ev)
+            .collect();
+        if !closed.is_empty() {
+            self.outbox
+                .retain(|(_, row)| !closed.contains(&row.event_id));
+            self.events.retain(|id, _| !closed.contains(id));
+        }
     }
 
     fn event(&self, id: Uuid) -> Option<Event> {
