@@ -165,11 +165,17 @@ impl Operator {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            // An edit is consumed by its run: one try.
-            Staged::Edit(staged) => match edit::run_staged(&self.pool, &self.ctx, *staged).await {
-                Ok(report) => return report.outcome.to_owned(),
-                Err(e) => last = format!("error: {e}"),
-            },
+            // A failed run rolled back: the same staged edit runs again, as an operator
+            // re-runs `failed edit` after a database outage.
+            Staged::Edit(staged) => {
+                for _ in 0..RUNS {
+                    match edit::run_staged(&self.pool, &self.ctx, (*staged).clone()).await {
+                        Ok(report) => return report.outcome.to_owned(),
+                        Err(e) => last = format!("error: {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
         last
     }

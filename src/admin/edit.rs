@@ -264,6 +264,8 @@ pub async fn edit(
 /// An edit whose failed intake is selected and whose corrected envelope is built, not yet run:
 /// between [`stage`] and [`run_staged`] the failure may be resolved by its sender's resend (the
 /// race the fault suite's `edit-vs-resend` stages), which the run then finds and leaves alone.
+/// A run that failed rolled back, so a clone of the staged edit may be run again.
+#[derive(Clone)]
 pub struct StagedEdit {
     req: EditRequest,
     operator: Option<String>,
