@@ -67,14 +67,34 @@ pub async fn publish_intake(
         .await
 }
 
+/// What a publisher confirm says about the intake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmed {
+    /// Acked and not returned: in the queue.
+    Queued,
+    /// Acked, but returned as unroutable first.
+    Returned,
+    Nacked,
+    /// The channel was not in confirm mode: nothing is known.
+    NotRequested,
+}
+
+/// Reads a publisher confirm.
+pub fn classify(confirm: Confirmation) -> Confirmed {
+    match confirm {
+        Confirmation::Ack(None) => Confirmed::Queued,
+        Confirmation::Ack(Some(_)) => Confirmed::Returned,
+        Confirmation::Nack(_) => Confirmed::Nacked,
+        Confirmation::NotRequested => Confirmed::NotRequested,
+    }
+}
+
 /// Why a confirm does not mean "in the queue": a nack or a return; `None` when it does.
 pub fn confirm_problem(confirm: Confirmation) -> Option<&'static str> {
-    if !confirm.is_ack() {
-        Some("the broker nacked an intake")
-    } else if confirm.take_message().is_some() {
-        Some("an intake was unroutable (returned)")
-    } else {
-        None
+    match classify(confirm) {
+        Confirmed::Queued => None,
+        Confirmed::Returned => Some("an intake was unroutable (returned)"),
+        Confirmed::Nacked | Confirmed::NotRequested => Some("the broker nacked an intake"),
     }
 }
 

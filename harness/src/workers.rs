@@ -1,6 +1,7 @@
 //! Worker processes and in-process workers: where the `case-intake` binary is, how a worker is
-//! started with settings of its own (environment overrides), and how it is stopped the way an
-//! orchestrator stops it (SIGTERM, a grace period, then SIGKILL).
+//! started with settings of its own (environment overrides), a fleet of worker processes in
+//! numbered slots, and how they are stopped the way an orchestrator stops them (SIGTERM, a
+//! grace period, then SIGKILL).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -39,6 +40,27 @@ pub struct WorkerCommand {
 }
 
 impl WorkerCommand {
+    /// The command of `bin` with setting overrides given as (section, key, value).
+    pub fn new<S, K>(
+        bin: PathBuf,
+        overrides: impl IntoIterator<Item = (S, K, String)>,
+        inherit_rust_log: bool,
+    ) -> Self
+    where
+        S: AsRef<str>,
+        K: AsRef<str>,
+    {
+        let env = overrides
+            .into_iter()
+            .map(|(s, k, v)| (setting_env(s.as_ref(), k.as_ref()), v))
+            .collect();
+        WorkerCommand {
+            bin,
+            env,
+            inherit_rust_log,
+        }
+    }
+
     /// Starts one `case-intake run` with its output where given.
     pub fn spawn(&self, stdout: Stdio, stderr: Stdio) -> std::io::Result<Child> {
         let mut cmd = Command::new(&self.bin);
@@ -120,13 +142,111 @@ pub fn kill_running(children: &mut [Child]) {
     }
 }
 
-/// Peak resident set (VmHWM) of process `pid`, in KiB.
-pub fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+/// Worker processes of one command in numbered slots; an empty slot is a worker that is not
+/// running (not started yet, killed, or reaped after it exited).
+pub struct Fleet {
+    command: WorkerCommand,
+    slots: Vec<Option<Child>>,
+}
+
+/// What [`Fleet::reap`] found in a slot.
+pub enum Reaped {
+    Empty,
+    Running,
+    /// The worker had exited (its slot is now empty).
+    Exited {
+        pid: u32,
+        status: ExitStatus,
+    },
+    /// Its state could not be read (its slot is now empty).
+    Unknown(std::io::Error),
+}
+
+impl Fleet {
+    /// `slots` empty slots of `command`.
+    pub fn new(command: WorkerCommand, slots: usize) -> Self {
+        Fleet {
+            command,
+            slots: (0..slots).map(|_| None).collect(),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Starts a worker in `slot` (which should be empty) with its output where given.
+    pub fn start(&mut self, slot: usize, stdout: Stdio, stderr: Stdio) -> std::io::Result<()> {
+        self.slots[slot] = Some(self.command.spawn(stdout, stderr)?);
+        Ok(())
+    }
+
+    /// The ids of the workers in their slots.
+    pub fn pids(&self) -> Vec<u32> {
+        self.slots.iter().flatten().map(Child::id).collect()
+    }
+
+    /// The first worker found to have exited, with its status (its slot is left as it is).
+    pub fn first_exit(&mut self) -> Option<(u32, ExitStatus)> {
+        self.slots
+            .iter_mut()
+            .flatten()
+            .find_map(|c| Some((c.id(), c.try_wait().ok()??)))
+    }
+
+    /// Empties `slot` if its worker is no longer running; says what it found.
+    pub fn reap(&mut self, slot: usize) -> Reaped {
+        let Some(child) = &mut self.slots[slot] else {
+            return Reaped::Empty;
+        };
+        let found = match child.try_wait() {
+            Ok(None) => return Reaped::Running,
+            Ok(Some(status)) => Reaped::Exited {
+                pid: child.id(),
+                status,
+            },
+            Err(e) => Reaped::Unknown(e),
+        };
+        self.slots[slot] = None;
+        found
+    }
+
+    /// How many workers are running.
+    pub fn alive(&mut self) -> usize {
+        let mut n = 0;
+        for c in self.slots.iter_mut().flatten() {
+            if matches!(c.try_wait(), Ok(None)) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// SIGKILL of the worker in `slot`, reaped; its pid. The slot is left empty.
+    pub fn kill9(&mut self, slot: usize) -> Option<u32> {
+        let mut child = self.slots[slot].take()?;
+        let pid = child.id();
+        let _ = child.kill();
+        let _ = child.wait();
+        Some(pid)
+    }
+
+    /// Takes every worker out of its slot.
+    pub fn take_all(&mut self) -> Vec<Child> {
+        self.slots.iter_mut().filter_map(Option::take).collect()
+    }
+
+    /// Stops every worker (see [`stop_processes`]); the slots are left empty.
+    pub async fn stop(&mut self, grace: Duration) -> Vec<Stopped> {
+        let mut children = self.take_all();
+        stop_processes(&mut children, grace).await
+    }
+
+    /// Kills the workers still running (a run that ends early must not leave any behind).
+    pub fn kill_running(&mut self) {
+        let mut children = self.take_all();
+        kill_running(&mut children);
+    }
 }
 
 /// A running in-process worker.
