@@ -19,4 +19,5 @@ pub mod retry_race;
 pub mod sampler;
 pub mod support;
 pub mod testkit;
+pub mod wait;
 pub mod workers;

@@ -1,12 +1,11 @@
 //! Test harness: each test gets its own database and its own queue and exchange names on the
 //! real local PostgreSQL and RabbitMQ, so tests run in parallel and leave nothing behind.
 
-use std::time::Duration;
-
 use case_intake::admin::provision::{self, Provisioned};
 use case_intake::app::supervisor;
 use case_intake::infra::db as service_db;
 use case_intake::infra::settings::Settings;
+use case_intake::intake::classify::{self, ErrorClass};
 use case_intake::intake::envelope::Envelope;
 use case_intake::intake::window::{self, Outcome};
 use futures_util::StreamExt;
@@ -103,6 +102,18 @@ impl TestEnv {
         )
         .await
         .expect("window processed")
+    }
+
+    /// [`TestEnv::process`] for a window that may wait for another's locks: a transient error
+    /// (a lock timeout, a serialization failure) runs it again, as the consumer does.
+    pub async fn process_retrying(&self, envelopes: &[Envelope]) -> Vec<Outcome> {
+        let ctx = supervisor::window_context(&self.settings);
+        loop {
+            match window::run(&self.pool, &ctx, envelopes).await {
+                Ok(outcomes) => return outcomes,
+                Err(e) => assert_eq!(classify::classify(&e), ErrorClass::Transient, "{e}"),
+            }
+        }
     }
 
     pub async fn scalar_i64(&self, sql: &'static str) -> i64 {
@@ -232,9 +243,10 @@ impl Broker {
         }
     }
 
-    /// The next event: (routing key, AMQP properties, CloudEvent body). Waits up to 60 s.
+    /// The next event: (routing key, AMQP properties, CloudEvent body), waiting at most
+    /// [`crate::wait::SETTLE`].
     pub async fn next_event(&mut self) -> (String, BasicProperties, Value) {
-        let delivery = tokio::time::timeout(Duration::from_secs(60), self.events.next())
+        let delivery = tokio::time::timeout(crate::wait::SETTLE, self.events.next())
             .await
             .expect("an event arrives")
             .expect("stream open")

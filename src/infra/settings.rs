@@ -329,11 +329,22 @@ pub enum SettingsError {
 impl Settings {
     /// Defaults, then `file` if given, then `CASE_INTAKE__*` variables.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// [`Settings::load`] with `env` read in place of the process environment when given:
+    /// tests pass their variables here instead of changing the process-wide environment,
+    /// which every thread of a test binary shares.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<&config::Map<String, String>>,
+    ) -> Result<Self, SettingsError> {
         let environment = || {
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                .source(env.cloned())
         };
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));

@@ -2,6 +2,7 @@
 //! through the next (the metric names the endpoint, `/readyz` says ready), and while no
 //! endpoint is reachable it reports `reconnecting` and `/readyz` answers 503.
 
+use case_intake_harness::wait::{SETTLE, until};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,13 +58,10 @@ async fn a_refused_endpoint_is_passed_over_and_none_reachable_is_not_ready() {
         worker_stop.clone(),
         metrics.clone(),
     ));
-    for _ in 0..600 {
-        if metrics.state() == ConsumerState::Reconnecting {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(metrics.state(), ConsumerState::Reconnecting);
+    until("the consumers reconnecting", SETTLE, || async {
+        metrics.state() == ConsumerState::Reconnecting
+    })
+    .await;
     assert_eq!(status(&base, "/readyz").await, 503);
     worker_stop.cancel();
     worker.await.unwrap().unwrap();

@@ -2,6 +2,7 @@
 //! cannot parse are published raw into a parked queue of the test's own, then the binary is
 //! run and the queues are read back byte for byte with the same minimal client.
 
+use case_intake_harness::wait::{SETTLE, until};
 use std::process::Output;
 use std::time::Duration;
 
@@ -154,17 +155,14 @@ async fn count(queue: &str) -> u32 {
     n
 }
 
-/// Requeues in a quorum queue go through its log: wait (bounded) until the count settles.
+/// Requeues in a quorum queue go through its log: wait until the count settles.
 async fn assert_count(queue: &str, expected: u32) {
-    let mut last = 0;
-    for _ in 0..100 {
-        last = count(queue).await;
-        if last == expected {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{queue} holds {last} messages, expected {expected}");
+    until(
+        format!("{expected} messages in {queue}"),
+        SETTLE,
+        || async { count(queue).await == expected },
+    )
+    .await;
 }
 
 /// Runs the binary with the test's queues. The database URL points at a closed port: the

@@ -10,6 +10,7 @@ use case_intake_harness::testkit::{
     failed_with_key, joining, list_failed, message_count, process_as, process_seed, publish_as,
     replay, seed_envelope, seed_of, to_bytes,
 };
+use case_intake_harness::wait::{SETTLE, until};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use sqlx::Connection;
@@ -164,12 +165,10 @@ async fn a_lock_past_the_timeout_goes_through_the_retry_queue_and_then_succeeds(
     // Wait until the intake has been through the retry queue at least once, then release.
     let retried_queue = case_intake::outbox::topology::retry_queue(&env.settings.amqp.intake_queue);
     let ch = broker.conn.create_channel().await.unwrap();
-    loop {
-        if message_count(&ch, &retried_queue).await > 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until("the intake in the retry queue", SETTLE, || async {
+        message_count(&ch, &retried_queue).await > 0
+    })
+    .await;
     lock.close().await.unwrap();
     let (routing_key, _, event) = broker.next_event_for("join").await;
     assert_eq!(routing_key, "case.created", "{event}");

@@ -2,6 +2,7 @@
 //! trace context from an intake to its event through the broker, and the `healthcheck`
 //! command's exit codes.
 
+use case_intake_harness::wait::{Lazy, SETTLE, eventually, until};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -107,19 +108,17 @@ impl Worker {
         Self { child, lines }
     }
 
-    /// The first JSON log line for which `wanted` holds, waiting up to 60 s.
+    /// The first JSON log line for which `wanted` holds, once the worker has written it.
     async fn line(&self, wanted: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..600 {
+        let what = || format!("a wanted log line in {:#?}", self.lines.lock().unwrap());
+        eventually(Lazy(what), SETTLE, || {
             let found = self.lines.lock().unwrap().iter().find_map(|l| {
                 let v: Value = serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"));
                 wanted(&v).then_some(v)
             });
-            if let Some(v) = found {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no such log line in {:#?}", self.lines.lock().unwrap());
+            async move { found }
+        })
+        .await
     }
 
     fn all_lines(&self) -> String {
@@ -153,13 +152,10 @@ async fn the_binary_logs_flat_json_and_carries_trace_context_to_events() {
     assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(start["queue"], env.settings.amqp.intake_queue.as_str());
     assert_eq!(start["level"], "INFO");
-    for _ in 0..100 {
-        if healthcheck(&http, &[]).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(healthcheck(&http, &[]).await, "ready once consuming");
+    until("the healthcheck ready once consuming", SETTLE, || {
+        healthcheck(&http, &[])
+    })
+    .await;
 
     // An intake with a trace context: the event carries it in its headers and its JSON.
     let (h, token) = token_header(&env.a.token);

@@ -6,13 +6,16 @@
 use std::collections::BTreeSet;
 
 use case_intake::admin::{status, tenancy};
+use case_intake::intake::envelope::Envelope;
 use case_intake::intake::error::{ErrorCode, OVERRIDE_HEADER};
 use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{Broker, TestEnv, seed_body, token_header};
 use case_intake_harness::testkit::{
     broker_and_worker, created, envelope_from, event_of, failed, process_as, to_bytes,
 };
+use case_intake_harness::wait::{SETTLE, until};
 use serde_json::{Value, json};
+use sqlx::Connection;
 
 /// A person: the seed body with these names, date of birth, SSN and street (`None` removes).
 fn person(
@@ -411,6 +414,54 @@ async fn one_person_twice_in_one_window_gives_one_case_under_reject_and_link() {
     env.cleanup().await;
 }
 
+/// Runs `one` and `two` as two windows at once, and makes sure they overlap: the test holds
+/// `cases` locked, so the window that takes the person's match lock first stops at its
+/// candidate lookup, and lets go only once the other window waits for that match lock. Each
+/// window's transaction is then open while the other's is.
+async fn two_windows_at_once(
+    env: &TestEnv,
+    one: &[Envelope],
+    two: &[Envelope],
+) -> (Vec<Outcome>, Vec<Outcome>) {
+    let mut held = sqlx::PgConnection::connect(&format!(
+        "postgres://postgres@127.0.0.1:5432/{}",
+        env.db_name
+    ))
+    .await
+    .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE cases IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut held)
+        .await
+        .unwrap();
+    let release = async {
+        until(
+            "one window at the cases lock and the other at the match lock",
+            SETTLE,
+            || async {
+                let (relation, advisory): (i64, i64) = sqlx::query_as(
+                    "SELECT count(*) FILTER (WHERE wait_event = 'relation'),
+                            count(*) FILTER (WHERE wait_event = 'advisory')
+                       FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+                relation == 1 && advisory == 1
+            },
+        )
+        .await;
+        sqlx::raw_sql("COMMIT").execute(&mut held).await.unwrap();
+    };
+    // A window whose lock wait outlasts `lock_timeout` runs again, as the consumer's would.
+    let (x, y, ()) = tokio::join!(
+        env.process_retrying(one),
+        env.process_retrying(two),
+        release
+    );
+    (x, y)
+}
+
 #[tokio::test]
 async fn one_person_in_two_windows_at_once_gives_one_case() {
     let env = TestEnv::new().await;
@@ -429,7 +480,7 @@ async fn one_person_in_two_windows_at_once_gives_one_case() {
             );
             let one = [envelope_from(&env, &format!("{last}-1"), a, &body)];
             let two = [envelope_from(&env, &format!("{last}-2"), a, &body)];
-            let (x, y) = tokio::join!(env.process(&one), env.process(&two));
+            let (x, y) = two_windows_at_once(&env, &one, &two).await;
             let outcomes = [x[0].clone(), y[0].clone()];
             let made = outcomes
                 .iter()

@@ -2,8 +2,8 @@
 //! once, rows the broker does not take are put back and published later, and two relays on
 //! one outbox publish each row exactly once.
 
+use case_intake_harness::wait::{SETTLE, until};
 use std::sync::Arc;
-use std::time::Duration;
 
 use case_intake::app::supervisor;
 use case_intake::infra::metrics::Metrics;
@@ -75,13 +75,10 @@ async fn env_with_events_exchange() -> TestEnv {
 
 /// Polls `sql` until it returns `want` (the relay works in the background).
 async fn wait_for(env: &TestEnv, sql: &'static str, want: i64) {
-    for _ in 0..600 {
-        if env.scalar_i64(sql).await == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("`{sql}` never returned {want}");
+    until(format!("`{sql}` returning {want}"), SETTLE, || async {
+        env.scalar_i64(sql).await == want
+    })
+    .await;
 }
 
 /// Waits until `relays` have emptied the outbox (published rows leave it in the transaction

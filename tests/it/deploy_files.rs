@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// The built-in defaults, as the binary compiles them in.
-const DEFAULTS: &str = include_str!("../config/default.toml");
+const DEFAULTS: &str = include_str!("../../config/default.toml");
 
 /// Where the workers' HTTP server listens when `http.address` is not configured.
 const DEFAULT_HTTP_PORT: u16 = 9090;

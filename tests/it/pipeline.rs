@@ -10,6 +10,7 @@ use case_intake_harness::testkit::{
     created, envelope_from, event_of, failed, failed_count, foreign_and_missing, joining,
     process_as, process_seed, seed_envelope, seed_of, with,
 };
+use case_intake_harness::wait::{SETTLE, eventually, until};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -382,19 +383,8 @@ async fn concurrent_windows_on_hot_households_keep_exactly_one_head() {
                         env.envelope(&key, Some(&token), &b)
                     })
                     .collect();
-                let ctx = case_intake::app::supervisor::window_context(&env.settings);
-                // Lock waits between windows are expected; retry transient errors as the
-                // consumer does.
-                loop {
-                    match case_intake::intake::window::run(&env.pool, &ctx, &window).await {
-                        Ok(_) => break,
-                        Err(e) => assert_eq!(
-                            case_intake::intake::classify::classify(&e),
-                            case_intake::intake::classify::ErrorClass::Transient,
-                            "{e}"
-                        ),
-                    }
-                }
+                // Lock waits between windows are expected.
+                env.process_retrying(&window).await;
             }
         }));
     }
@@ -438,26 +428,26 @@ async fn new_households_are_written_before_the_window_waits_for_a_household_lock
     ];
     let window = spawn_window(&env, envelopes);
 
-    // Wait (no time limit of our own: the statement and lock timeouts bound it) until the
-    // window's session is blocked on the household lock.
-    let waiting: i32 = loop {
-        let pid: Option<i32> = sqlx::query_scalar(
-            "SELECT a.pid FROM pg_stat_activity a
+    // Wait until the window's session is blocked on the household lock.
+    let waiting: i32 = eventually(
+        "the window waiting for the household lock",
+        SETTLE,
+        || async {
+            assert!(
+                !window.is_finished(),
+                "the window did not wait for the lock"
+            );
+            sqlx::query_scalar(
+                "SELECT a.pid FROM pg_stat_activity a
               WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'
                 AND a.query LIKE '%FROM households h%FOR UPDATE%'",
-        )
-        .fetch_optional(&env.pool)
-        .await
-        .unwrap();
-        if let Some(pid) = pid {
-            break pid;
-        }
-        assert!(
-            !window.is_finished(),
-            "the window did not wait for the lock"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+            )
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
     // By then it has already inserted the new household's case: it holds the row-exclusive
     // table lock that only writing to `cases` takes.
     let wrote_cases: bool = sqlx::query_scalar(
@@ -514,21 +504,18 @@ async fn a_key_written_by_a_concurrent_window_meanwhile_reruns_the_window_and_cr
     let window = spawn_window(&env, envelopes);
 
     // Wait until the window, at its end, waits for the other transaction's key.
-    loop {
-        let waiting: bool = sqlx::query_scalar(
+    until("the window waiting for the other key", SETTLE, || async {
+        assert!(!window.is_finished(), "the window did not wait for the key");
+        sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM pg_stat_activity a
                              WHERE a.datname = current_database() AND a.wait_event_type = 'Lock'
                                AND a.query LIKE 'INSERT INTO intake_outcomes%')",
         )
         .fetch_one(&env.pool)
         .await
-        .unwrap();
-        if waiting {
-            break;
-        }
-        assert!(!window.is_finished(), "the window did not wait for the key");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        .unwrap()
+    })
+    .await;
     sqlx::query("COMMIT").execute(&mut *other).await.unwrap();
     drop(other);
 

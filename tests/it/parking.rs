@@ -3,6 +3,7 @@
 //! session on every delivery; the intake queue's and the dead-letter queue's delivery limits
 //! move it to the parking queue, and every other message keeps flowing.
 
+use case_intake_harness::wait::{SETTLE, eventually};
 use std::time::Duration;
 
 use case_intake::admin::parked::{Client, FieldValue, Headers, Properties, Table};
@@ -18,19 +19,15 @@ async fn client() -> Client {
         .expect("broker reachable")
 }
 
-/// Messages in `queue`; waits (bounded) until it holds `n`.
+/// Messages in `queue`, once it holds at least `n` (parking takes 25 deliveries).
 async fn wait_for_count(queue: &str, n: u32) -> u32 {
-    let mut c = client().await;
-    let mut seen = 0;
-    // A liveness bound, not a speed figure: parking takes 25 deliveries.
-    for _ in 0..1200 {
-        seen = c.message_count(queue).await.unwrap();
-        if seen >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    c.close().await;
+    let c = tokio::sync::Mutex::new(client().await);
+    let seen = eventually(format!("{n} messages in {queue}"), SETTLE, || async {
+        let seen = c.lock().await.message_count(queue).await.unwrap();
+        (seen >= n).then_some(seen)
+    })
+    .await;
+    c.into_inner().close().await;
     seen
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP surface over real HTTP: liveness, readiness, metrics and the counties endpoint.
 
+use case_intake_harness::wait::{SETTLE, eventually};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,17 +133,18 @@ async fn probes_follow_the_consumer_and_metrics_count_outcomes() {
     // The counters are bumped, and the outbox rows marked published, just after the events
     // leave: poll until they show (bounded), then check them all.
     let created = r#"case_intake_intakes_total{outcome="created"} 1"#;
-    let mut text = String::new();
-    for _ in 0..600 {
-        text = http.get("/metrics", None).await.text().await.unwrap();
-        if text.contains(created)
-            && text.contains(r#"code="unauthorized""#)
-            && text.contains("case_intake_outbox_backlog 0")
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let text = eventually(
+        "the counters and the empty outbox in /metrics",
+        SETTLE,
+        || async {
+            let text = http.get("/metrics", None).await.text().await.unwrap();
+            (text.contains(created)
+                && text.contains(r#"code="unauthorized""#)
+                && text.contains("case_intake_outbox_backlog 0"))
+            .then_some(text)
+        },
+    )
+    .await;
     for wanted in [
         created,
         r#"case_intake_intakes_total{outcome="failed"} 1"#,

@@ -4,6 +4,7 @@
 //! read-only; and a worker whose database turns read-only holds its intakes and creates them
 //! once writes are back, failing none.
 
+use case_intake_harness::wait::{SETTLE, until};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,15 +168,12 @@ async fn readiness_fails_while_the_database_is_read_only() {
     env.cleanup().await;
 }
 
-/// Polls (bounded) until the consumers are in `state`.
+/// Waits until the consumers are in `state`.
 async fn await_state(metrics: &Metrics, state: ConsumerState) {
-    for _ in 0..1200 {
-        if metrics.state() == state {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the consumers never reached {state:?}");
+    until(format!("the consumers {state:?}"), SETTLE, || async {
+        metrics.state() == state
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -2,7 +2,6 @@
 //! comma-separated list), what is refused, and the connect that walks past endpoints that
 //! refuse or never answer to one that works (real sockets and the local broker).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use case_intake::infra::endpoints::{self, Endpoint, first_reachable};
@@ -10,15 +9,13 @@ use case_intake::infra::settings::Settings;
 use case_intake_harness::broker::LOCAL_BROKER;
 use secrecy::ExposeSecret;
 
-/// Loading settings reads the process environment; tests that set it hold this.
-static ENV: Mutex<()> = Mutex::new(());
-
 fn load(toml: &str) -> Result<Settings, String> {
-    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
-    load_unlocked(toml)
+    load_with(toml, &[])
 }
 
-fn load_unlocked(toml: &str) -> Result<Settings, String> {
+/// Loads `toml` as the settings file with `env` as the whole environment: the tests share one
+/// process, so none of them changes its real environment.
+fn load_with(toml: &str, env: &[(&str, &str)]) -> Result<Settings, String> {
     let dir = std::env::temp_dir().join(format!(
         "case-intake-endpoints-{}-{:?}",
         std::process::id(),
@@ -27,7 +24,11 @@ fn load_unlocked(toml: &str) -> Result<Settings, String> {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("endpoints.toml");
     std::fs::write(&file, toml).unwrap();
-    let loaded = Settings::load(Some(&file)).map_err(|e| e.to_string());
+    let env = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let loaded = Settings::load_with_env(Some(&file), Some(&env)).map_err(|e| e.to_string());
     std::fs::remove_dir_all(&dir).unwrap();
     loaded
 }
@@ -64,17 +65,12 @@ fn urls_lists_every_endpoint() {
 
 #[test]
 fn the_environment_form_is_a_comma_separated_list() {
-    let _env = ENV.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: every test of this binary that reads the environment holds ENV.
-    unsafe {
-        std::env::set_var(
-            "CASE_INTAKE__AMQP__URLS",
-            "amqp://u:p@a:5672/%2f, amqp://u:p@b:5672/%2f,amqp://u:p@c:5672/%2f",
-        )
-    };
-    let loaded = load_unlocked("");
-    let both = load_unlocked("[amqp]\nurl = \"amqp://u:p@one:5672/%2f\"\n");
-    unsafe { std::env::remove_var("CASE_INTAKE__AMQP__URLS") };
+    let env = [(
+        "CASE_INTAKE__AMQP__URLS",
+        "amqp://u:p@a:5672/%2f, amqp://u:p@b:5672/%2f,amqp://u:p@c:5672/%2f",
+    )];
+    let loaded = load_with("", &env);
+    let both = load_with("[amqp]\nurl = \"amqp://u:p@one:5672/%2f\"\n", &env);
     assert_eq!(
         urls(&loaded.unwrap()),
         [

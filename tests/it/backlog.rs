@@ -7,9 +7,9 @@
 //! `malformed_json` junk from a retired test sender, published through the broker to a worker
 //! (dismissed). Every operator step runs the binary; dry runs first, writing nothing.
 
+use case_intake_harness::wait::{SETTLE, until};
 use std::collections::BTreeSet;
 use std::process::Output;
-use std::time::Duration;
 
 use case_intake_harness::support::TestEnv;
 use case_intake_harness::testkit::{
@@ -77,14 +77,13 @@ async fn build_backlog(env: &TestEnv) {
         )
         .await;
     }
-    // The worker records them as they come; wait (bounded) for all of them.
-    for _ in 0..1200 {
-        if failed_count(env, "malformed_json").await == JUNK as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(failed_count(env, "malformed_json").await, JUNK as i64);
+    // The worker records them as they come; wait for all of them.
+    until(
+        "every junk intake recorded malformed_json",
+        SETTLE,
+        || async { failed_count(env, "malformed_json").await == JUNK as i64 },
+    )
+    .await;
     worker.stop().await;
 
     // The agent is deactivated (by mistake): its valid intakes fail `unauthorized`.
