@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use case_intake::intake::error::ErrorCode;
+use case_intake::domain::error::ErrorCode;
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -3,10 +3,10 @@
 
 use case_intake::admin::provision::{self, Provisioned};
 use case_intake::app::supervisor;
+use case_intake::infra::classify::{self, ErrorClass};
 use case_intake::infra::db as service_db;
 use case_intake::infra::settings::Settings;
-use case_intake::intake::classify::{self, ErrorClass};
-use case_intake::intake::envelope::Envelope;
+use case_intake::intake::envelope::{Envelope, MessageKey};
 use case_intake::intake::window::{self, Outcome};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
@@ -81,7 +81,7 @@ impl TestEnv {
     /// An envelope as the consumer would build it.
     pub fn envelope(&self, key: &str, token: Option<&str>, body: &Value) -> Envelope {
         Envelope {
-            message_key: Some(key.to_owned()),
+            message_key: Some(MessageKey::parse(key).expect("a test's key is a message key")),
             correlation_id: Some(format!("corr-{key}")),
             token: token.map(case_intake::store::auth::hash_token),
             body: serde_json::to_vec(body).unwrap(),

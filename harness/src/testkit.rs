@@ -5,8 +5,8 @@
 use case_intake::admin::failed::{self, Filter, ReplayReport};
 use case_intake::admin::provision::Provisioned;
 use case_intake::app::supervisor;
+use case_intake::domain::error::ErrorCode;
 use case_intake::intake::envelope::Envelope;
-use case_intake::intake::error::ErrorCode;
 use case_intake::intake::window::Outcome;
 use lapin::Channel;
 use lapin::options::QueueDeclareOptions;

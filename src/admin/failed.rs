@@ -14,8 +14,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::admin::pacing::BulkOptions;
+use crate::domain::key::MessageKey;
+use crate::infra::classify::{classify, retry_transient};
 use crate::infra::redact;
-use crate::intake::classify::{classify, retry_transient};
 use crate::intake::envelope::{Envelope, Oversize};
 use crate::intake::event::{ReplayInfo, Resolution};
 use crate::intake::window::{self, Outcome, WindowContext};
@@ -58,7 +59,8 @@ impl Stored {
         how: Resolution,
     ) -> Option<Envelope> {
         Some(Envelope {
-            message_key: Some(self.intake.message_key.clone()?),
+            // Stored keys passed the same parse when they arrived.
+            message_key: Some(MessageKey::parse(self.intake.message_key.as_deref()?).ok()?),
             correlation_id: self.intake.correlation_id.clone(),
             token: self
                 .token_hash

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::domain::error::ErrorCode;
 use crate::infra::redact;
-use crate::intake::error::ErrorCode;
 use crate::store;
 
 /// One group of open failed intakes, in display form.
@@ -77,7 +77,7 @@ impl std::str::FromStr for GroupLabel {
             None => (label, None),
         };
         let code = ErrorCode::parse(code).ok_or_else(|| {
-            let codes: Vec<&str> = crate::intake::error::ALL_CODES
+            let codes: Vec<&str> = crate::domain::error::ALL_CODES
                 .iter()
                 .map(|c| c.as_str())
                 .collect();

@@ -15,10 +15,10 @@ use lapin::{BasicProperties, Connection};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+use crate::domain::key::{MAX_KEY_CHARS, MessageKey};
 use crate::infra::endpoints::{self, Unreachable};
 use crate::infra::settings::AmqpSettings;
 use crate::intake::delivery::KEY_HEADER;
-use crate::intake::envelope::{MAX_KEY_CHARS, check_message_key, is_unsafe_char};
 use crate::intake::event::{CASE_CREATED, CASE_MATCHED};
 use crate::outbox::topology;
 
@@ -84,8 +84,7 @@ pub async fn publish(
     intake: &Intake,
     wait: Option<Duration>,
 ) -> Result<Option<Outcome>, PublishError> {
-    let key_ok = check_message_key(Some(&intake.key)).is_some();
-    if !key_ok || intake.key.chars().any(is_unsafe_char) {
+    if MessageKey::parse(&intake.key).is_err() {
         return Err(PublishError::InvalidKey);
     }
     let conn = connect(amqp).await?;

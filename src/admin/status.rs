@@ -13,9 +13,9 @@ use serde_json::{Map, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::domain::error::ErrorCode;
+use crate::domain::key::MessageKey;
 use crate::infra::redact;
-use crate::intake::envelope::{check_message_key, is_unsafe_char};
-use crate::intake::error::ErrorCode;
 use crate::store::auth::Caller;
 use crate::store::ids::NetworkId;
 use crate::store::status::{self as query, KeyOutcome};
@@ -122,7 +122,7 @@ impl StatusError {
 /// True for a key that can have an outcome: 1 to 255 characters, none of them a control
 /// character (the envelope refuses others). Other keys are answered "no outcome" unread.
 pub fn possible_key(key: &str) -> bool {
-    check_message_key(Some(key)).is_some() && !key.chars().any(is_unsafe_char)
+    MessageKey::parse(key).is_ok()
 }
 
 /// The attempt an outcome event records (`data.replay.attempt`), 1 for a first attempt.

@@ -8,7 +8,7 @@ use crate::infra::db;
 use crate::infra::settings::Settings;
 
 use super::CliResult;
-use super::failed::{BulkArgs, Selection, progress_bar};
+use super::bulk::{BulkArgs, Selection, progress_bar};
 
 #[derive(clap::Args)]
 pub struct DismissArgs {

@@ -13,7 +13,7 @@ use crate::infra::settings::Settings;
 use crate::intake::matching::Rule;
 
 use super::CliResult;
-use super::failed::{ask_before, operator_of};
+use super::bulk::{ask_before, operator_of};
 
 #[derive(Subcommand)]
 pub enum DuplicatesCommand {

@@ -18,7 +18,7 @@ use crate::infra::redact;
 use crate::infra::settings::Settings;
 
 use super::CliResult;
-use super::failed::{BulkArgs, Selection, progress_bar, retry_progress, retry_summary};
+use super::bulk::{BulkArgs, Selection, progress_bar, retry_progress, retry_summary};
 
 /// Correct a key's open failed intake, or every selected one, and run it again as its key's
 /// next attempt (resolved `edited`, audited in `failed_intake_edits`). Try it with --dry-run

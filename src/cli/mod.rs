@@ -2,6 +2,7 @@
 //! worker) and `admin` (operator commands), and renders what they return. On top of every
 //! other layer; only `main.rs` calls it.
 
+mod bulk;
 mod dismiss;
 mod duplicates;
 mod edit;
@@ -24,8 +25,9 @@ use crate::infra::db;
 use crate::infra::settings::Settings;
 use crate::store::crypto::Vault;
 
+use bulk::{BulkArgs, Selection};
 use duplicates::DuplicatesCommand;
-use failed::{BulkArgs, FailedCommand, Selection};
+use failed::FailedCommand;
 use parked::ParkedCommand;
 use tenancy::TenancyCommand;
 

@@ -168,7 +168,7 @@ fn clock() -> u64 {
 }
 
 /// Discards, at their next acquire, every pooled connection made before now. Called on an
-/// outage-class error (see `intake::classify`): after a failover the pool may hold sessions
+/// outage-class error (see `infra::classify`): after a failover the pool may hold sessions
 /// that still answer but go to the wrong server — a demoted primary, a server made read-only,
 /// a proxy's old backend — and sqlx's ping before acquire only catches dead ones. New
 /// connections go through the database address again, to wherever it points now.

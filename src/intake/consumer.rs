@@ -24,14 +24,14 @@ use lapin::{Channel, Consumer};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::error::{ErrorCode, IntakeError};
+use crate::infra::classify::{ErrorClass, classify, retry_transient};
 use crate::infra::metrics::{ConsumerState, Metrics};
 use crate::infra::settings::IntakeSettings;
 use crate::infra::throttle::Throttle;
-use crate::intake::classify::{ErrorClass, classify, retry_transient};
 use crate::intake::delivery::{envelope_of, retries_of, retry_headers};
 use crate::intake::disposition::{self, Disposition};
 use crate::intake::envelope::Envelope;
-use crate::intake::error::{ErrorCode, IntakeError};
 use crate::intake::window::{self, Outcome, WindowContext};
 
 /// Why a consumer stopped other than by shutdown; the supervisor reconnects.

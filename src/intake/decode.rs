@@ -9,7 +9,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::intake::error::{ErrorCode, IntakeError};
+use crate::domain::error::{ErrorCode, IntakeError};
 
 /// Size and shape limits applied before a body is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,10 +10,10 @@ use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use sha2::{Digest, Sha256};
 
+use crate::domain::error::{ErrorCode, IntakeError, OVERRIDE_HEADER};
 use crate::intake::envelope::{
-    Envelope, Oversize, check_correlation_id, check_message_key, is_unsafe_char, unsafe_text,
+    Envelope, KeyProblem, MessageKey, Oversize, check_correlation_id, unsafe_text,
 };
-use crate::intake::error::{ErrorCode, IntakeError, OVERRIDE_HEADER};
 use crate::intake::trace::TraceContext;
 use crate::store::auth::{TOKEN_HEADERS, hash_token, parse_token_header};
 use crate::store::crypto::Vault;
@@ -61,11 +61,16 @@ pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
             problem.get_or_insert(e);
             None
         }
-        Ok(Some(k)) if k.chars().any(is_unsafe_char) => {
-            problem.get_or_insert(unsafe_text("message_id"));
-            None
-        }
-        Ok(k) => check_message_key(k.as_deref()),
+        Ok(None) => None,
+        Ok(Some(k)) => match MessageKey::parse(&k) {
+            Ok(key) => Some(key),
+            Err(KeyProblem::Unsafe) => {
+                problem.get_or_insert(unsafe_text("message_id"));
+                None
+            }
+            // No usable key: the intake fails `missing_message_key`.
+            Err(KeyProblem::Length) => None,
+        },
     };
     let correlation_id = envelope_text(
         props.correlation_id().as_ref().map(|c| c.as_str()),

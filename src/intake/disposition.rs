@@ -2,7 +2,7 @@
 //! for a message, and the retry count its delivery carries, into ack, retry queue, exhausted
 //! failure or hand-back. Pure; the consumer carries the decision out.
 
-use crate::intake::classify::ErrorClass;
+use crate::infra::classify::ErrorClass;
 use crate::intake::window::Outcome;
 
 /// What happens to one delivery.
@@ -52,7 +52,7 @@ pub fn after_exhausted(result: Result<Outcome, ErrorClass>) -> Disposition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intake::error::ErrorCode;
+    use crate::domain::error::ErrorCode;
     use uuid::Uuid;
 
     fn created() -> Outcome {

@@ -1,13 +1,13 @@
 //! What the pipeline needs of one intake, independent of where it came from (a RabbitMQ
 //! delivery, a replay of a failed intake, a test), and the checks of the envelope's own text.
 
-use crate::intake::error::{ErrorCode, IntakeError};
+use crate::domain::error::{ErrorCode, IntakeError};
 use crate::intake::event::ReplayInfo;
 use crate::intake::trace::TraceContext;
 use crate::store::auth::TokenHash;
 
-/// Longest accepted message key, in characters.
-pub const MAX_KEY_CHARS: usize = 255;
+pub use crate::domain::key::{KeyProblem, MAX_KEY_CHARS, MessageKey};
+pub use crate::domain::text::is_unsafe_char;
 
 /// Longest accepted correlation id, in characters (it travels on every event).
 pub const MAX_CORRELATION_CHARS: usize = 255;
@@ -28,7 +28,7 @@ pub struct Oversize {
 pub struct Envelope {
     /// The idempotency key; `None` when absent, empty, longer than [`MAX_KEY_CHARS`] or
     /// holding control characters (then `forced_failure` says so).
-    pub message_key: Option<String>,
+    pub message_key: Option<MessageKey>,
     pub correlation_id: Option<String>,
     /// Hash of the `Token` from the authorization header, if one was well-formed.
     pub token: Option<TokenHash>,
@@ -47,23 +47,6 @@ pub struct Envelope {
     /// Set by the header `x-case-intake-duplicate: create`: the sender creates the case even
     /// though its network's `reject` or `link` policy would not (the pairs are still flagged).
     pub duplicate_override: bool,
-}
-
-/// Accepts a message key of 1 to 255 characters.
-pub fn check_message_key(key: Option<&str>) -> Option<String> {
-    let key = key?;
-    let n = key.chars().count();
-    (1..=MAX_KEY_CHARS).contains(&n).then(|| key.to_owned())
-}
-
-/// True for characters that have no place in an identifier that is stored, logged and shown
-/// on terminals: C0 and C1 controls (NUL among them, which PostgreSQL text refuses), DEL, and
-/// the bidirectional controls that reorder what a reader sees.
-pub fn is_unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}')
-        || ('\u{202A}'..='\u{202E}').contains(&c)
-        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// The error for an envelope text that holds unsafe characters; names the property, never
@@ -96,28 +79,6 @@ pub fn check_correlation_id(id: Option<&str>) -> Result<Option<String>, IntakeEr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_of_1_to_255_chars_are_accepted() {
-        assert_eq!(check_message_key(Some("a")).as_deref(), Some("a"));
-        let long = "é".repeat(255);
-        assert_eq!(check_message_key(Some(&long)), Some(long.clone()));
-        assert_eq!(check_message_key(Some(&format!("{long}x"))), None);
-        assert_eq!(check_message_key(Some("")), None);
-        assert_eq!(check_message_key(None), None);
-    }
-
-    #[test]
-    fn unsafe_characters() {
-        for c in [
-            '\0', '\x07', '\x1b', '\x7f', '\u{85}', '\u{9b}', '\u{202E}', '\u{2066}',
-        ] {
-            assert!(is_unsafe_char(c), "{c:?}");
-        }
-        for c in ['a', 'é', ' ', '-', '\u{200B}', '漢'] {
-            assert!(!is_unsafe_char(c), "{c:?}");
-        }
-    }
 
     #[test]
     fn correlation_ids() {

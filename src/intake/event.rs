@@ -8,9 +8,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::intake::matching::Candidate;
+pub use crate::domain::event::{Event, Resolution};
+use crate::domain::matching::Candidate;
 
-use crate::intake::error::IntakeError;
+use crate::domain::error::IntakeError;
 use crate::intake::trace::{TRACEPARENT, TRACESTATE, TraceContext};
 
 /// The content type of every event body (the relay sets it on every publish).
@@ -29,42 +30,6 @@ pub const CASE_MATCHED: &str = "case.matched";
 /// Every CloudEvents `type` the service publishes (each also the default routing key and the
 /// AMQP `type` of its events): what tests/contract.rs holds docs/asyncapi.yaml to.
 pub const EVENT_TYPES: [&str; 4] = [CASE_CREATED, CASE_FAILED, CASE_MATCHED, INTAKE_RESOLVED];
-
-/// An event ready for the outbox.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub id: Uuid,
-    /// The AMQP routing key on the events exchange.
-    pub routing_key: String,
-    pub body: Value,
-}
-
-/// How a failed intake was resolved (`failed_intakes.resolution`, and the `resolution` of a
-/// `case.intake_resolved` event).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Resolution {
-    /// An operator replayed it unchanged (`case-intake replay`).
-    Replayed,
-    /// The upstream system re-published its key with a corrected body.
-    Resent,
-    /// An operator corrected its body (`case-intake failed edit`).
-    Edited,
-    /// An operator dismissed it (`case-intake failed dismiss`): no operator retries it. Its
-    /// sender's corrected body may still create the case, without a second resolution.
-    Dismissed,
-}
-
-impl Resolution {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Replayed => "replayed",
-            Self::Resent => "resent",
-            Self::Edited => "edited",
-            Self::Dismissed => "dismissed",
-        }
-    }
-}
 
 /// Identifies a later attempt of a failed intake on its events (attempt 2 is the first retry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,7 +173,7 @@ pub fn resolved_data(r: &Resolved<'_>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intake::error::ErrorCode;
+    use crate::domain::error::ErrorCode;
 
     #[test]
     fn cloud_event_has_the_cloudevents_attributes() {

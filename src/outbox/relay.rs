@@ -28,9 +28,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::infra::classify::{ErrorClass, classify};
 use crate::infra::metrics::Metrics;
 use crate::infra::settings::OutboxSettings;
-use crate::intake::classify::{ErrorClass, classify};
 use crate::store::outbox::{self, Taken};
 
 /// The content type of every event body: CloudEvents in structured JSON mode.

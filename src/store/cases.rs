@@ -9,8 +9,9 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
-use crate::intake::matching::MatchKeys;
-use crate::intake::validate::{CaseInput, Ssn};
+use crate::domain::case::CaseInput;
+use crate::domain::matching::MatchKeys;
+use crate::domain::ssn::Ssn;
 use crate::store::auth::Caller;
 use crate::store::crypto::{Purpose, Vault};
 use crate::store::ids::{HeadUpdate, InNetwork, NetworkId};

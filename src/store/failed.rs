@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::intake::event::Resolution;
+use crate::domain::event::Resolution;
 use crate::store::crypto::{Purpose, Vault};
 use crate::store::ids::NetworkId;
 use crate::store::unnest::column;
@@ -40,7 +40,7 @@ pub struct FailedRow {
 /// back unambiguously. Bounded as the error's list is (at most 16 names of at most 64 bytes,
 /// each at most doubled by escaping: under 2.1 KB), so the btree index over it can always
 /// hold the row.
-pub fn error_fields(error: &crate::intake::error::IntakeError) -> String {
+pub fn error_fields(error: &crate::domain::error::IntakeError) -> String {
     // A BTreeMap: already sorted.
     let mut names: Vec<String> = error.fields.keys().map(|n| escape_field(n)).collect();
     if error.fields_omitted > 0 {

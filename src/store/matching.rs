@@ -7,7 +7,7 @@
 
 use sqlx::PgConnection;
 
-use crate::intake::matching::Rule;
+use crate::domain::matching::Rule;
 use crate::store::ids::NetworkId;
 use crate::store::unnest::column;
 

@@ -1,5 +1,5 @@
-//! The SQL boundary: every query of the service, by area. May call `infra` only (and uses the
-//! pipeline's value types `validate::CaseInput`, `validate::Ssn` and `event::Event`).
+//! The SQL boundary: every query of the service, by area. May call `domain` (the value types
+//! it writes and reads: cases, SSNs, events, error codes) and `infra` only.
 //!
 //! - `ids`: `NetworkId` and the `(id, network)` pairs of references, so they cannot be swapped;
 //! - `auth`: tokens, the one authentication query (`callers`) and the [`Caller`] proof it makes;

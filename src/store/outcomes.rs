@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 use sqlx::postgres::PgArguments;
 use uuid::Uuid;
 
-use crate::intake::event::Event;
+use crate::domain::event::Event;
 use crate::store::ids::NetworkId;
 use crate::store::unnest::column;
 

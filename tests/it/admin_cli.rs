@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// Runs the binary against the database of `url`.
 async fn run_with(url: &str, extra_env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_case-intake"));
+    let mut cmd = std::process::Command::new(crate::cli::BIN);
     cmd.args(args)
         .env("CASE_INTAKE__DATABASE__URL", url)
         .env("CASE_INTAKE__LOG__FORMAT", "text")

@@ -12,9 +12,7 @@ use std::collections::BTreeSet;
 use std::process::Output;
 
 use case_intake_harness::support::TestEnv;
-use case_intake_harness::testkit::{
-    broker_and_worker, failed_count, publish_as, run_cli, seed_of, with,
-};
+use case_intake_harness::testkit::{broker_and_worker, failed_count, publish_as, seed_of, with};
 use serde_json::{Value, json};
 
 /// A county id that exists in no network.
@@ -28,7 +26,7 @@ const OPERATOR: &str = "ops-ana";
 /// The binary run against `env`'s database, stdin not a terminal, no operator in the
 /// environment (each step names one).
 async fn cli(env: &TestEnv, args: &[&str]) -> Output {
-    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, &[], b"").await
+    crate::cli::run(env, args).await
 }
 
 /// The JSON a successful step printed.

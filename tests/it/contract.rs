@@ -8,12 +8,12 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use case_intake::admin::failed::Filter;
+use case_intake::domain::error::{ALL_CODES, ErrorCode, IntakeError};
 use case_intake::infra::settings::Settings;
 use case_intake::intake::delivery::{
     CORRELATION_HEADER, KEY_HEADER, RETRIES_HEADER, RETRIES_TAG_HEADER,
 };
 use case_intake::intake::envelope::MAX_KEY_CHARS;
-use case_intake::intake::error::{ALL_CODES, ErrorCode, IntakeError};
 use case_intake::intake::event::{
     CASE_CREATED, CASE_FAILED, CASE_MATCHED, CONTENT_TYPE, EVENT_TYPES, INTAKE_RESOLVED,
 };
@@ -296,7 +296,7 @@ fn the_documented_names_are_the_service_defaults() {
         .iter()
         .chain([&KEY_HEADER, &CORRELATION_HEADER])
         .chain([&TRACEPARENT, &TRACESTATE])
-        .chain([&case_intake::intake::error::OVERRIDE_HEADER])
+        .chain([&case_intake::domain::error::OVERRIDE_HEADER])
         .chain([&RETRIES_HEADER, &RETRIES_TAG_HEADER])
         .map(|h| h.to_string())
         .collect();
@@ -304,7 +304,7 @@ fn the_documented_names_are_the_service_defaults() {
     let intake_headers = c.named("IntakeHeaders");
     assert!(!intake_headers.is_valid(&json!({"authorization": "Token a", RETRIES_HEADER: 1})));
     // The override's documented values are the ones the service accepts.
-    let over = case_intake::intake::error::OVERRIDE_HEADER;
+    let over = case_intake::domain::error::OVERRIDE_HEADER;
     for (value, accepted) in [
         ("create", true),
         (" Create ", true),

@@ -1,8 +1,8 @@
 //! Property tests: no body, however broken, makes decoding or validation panic, and every
 //! failure carries one of the stable error codes.
 
+use case_intake::domain::error::{ALL_CODES, ErrorCode, IntakeError};
 use case_intake::intake::decode::{BodyLimits, decode_body, payload_hash};
-use case_intake::intake::error::{ALL_CODES, ErrorCode, IntakeError};
 use case_intake::intake::validate::{KNOWN_FIELDS, READ_ONLY_FIELDS, validate};
 use chrono::NaiveDate;
 use proptest::prelude::*;

@@ -6,8 +6,8 @@
 use std::collections::BTreeSet;
 
 use case_intake::admin::{status, tenancy};
+use case_intake::domain::error::{ErrorCode, OVERRIDE_HEADER};
 use case_intake::intake::envelope::Envelope;
-use case_intake::intake::error::{ErrorCode, OVERRIDE_HEADER};
 use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{Broker, TestEnv, seed_body, token_header};
 use case_intake_harness::testkit::{

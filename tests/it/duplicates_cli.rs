@@ -7,34 +7,18 @@
 //! default policy `flag`, writes `possible_duplicates` rows): they create their pairs by
 //! processing intakes, never by inserting rows.
 
+use crate::cli::{json_of, run, run_with, text};
 use std::process::Output;
 
 use case_intake::intake::matching::MatchKeys;
 use case_intake_harness::support::TestEnv;
-use case_intake_harness::testkit::{created, process_as, run_cli, seed_of, with};
+use case_intake_harness::testkit::{created, process_as, seed_of, with};
 use chrono::NaiveDate;
 use serde_json::{Value, json};
-
-async fn run_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Output {
-    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, vars, b"").await
-}
-
-async fn run(env: &TestEnv, args: &[&str]) -> Output {
-    run_with(env, args, &[]).await
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn stdout_of(out: &Output) -> String {
     assert!(out.status.success(), "{out:?}");
     text(&out.stdout)
-}
-
-fn json_of(out: &Output) -> Value {
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
 }
 
 fn failure_of(out: &Output) -> String {

@@ -2,20 +2,9 @@
 //! private database, a page at a time with the total, codes checked before anything connects,
 //! and bulk replays that ask first.
 
-use std::process::Output;
-
+use crate::cli::{BIN, run, text};
 use case_intake_harness::support::TestEnv;
-use case_intake_harness::testkit::run_cli;
 use serde_json::{Value, json};
-
-/// Runs the binary against `env`'s database, stdin not a terminal.
-async fn run(env: &TestEnv, args: &[&str]) -> Output {
-    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, &[], b"").await
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// `n` intakes of network a that fail validation (no last name), keys `bad-0` ….
 async fn fail_intakes(env: &TestEnv, n: usize) {
@@ -103,7 +92,7 @@ async fn failed_list_pages_with_a_total_and_the_error_message() {
 #[tokio::test]
 async fn an_unknown_code_is_refused_before_anything_connects() {
     let env = TestEnv::new().await;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_case-intake"));
+    let mut cmd = std::process::Command::new(BIN);
     // A database that cannot answer: the refusal must come from the argument check.
     cmd.args(["failed", "list", "--code", "no_such_code"])
         .env(

@@ -6,7 +6,7 @@
 
 use std::process::Output;
 
-use case_intake::intake::error::ErrorCode;
+use case_intake::domain::error::ErrorCode;
 use case_intake_harness::support::TestEnv;
 use case_intake_harness::testkit::{
     broker_and_worker, failed as failed_code, process_as, run_cli, seed_of, to_bytes, with,
@@ -19,7 +19,7 @@ const NO_COUNTY: i64 = 424_242;
 /// Runs the binary against `env`'s database with no operator in its environment (unless
 /// `vars` gives one), `stdin` as its input.
 async fn run_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)], stdin: &[u8]) -> Output {
-    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, vars, stdin).await
+    run_cli(crate::cli::BIN, env, args, vars, stdin).await
 }
 
 async fn run(env: &TestEnv, args: &[&str]) -> Output {

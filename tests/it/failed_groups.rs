@@ -4,7 +4,7 @@
 //! report; `--rate` cuts the work into batches; a dismissal is recorded, keeps its row, and
 //! its `case.intake_resolved` events reach the events exchange through the relay.
 
-use std::process::Output;
+use crate::cli::{json_of, run, run_with, text};
 
 use case_intake::admin::dismiss::{self, Dismissal};
 use case_intake::admin::failed::{self, Filter};
@@ -13,27 +13,8 @@ use case_intake::admin::pacing::BulkOptions;
 use case_intake::app::supervisor;
 use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{Broker, RunningWorker, TestEnv};
-use case_intake_harness::testkit::{process_as, run_cli, seed_of, with};
+use case_intake_harness::testkit::{process_as, seed_of, with};
 use serde_json::{Value, json};
-
-/// Runs the binary against `env`'s database with `vars` set, stdin not a terminal and no
-/// operator in the environment unless `vars` names one.
-async fn run_with(env: &TestEnv, args: &[&str], vars: &[(&str, &str)]) -> Output {
-    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, vars, b"").await
-}
-
-async fn run(env: &TestEnv, args: &[&str]) -> Output {
-    run_with(env, args, &[]).await
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn json_of(out: &Output) -> Value {
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
-}
 
 /// A county no network has: naming it fails `street_county`.
 const NO_COUNTY: i64 = 424_242;

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use case_intake::app::http::{HttpState, serve};
 use case_intake::app::supervisor;
+use case_intake::infra::classify::{ErrorClass, classify};
 use case_intake::infra::db;
 use case_intake::infra::metrics::{ConsumerState, Metrics};
-use case_intake::intake::classify::{ErrorClass, classify};
 use case_intake::intake::window::{self, Outcome};
 use case_intake_harness::db::{LOCAL_SERVER, database_url};
 use case_intake_harness::support::{Broker, TestEnv, seed_body, token_header};

@@ -2,7 +2,7 @@
 //! queue, `retries_exhausted`, the dead-letter consumer, retention, configuration errors.
 
 use case_intake::admin::failed::{self, Filter};
-use case_intake::intake::error::ErrorCode;
+use case_intake::domain::error::ErrorCode;
 use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{TestEnv, seed_body, token_header};
 use case_intake_harness::testkit::{
@@ -345,7 +345,7 @@ fn with_unknown(env: &TestEnv, names: &[String]) -> Vec<u8> {
 
 #[tokio::test]
 async fn long_error_lists_are_stored_bounded_and_stay_resendable() {
-    use case_intake::intake::error::{MAX_FIELD_NAME_BYTES, MAX_LISTED_FIELDS};
+    use case_intake::domain::error::{MAX_FIELD_NAME_BYTES, MAX_LISTED_FIELDS};
     let env = TestEnv::new().await;
     let (mut broker, worker) = broker_and_worker(&env).await;
     // A name at the byte bound, one just past it (ASCII), one past it in 4-byte characters

@@ -4,7 +4,7 @@
 //! shown.
 
 use case_intake::admin::failed;
-use case_intake::intake::error::ErrorCode;
+use case_intake::domain::error::ErrorCode;
 use case_intake_harness::support::TestEnv;
 use case_intake_harness::testkit::{
     broker_and_worker, failed as failed_code, failed_with_key, list_failed, process_as, publish_as,

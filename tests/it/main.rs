@@ -4,7 +4,9 @@
 //! lapin and axum once instead of once per file; `cargo test --test it MODULE::` runs one area.
 
 mod admin_cli;
+mod architecture;
 mod backlog;
+mod cli;
 mod contract;
 mod db_socket;
 mod decode_props;

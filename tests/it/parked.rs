@@ -168,7 +168,7 @@ async fn assert_count(queue: &str, expected: u32) {
 /// Runs the binary with the test's queues. The database URL points at a closed port: the
 /// parked commands must never need it.
 async fn run(q: &Queues, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_case-intake"));
+    let mut cmd = std::process::Command::new(crate::cli::BIN);
     cmd.args(args)
         .env("CASE_INTAKE__AMQP__URL", URL)
         .env("CASE_INTAKE__AMQP__INTAKE_QUEUE", &q.intake)
@@ -435,7 +435,7 @@ async fn broker_refusals_are_reported_without_the_password() {
 
 #[tokio::test]
 async fn amqps_is_refused_with_a_clear_error() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_case-intake"))
+    let out = std::process::Command::new(crate::cli::BIN)
         .args(["parked", "list"])
         .env(
             "CASE_INTAKE__AMQP__URL",

@@ -1,8 +1,8 @@
 //! The window pipeline against the real PostgreSQL: household rules, idempotency, tenancy,
 //! failures and the invariants under concurrent windows.
 
+use case_intake::domain::error::ErrorCode;
 use case_intake::intake::envelope::Envelope;
-use case_intake::intake::error::ErrorCode;
 use case_intake::intake::validate::{KNOWN_FIELDS, READ_ONLY_FIELDS};
 use case_intake::intake::window::Outcome;
 use case_intake_harness::support::{TestEnv, seed_body};

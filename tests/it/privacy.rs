@@ -2,7 +2,7 @@
 //! about another (nothing).
 
 use case_intake::admin::failed::{self, Filter};
-use case_intake::intake::error::ErrorCode;
+use case_intake::domain::error::ErrorCode;
 use case_intake::intake::window::Outcome;
 use case_intake::store::crypto::{Purpose, Vault};
 use case_intake_harness::support::TestEnv;

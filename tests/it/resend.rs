@@ -4,7 +4,7 @@
 //! bound to its body; failures that say nothing about the body are not superseded by a resend;
 //! two bodies racing for one failed key end with exactly one outcome.
 
-use case_intake::intake::error::{ErrorCode, IntakeError};
+use case_intake::domain::error::{ErrorCode, IntakeError};
 use case_intake::intake::window::Outcome;
 use case_intake::store::crypto::Vault;
 use case_intake_harness::support::{TestEnv, seed_body, token_header};

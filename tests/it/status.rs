@@ -2,19 +2,19 @@
 //! (every kind of status, scoped to the caller's network, one 404 for every unknown key) and
 //! the operator's `status` command through the built binary.
 
+use crate::cli::text;
 use std::process::Output;
 use std::time::Duration;
 
 use case_intake::admin::status;
 use case_intake::app::http::{HttpState, serve};
+use case_intake::domain::error::{ErrorCode, IntakeError};
 use case_intake::infra::metrics::Metrics;
-use case_intake::intake::error::{ErrorCode, IntakeError};
 use case_intake::intake::event::Resolution;
 use case_intake::store::{self, ResolvedRow};
 use case_intake_harness::support::TestEnv;
 use case_intake_harness::testkit::{
-    broker_and_worker, created, failed as failed_code, process_as, publish_as, run_cli, seed_of,
-    to_bytes,
+    broker_and_worker, created, failed as failed_code, process_as, publish_as, seed_of, to_bytes,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -247,11 +247,7 @@ async fn run(env: &TestEnv, args: &[&str]) -> Output {
 
 async fn run_logging(env: &TestEnv, args: &[&str], format: &str) -> Output {
     let vars = [("CASE_INTAKE__LOG__FORMAT", format)];
-    run_cli(env!("CARGO_BIN_EXE_case-intake"), env, args, &vars, b"").await
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    crate::cli::run_with(env, args, &vars).await
 }
 
 /// The key `shared` in network A (created), network B (failed) and the unauthenticated

@@ -14,46 +14,12 @@ pub mod placeholders;
 pub mod score;
 
 use chrono::NaiveDate;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::intake::validate::CaseInput;
+use crate::domain::case::CaseInput;
+pub use crate::domain::matching::{Candidate, MatchKeys, Rule};
 
 pub use score::{RuleWeights, Scorer};
-
-/// A deterministic matching rule, as events and the `duplicates` commands name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rule {
-    /// The same SSN (compared through its HMAC; placeholders never match).
-    Ssn,
-    /// The same first and last name (normalized, nicknames and swapped names considered) and
-    /// the same date of birth.
-    NameDob,
-    /// The same last name and date of birth at the same normalized street address.
-    LastNameDobAddress,
-}
-
-impl Rule {
-    /// Every rule, in the order they are reported.
-    pub const ALL: [Rule; 3] = [Rule::Ssn, Rule::NameDob, Rule::LastNameDobAddress];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::Ssn => "ssn",
-            Rule::NameDob => "name_dob",
-            Rule::LastNameDobAddress => "last_name_dob_address",
-        }
-    }
-}
-
-/// The blocking keys of one person: `cases.match_name` and `cases.match_address` (and the
-/// SSN's HMAC, which the vault computes). `None` where a rule cannot apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MatchKeys {
-    pub name: Option<i64>,
-    pub address: Option<i64>,
-}
 
 impl MatchKeys {
     /// The keys of a case as validated: the name rule needs both names and a date of birth
@@ -138,14 +104,6 @@ pub fn lock_key(network: i64, rule: Rule, key: &[u8]) -> i64 {
     h.update(key);
     let bytes: [u8; 32] = h.finalize().into();
     i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"))
-}
-
-/// One existing case an intake may duplicate: its id, the rules that matched and the score.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Candidate {
-    pub case_id: i64,
-    pub rules: Vec<Rule>,
-    pub score: f64,
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@
 use serde_json::{Map, Value};
 
 use super::Money;
+use crate::domain::error::FieldErrors;
 use crate::infra::redact;
-use crate::intake::error::FieldErrors;
 
 pub(crate) const REQUIRED: &str = "is required";
 pub(crate) const NOT_A_STRING: &str = "must be a string";

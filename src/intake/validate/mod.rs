@@ -8,53 +8,16 @@ use chrono::NaiveDate;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::intake::error::FieldErrors;
+pub use crate::domain::case::CaseInput;
+use crate::domain::error::FieldErrors;
+pub use crate::domain::money::Money;
+pub use crate::domain::ssn::Ssn;
 use fields::Fields;
 pub use fields::{KNOWN_FIELDS, READ_ONLY_FIELDS};
 
 mod email;
 mod fields;
-mod money;
-mod ssn;
 mod usps;
-
-/// A Social Security number that passed the SSA's never-issued rules; digits only.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Ssn(String);
-
-/// An amount of money in cents, non-negative.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Money(i64);
-
-/// A validated case body. Optional text fields are `None` when absent, null or blank.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CaseInput {
-    pub first_name: String,
-    pub middle_name: Option<String>,
-    pub last_name: String,
-    pub suffix: Option<String>,
-    pub nickname: Option<String>,
-    pub date_of_birth: Option<NaiveDate>,
-    pub email: Option<String>,
-    pub head_of_household: bool,
-    pub mailing_address: Option<String>,
-    pub mailing_apt_number: Option<String>,
-    pub mailing_city: Option<String>,
-    pub mailing_state: Option<String>,
-    pub mailing_zip_code: Option<String>,
-    pub ss_number: Option<Ssn>,
-    pub street_address: Option<String>,
-    pub street_apt_number: Option<String>,
-    pub street_city: Option<String>,
-    pub street_state: Option<String>,
-    pub street_zip_code: Option<String>,
-    pub street_county: Option<i64>,
-    pub yearly_expenses: Option<Money>,
-    pub yearly_income: Option<Money>,
-    pub deceased: bool,
-    pub private: bool,
-    pub household: Option<i64>,
-}
 
 /// Something accepted but worth a human's attention; travels in the `case.created` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

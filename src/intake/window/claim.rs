@@ -6,7 +6,7 @@ use std::collections::{HashMap, hash_map::Entry};
 
 use sqlx::PgConnection;
 
-use crate::intake::error::ErrorCode;
+use crate::domain::error::ErrorCode;
 use crate::store::ids::{InNetwork, NetworkId};
 use crate::store::{self, ClaimedKey};
 
@@ -101,7 +101,7 @@ pub(super) async fn claim_keys(
         .iter()
         .zip(&superseded)
         .filter(|(p, gone)| p.env.replay.is_some() && !**gone)
-        .filter_map(|(p, _)| Some((callers.namespace(p), p.env.message_key.clone()?)))
+        .filter_map(|(p, _)| Some((callers.namespace(p), p.env.message_key.clone()?.into())))
         .collect();
     store::forget_failed_outcomes(tx, &replayed).await?;
     let lost = match claim {

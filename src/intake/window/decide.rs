@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::intake::error::{ErrorCode, IntakeError};
+use crate::domain::error::{ErrorCode, IntakeError};
 use crate::intake::validate::Validated;
 use crate::store;
 use crate::store::auth::Caller;

@@ -4,8 +4,8 @@
 use chrono::Utc;
 use serde_json::Value;
 
+use crate::domain::error::IntakeError;
 use crate::intake::envelope::Envelope;
-use crate::intake::error::IntakeError;
 use crate::intake::event::{self, Event, ReplayInfo};
 
 use super::context::WindowContext;

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::intake::error::ErrorCode;
+use crate::domain::error::ErrorCode;
 
 /// What became of one intake; the consumer logs it, tests assert on it.
 #[derive(Debug, Clone, PartialEq)]

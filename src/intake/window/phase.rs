@@ -4,8 +4,8 @@
 
 use sqlx::PgConnection;
 
+use crate::domain::error::{ErrorCode, IntakeError};
 use crate::intake::duplicates::{self, Verdict};
-use crate::intake::error::{ErrorCode, IntakeError};
 use crate::intake::event::Event;
 use crate::store;
 

@@ -7,9 +7,9 @@ use chrono::Utc;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::domain::error::{ErrorCode, IntakeError};
 use crate::intake::duplicates::Verdict;
 use crate::intake::envelope::Envelope;
-use crate::intake::error::{ErrorCode, IntakeError};
 use crate::intake::event::{Event, ReplayInfo};
 use crate::store::auth::Caller;
 use crate::store::ids::{HeadUpdate, NetworkId};
@@ -139,7 +139,7 @@ impl Plan {
     ) {
         self.failed.push(FailedRow {
             network_id: caller.map(|c| c.network_id()),
-            message_key: p.env.message_key.clone(),
+            message_key: p.env.message_key.clone().map(String::from),
             correlation_id: p.env.correlation_id.clone(),
             token_hash: p.env.token.map(|t| t.to_vec()),
             payload: p.env.body.clone(),

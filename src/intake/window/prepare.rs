@@ -3,10 +3,10 @@
 
 use chrono::NaiveDate;
 
+use crate::domain::error::IntakeError;
 use crate::intake::decode::{decode_body, payload_hash, too_large};
 use crate::intake::duplicates::MatchInput;
 use crate::intake::envelope::Envelope;
-use crate::intake::error::IntakeError;
 use crate::intake::validate::{Validated, validate};
 
 use super::context::WindowContext;
@@ -69,8 +69,8 @@ pub(super) fn names_household(p: &Prepared) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::error::ErrorCode;
     use crate::intake::envelope::Oversize;
-    use crate::intake::error::ErrorCode;
     use crate::intake::window::testing::{COUNTY, context, envelope, prepared, seed};
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::intake::error::FieldErrors;
+use crate::domain::error::FieldErrors;
 use crate::store;
 use crate::store::auth::Caller;
 use crate::store::ids::InNetwork;

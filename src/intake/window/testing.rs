@@ -7,14 +7,14 @@ use serde_json::Value;
 use super::context::WindowContext;
 use super::prepare::{Prepared, prepare};
 use crate::infra::settings::Settings;
-use crate::intake::envelope::Envelope;
+use crate::intake::envelope::{Envelope, MessageKey};
 
 pub(super) const NETWORK: i64 = 7;
 pub(super) const COUNTY: i64 = 3;
 
 pub(super) fn envelope(key: Option<&str>, body: Value) -> Envelope {
     Envelope {
-        message_key: key.map(str::to_owned),
+        message_key: key.map(|k| MessageKey::parse(k).expect("a test's key is a message key")),
         correlation_id: None,
         token: None,
         body: serde_json::to_vec(&body).unwrap(),

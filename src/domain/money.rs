@@ -6,7 +6,9 @@
 
 use serde_json::{Number, Value};
 
-use super::Money;
+/// An amount of money in cents, non-negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Money(i64);
 
 /// The largest accepted amount, 999 999 999 999.99, in cents.
 pub(crate) const MAX_CENTS: i64 = 99_999_999_999_999;

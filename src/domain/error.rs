@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::domain::matching::Candidate;
 use crate::infra::redact;
-use crate::intake::matching::Candidate;
 
 /// The header with which a sender creates a case its network's `reject` policy refused as a
 /// possible duplicate (value `create`; docs/duplicates.md).

@@ -5,7 +5,9 @@
 
 use std::fmt;
 
-use super::Ssn;
+/// A Social Security number that passed the SSA's never-issued rules; digits only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ssn(String);
 
 /// Error when the text is not nine digits once dashes are removed.
 pub(crate) const NOT_NINE_DIGITS: &str = "must be 9 digits, dashes allowed";
