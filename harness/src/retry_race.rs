@@ -75,10 +75,7 @@ impl Operator {
     pub fn new(pool: PgPool, db_url: &str) -> Result<Self, BoxError> {
         let mut settings = Settings::load(None)?;
         settings.database.url = db_url.to_owned().into();
-        let ctx = WindowContext {
-            operator: Some(OPERATOR.into()),
-            ..supervisor::window_context(&settings)
-        };
+        let ctx = supervisor::window_context(&settings);
         Ok(Self {
             pool,
             ctx,
@@ -115,8 +112,13 @@ impl Operator {
                 )))
             }
             _ => {
-                let envelopes =
-                    failed::replay_envelopes(&self.pool, &self.ctx, &[failed_intake_id]).await?;
+                let envelopes = failed::replay_envelopes(
+                    &self.pool,
+                    &self.ctx,
+                    &[failed_intake_id],
+                    Some(OPERATOR),
+                )
+                .await?;
                 Ok(Staged::Replay {
                     failed_intake_id,
                     envelopes,

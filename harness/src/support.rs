@@ -6,7 +6,7 @@ use case_intake::app::supervisor;
 use case_intake::infra::classify::{self, ErrorClass};
 use case_intake::infra::db as service_db;
 use case_intake::infra::settings::Settings;
-use case_intake::intake::envelope::{Envelope, MessageKey};
+use case_intake::intake::envelope::{Attempt, Envelope, MessageKey};
 use case_intake::intake::window::{self, Outcome};
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
@@ -85,9 +85,8 @@ impl TestEnv {
             correlation_id: Some(format!("corr-{key}")),
             token: token.map(case_intake::store::auth::hash_token),
             body: serde_json::to_vec(body).unwrap(),
-            replay: None,
             oversize: None,
-            forced_failure: None,
+            attempt: Attempt::Delivered,
             trace: None,
             duplicate_override: false,
         }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::admin::edit::{self, Changes, EditError};
-use crate::admin::failed::{self, Batch, ReplayReport, Selected, Stored};
+use crate::admin::failed::{self, ReplayReport, Selected, Stored};
 use crate::admin::pacing::BulkOptions;
 use crate::intake::window::WindowContext;
 
@@ -64,23 +64,19 @@ pub async fn edit_selected(
         (None, true) => None,
         (None, false) => return Err(EditError::NoOperator),
     };
-    let ctx = WindowContext {
-        operator: operator.clone(),
-        ..ctx.clone()
-    };
     let who = operator.clone().unwrap_or_default();
     let mut skipped_ids = Vec::new();
     let dry_run = req.options.dry_run;
     let batch_of = |rows: Vec<Stored>, report: &mut ReplayReport| {
-        let mut batch = Batch::default();
+        let mut batch = Vec::new();
         for row in rows {
-            match edit::corrected(&row, &changes, &ctx, who.clone()) {
-                Ok((envelope, audit)) => {
+            match edit::corrected(&row, &changes, ctx, who.clone()) {
+                Ok((mut envelope, audit)) => {
                     // A dry run writes no audit (as a single edit's): it may have no operator.
                     if !dry_run {
-                        batch.audits.insert(row.intake.id, audit);
+                        envelope.retried_by(operator.clone(), Some(audit));
                     }
-                    batch.envelopes.push(envelope);
+                    batch.push(envelope);
                 }
                 Err(_) => {
                     report.skipped += 1;
@@ -91,7 +87,7 @@ pub async fn edit_selected(
         batch
     };
     let totals =
-        failed::retry_batches(pool, &ctx, selected, req.options, batch_of, |r| progress(r)).await?;
+        failed::retry_batches(pool, ctx, selected, req.options, batch_of, |r| progress(r)).await?;
     Ok(BulkEditReport {
         totals,
         skipped_ids,

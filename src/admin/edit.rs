@@ -230,7 +230,7 @@ pub(super) fn corrected(
         }
     };
     let envelope = row
-        .retry_envelope(body, None, Resolution::Edited)
+        .retry_envelope(body, None, Resolution::Edited, None)
         .ok_or_else(|| EditError::NoOpenFailure("without a key".into()))?;
     Ok((envelope, audit))
 }
@@ -318,7 +318,7 @@ pub async fn run_staged(
     let StagedEdit {
         req,
         operator,
-        failed_intake_id,
+        failed_intake_id: _,
         envelope,
         audit,
         mut report,
@@ -331,12 +331,9 @@ pub async fn run_staged(
         }
         return Ok(report);
     }
-    let ctx = WindowContext {
-        operator,
-        edit_audits: [(failed_intake_id, audit)].into(),
-        ..ctx.clone()
-    };
-    let outcomes = failed::process_retrying(pool, &ctx, &envelopes, false).await?;
+    let [mut envelope] = envelopes;
+    envelope.retried_by(operator, Some(audit));
+    let outcomes = failed::process_retrying(pool, ctx, &[envelope], false).await?;
     if let Some(outcome) = outcomes.first() {
         applied(pool, &mut report, outcome, &req.key).await?;
     }

@@ -6,7 +6,7 @@
 //! so printing a hostile intake can neither leak an SSN nor drive the operator's terminal.
 //! Replay reads the stored values, never these. The statements are in `store::failed`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -17,13 +17,12 @@ use crate::admin::pacing::BulkOptions;
 use crate::domain::key::MessageKey;
 use crate::infra::classify::{classify, retry_transient};
 use crate::infra::redact;
-use crate::intake::envelope::{Envelope, Oversize};
+use crate::intake::envelope::{Attempt, Envelope, Oversize, Retry};
 use crate::intake::event::{ReplayInfo, Resolution};
 use crate::intake::window::{self, Outcome, WindowContext};
 use crate::store;
 use crate::store::auth::TokenHash;
 use crate::store::crypto::{CryptoError, Purpose, Vault};
-use crate::store::edits::EditAudit;
 use crate::store::failed::StoredFailure;
 
 pub use crate::store::failed::{FailedIntake, Filter};
@@ -57,6 +56,7 @@ impl Stored {
         body: Vec<u8>,
         oversize: Option<Oversize>,
         how: Resolution,
+        operator: Option<&str>,
     ) -> Option<Envelope> {
         Some(Envelope {
             // Stored keys passed the same parse when they arrived.
@@ -68,13 +68,16 @@ impl Stored {
                 .and_then(|t| TokenHash::try_from(t).ok()),
             body,
             oversize,
-            replay: Some(ReplayInfo {
-                attempt: self.intake.attempts + 1,
-                failed_intake_id: Some(self.intake.id),
-                supersedes: Some(self.intake.event_id),
-                how,
+            attempt: Attempt::Retry(Retry {
+                info: ReplayInfo {
+                    attempt: self.intake.attempts + 1,
+                    failed_intake_id: Some(self.intake.id),
+                    supersedes: Some(self.intake.event_id),
+                    how,
+                },
+                operator: operator.map(str::to_owned),
+                edit: None,
             }),
-            forced_failure: None,
             // A retry is an operator's action, not part of the original trace.
             trace: None,
             duplicate_override: false,
@@ -299,21 +302,23 @@ pub async fn replay(
         rate: None,
         dry_run: false,
     };
-    replay_with(pool, ctx, f, options, progress).await
+    replay_with(pool, ctx, f, options, None, progress).await
 }
 
 /// Replays the open failed intakes matching `f` in batches paced to `options.rate`, calling
 /// `progress` once per batch; with `options.dry_run` each batch runs through
 /// [`window::preview`] (its transaction rolled back: nothing written, no event queued).
+/// `operator` is recorded as resolving the failures the replays resolve.
 pub async fn replay_with(
     pool: &PgPool,
     ctx: &WindowContext,
     f: &Filter,
     options: BulkOptions,
+    operator: Option<&str>,
     progress: impl FnMut(&ReplayReport),
 ) -> Result<ReplayReport, sqlx::Error> {
     let selected = select_open(pool, f).await?;
-    replay_selected(pool, ctx, &selected, options, progress).await
+    replay_selected(pool, ctx, &selected, options, operator, progress).await
 }
 
 /// Replays the failed intakes of `selected` (see [`replay_with`]): every row is accounted for,
@@ -323,12 +328,11 @@ pub async fn replay_selected(
     ctx: &WindowContext,
     selected: &Selected,
     options: BulkOptions,
+    operator: Option<&str>,
     progress: impl FnMut(&ReplayReport),
 ) -> Result<ReplayReport, sqlx::Error> {
-    let batch_of = |rows: Vec<Stored>, report: &mut ReplayReport| Batch {
-        envelopes: envelopes_of(rows, ctx, report),
-        audits: HashMap::new(),
-    };
+    let batch_of =
+        |rows: Vec<Stored>, report: &mut ReplayReport| envelopes_of(rows, ctx, operator, report);
     retry_batches(pool, ctx, selected, options, batch_of, progress).await
 }
 
@@ -340,6 +344,7 @@ pub async fn replay_envelopes(
     pool: &PgPool,
     ctx: &WindowContext,
     ids: &[i64],
+    operator: Option<&str>,
 ) -> Result<Vec<Envelope>, sqlx::Error> {
     let rows = store::failed::failed_by_ids(pool, ids).await?;
     let open = rows
@@ -347,21 +352,18 @@ pub async fn replay_envelopes(
         .map(Stored::from)
         .filter(|s| s.intake.resolved_at.is_none())
         .collect();
-    Ok(envelopes_of(open, ctx, &mut ReplayReport::default()))
-}
-
-/// One batch of retries: the envelopes to run, and the audit of each that is an operator's
-/// edit, by the failed intake it corrects.
-#[derive(Default)]
-pub(super) struct Batch {
-    pub(super) envelopes: Vec<Envelope>,
-    pub(super) audits: HashMap<i64, EditAudit>,
+    Ok(envelopes_of(
+        open,
+        ctx,
+        operator,
+        &mut ReplayReport::default(),
+    ))
 }
 
 /// The loop of every bulk retry (replay, bulk edit): the failed intakes of `selected`, in
 /// batches paced to `options.rate`, each batch's rows read again when it starts: those
 /// resolved since the selection are counted `already_resolved`, the others turned into a
-/// [`Batch`] by `batch_of` (which counts what it skips) and run as one window (previewed and
+/// batch of envelopes by `batch_of` (which counts what it skips) and run as one window (previewed and
 /// rolled back on a dry run), whose retries of failures resolved meanwhile come back
 /// [`Outcome::AlreadyResolved`]. `progress` after every batch, each announced batch included.
 pub(super) async fn retry_batches(
@@ -369,7 +371,7 @@ pub(super) async fn retry_batches(
     ctx: &WindowContext,
     selected: &Selected,
     options: BulkOptions,
-    mut batch_of: impl FnMut(Vec<Stored>, &mut ReplayReport) -> Batch,
+    mut batch_of: impl FnMut(Vec<Stored>, &mut ReplayReport) -> Vec<Envelope>,
     mut progress: impl FnMut(&ReplayReport),
 ) -> Result<ReplayReport, sqlx::Error> {
     let pacing = options.pacing();
@@ -389,17 +391,7 @@ pub(super) async fn retry_batches(
             .collect();
         report.already_resolved += n - open.len();
         let batch = batch_of(open, &mut report);
-        let edited;
-        let window_ctx = if batch.audits.is_empty() {
-            ctx
-        } else {
-            edited = WindowContext {
-                edit_audits: batch.audits,
-                ..ctx.clone()
-            };
-            &edited
-        };
-        let outcomes = process_retrying(pool, window_ctx, &batch.envelopes, options.dry_run);
+        let outcomes = process_retrying(pool, ctx, &batch, options.dry_run);
         for outcome in outcomes.await? {
             report.count(&outcome);
         }
@@ -430,6 +422,7 @@ impl ReplayReport {
 fn envelopes_of(
     rows: Vec<Stored>,
     ctx: &WindowContext,
+    operator: Option<&str>,
     report: &mut ReplayReport,
 ) -> Vec<Envelope> {
     rows.into_iter()
@@ -437,7 +430,7 @@ fn envelopes_of(
             let envelope = s
                 .payload(&ctx.vault)
                 .ok()
-                .and_then(|p| s.retry_envelope(p, s.oversize, Resolution::Replayed));
+                .and_then(|p| s.retry_envelope(p, s.oversize, Resolution::Replayed, operator));
             if envelope.is_none() {
                 report.skipped += 1;
             }

@@ -89,8 +89,6 @@ pub fn window_context(settings: &Settings) -> WindowContext {
                 .expect("crypto settings are validated when settings load"),
         ),
         handoff: None,
-        operator: None,
-        edit_audits: Default::default(),
     }
 }
 

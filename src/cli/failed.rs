@@ -9,7 +9,6 @@ use crate::admin::failed;
 use crate::app::supervisor;
 use crate::infra::db;
 use crate::infra::settings::Settings;
-use crate::intake::window::WindowContext;
 use crate::store::crypto::Vault;
 
 use super::CliResult;
@@ -167,14 +166,19 @@ pub async fn replay(select: &Selection, bulk: &BulkArgs, settings: &Settings) ->
     }
     bulk.confirmed("replay", total)?;
     bulk.announce(settings, total);
-    let ctx = WindowContext {
-        operator,
-        ..supervisor::window_context(settings)
-    };
+    let ctx = supervisor::window_context(settings);
     let bar = progress_bar(total);
     let options = bulk.options(settings);
     let progress = retry_progress(&bar, total, "replayed");
-    let report = failed::replay_selected(&pool, &ctx, &selected, options, progress).await?;
+    let report = failed::replay_selected(
+        &pool,
+        &ctx,
+        &selected,
+        options,
+        operator.as_deref(),
+        progress,
+    )
+    .await?;
     bar.finish_and_clear();
     print_replay(&report, bulk.json)
 }

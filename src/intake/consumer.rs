@@ -182,7 +182,7 @@ impl IntakeConsumer {
             .collect();
         if self.mode == Mode::DeadLetter {
             for env in &mut envelopes {
-                env.forced_failure = Some(IntakeError::new(
+                env.fail_with(IntakeError::new(
                     ErrorCode::DeadLettered,
                     "the broker dead-lettered this intake after repeated failed deliveries; \
                      replay it once the cause is fixed",
@@ -220,7 +220,7 @@ impl IntakeConsumer {
             .iter()
             .map(|&i| {
                 let mut env = envelopes[i].clone();
-                env.forced_failure = Some(IntakeError::new(
+                env.fail_with(IntakeError::new(
                     ErrorCode::RetriesExhausted,
                     "transient database errors persisted through every retry; replay it later",
                 ));

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::error::{ErrorCode, IntakeError, OVERRIDE_HEADER};
 use crate::intake::envelope::{
-    Envelope, KeyProblem, MessageKey, Oversize, check_correlation_id, unsafe_text,
+    Attempt, Envelope, KeyProblem, MessageKey, Oversize, check_correlation_id, unsafe_text,
 };
 use crate::intake::trace::TraceContext;
 use crate::store::auth::{TOKEN_HEADERS, hash_token, parse_token_header};
@@ -45,7 +45,7 @@ pub const RETRIES_TAG_HEADER: &str = "x-case-intake-retries-tag";
 const RETRIES_DOMAIN: &str = "retries";
 
 /// Builds the envelope of a delivery, taking its body out of it (no copy). Never fails: every
-/// problem becomes the envelope's `forced_failure`, the first one found winning.
+/// problem makes the envelope's attempt [`Attempt::Failing`], the first one found winning.
 pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
     let props = &delivery.properties;
     let mut problem: Option<IntakeError> = None;
@@ -127,8 +127,7 @@ pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
         token,
         body,
         oversize,
-        replay: None,
-        forced_failure: problem,
+        attempt: problem.map_or(Attempt::Delivered, Attempt::Failing),
         trace,
         duplicate_override,
     }

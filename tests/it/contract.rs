@@ -653,7 +653,7 @@ async fn real_events_match_the_event_schemas() {
     });
     let other_network = seed_body(env.b.county_ids[0]);
     let mut dead = env.envelope("dead", t, &seed_body(county));
-    dead.forced_failure = Some(IntakeError::new(
+    dead.fail_with(IntakeError::new(
         ErrorCode::DeadLettered,
         "the broker dead-lettered this intake",
     ));
@@ -661,18 +661,17 @@ async fn real_events_match_the_event_schemas() {
     // id with them (under its key), as `delivery::envelope_of` reads them.
     let mut bad_key = env.envelope("unused", t, &seed_body(county));
     bad_key.message_key = None;
-    bad_key.forced_failure = Some(case_intake::intake::envelope::unsafe_text("message_id"));
+    bad_key.fail_with(case_intake::intake::envelope::unsafe_text("message_id"));
     let mut bad_correlation = env.envelope("bad-correlation", t, &seed_body(county));
     bad_correlation.correlation_id = None;
-    bad_correlation.forced_failure =
-        case_intake::intake::envelope::check_correlation_id(Some("c\u{1b}[31m")).err();
-    assert!(bad_correlation.forced_failure.is_some());
+    let refused = case_intake::intake::envelope::check_correlation_id(Some("c\u{1b}[31m"));
+    bad_correlation.fail_with(refused.expect_err("control characters are refused"));
     let mut exhausted = env.envelope("exhausted", t, &seed_body(county));
     exhausted.trace = TraceContext::parse(
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         None,
     );
-    exhausted.forced_failure = Some(IntakeError::new(
+    exhausted.fail_with(IntakeError::new(
         ErrorCode::RetriesExhausted,
         "transient database errors persisted through every retry",
     ));

@@ -359,7 +359,7 @@ async fn rate_limited_runs_report_progress_once_per_batch() {
 
     // A dry replay of all eight at 3 a second: batches of 3, 3, 2.
     let mut seen = Vec::new();
-    let r = failed::replay_with(&env.pool, &ctx, &every, options(Some(3), true), |r| {
+    let r = failed::replay_with(&env.pool, &ctx, &every, options(Some(3), true), None, |r| {
         seen.push(r.selected)
     })
     .await

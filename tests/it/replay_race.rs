@@ -26,11 +26,11 @@ const NO_COUNTY: i64 = 990_021;
 /// Another one: a second wrong body, so that a resend fails again.
 const NO_COUNTY_EITHER: i64 = 990_022;
 
+/// The operator the retries run for.
+const OPERATOR: &str = "ana";
+
 fn operator_ctx(env: &TestEnv) -> WindowContext {
-    WindowContext {
-        operator: Some("ana".into()),
-        ..supervisor::window_context(&env.settings)
-    }
+    supervisor::window_context(&env.settings)
 }
 
 /// The failed intakes of `key`: (id, attempts, resolution, resolved event id), oldest first.
@@ -79,9 +79,10 @@ async fn fail_key(env: &TestEnv, key: &str) -> (Uuid, i64) {
 
 /// The replay envelopes of `key`'s open failure, as a replay's batch builds them.
 async fn replay_of(env: &TestEnv, failed_id: i64) -> Vec<Envelope> {
-    let envelopes = failed::replay_envelopes(&env.pool, &operator_ctx(env), &[failed_id])
-        .await
-        .unwrap();
+    let envelopes =
+        failed::replay_envelopes(&env.pool, &operator_ctx(env), &[failed_id], Some(OPERATOR))
+            .await
+            .unwrap();
     assert_eq!(envelopes.len(), 1);
     envelopes
 }
@@ -260,12 +261,19 @@ async fn a_replays_report_accounts_for_failures_resolved_before_their_batch() {
         limit: 100,
         ..Filter::default()
     };
-    let report = failed::replay_with(&env.pool, &operator_ctx(&env), &filter, options, |r| {
-        lines.push(serde_json::to_value(r).unwrap());
-        if !resends.is_empty() {
-            resend_elsewhere(&env, std::mem::take(&mut resends));
-        }
-    })
+    let report = failed::replay_with(
+        &env.pool,
+        &operator_ctx(&env),
+        &filter,
+        options,
+        Some(OPERATOR),
+        |r| {
+            lines.push(serde_json::to_value(r).unwrap());
+            if !resends.is_empty() {
+                resend_elsewhere(&env, std::mem::take(&mut resends));
+            }
+        },
+    )
     .await
     .unwrap();
     let report = serde_json::to_value(&report).unwrap();

@@ -191,7 +191,7 @@ async fn failures_that_say_nothing_about_the_body_keep_the_key() {
     let t = Some(env.a.token.as_str());
     let good = seed_body(env.a.county_ids[0]);
     let mut exhausted = env.envelope("r3", t, &good);
-    exhausted.forced_failure = Some(IntakeError::new(
+    exhausted.fail_with(IntakeError::new(
         ErrorCode::RetriesExhausted,
         "database unavailable",
     ));

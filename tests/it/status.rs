@@ -142,7 +142,7 @@ async fn an_exhausted_intake_is_pending_and_a_dismissed_one_resolved() {
     let http = Surface::start().await;
     let env = &http.env;
     let mut stuck = env.envelope("stuck", Some(&env.a.token), &seed_of(&env.a));
-    stuck.forced_failure = Some(IntakeError::new(
+    stuck.fail_with(IntakeError::new(
         ErrorCode::RetriesExhausted,
         "transient database errors persisted through every retry",
     ));

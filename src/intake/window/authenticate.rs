@@ -47,6 +47,6 @@ pub(super) fn matchable<'a>(
 ) -> impl Iterator<Item = (usize, Caller, &'a MatchInput)> + 'a {
     prepared.iter().enumerate().filter_map(|(i, p)| {
         let caller = callers.of(p)?;
-        (p.body.is_ok() && p.env.forced_failure.is_none()).then_some((i, caller, &p.matching))
+        (p.body.is_ok() && p.env.forced_failure().is_none()).then_some((i, caller, &p.matching))
     })
 }

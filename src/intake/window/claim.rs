@@ -70,7 +70,7 @@ pub(super) async fn claim_keys(
         Claim::First => {
             let refs = prepared
                 .iter()
-                .filter(|p| p.env.forced_failure.is_none())
+                .filter(|p| p.env.forced_failure().is_none())
                 .filter_map(|p| {
                     Some(InNetwork {
                         id: p.household?,
@@ -85,13 +85,13 @@ pub(super) async fn claim_keys(
     // left alone. After the households, as a resend takes the row after its households too.
     let retried: Vec<i64> = prepared
         .iter()
-        .filter_map(|p| p.env.replay?.failed_intake_id)
+        .filter_map(|p| p.env.replay()?.failed_intake_id)
         .collect();
     let open = store::failed::lock_open_failed(tx, &retried).await?;
     let superseded: Vec<bool> = prepared
         .iter()
         .map(|p| {
-            let retried = p.env.replay.and_then(|r| r.failed_intake_id);
+            let retried = p.env.replay().and_then(|r| r.failed_intake_id);
             retried.is_some_and(|id| !open.contains(&id))
         })
         .collect();
@@ -100,7 +100,7 @@ pub(super) async fn claim_keys(
     let replayed: Vec<(NetworkId, String)> = prepared
         .iter()
         .zip(&superseded)
-        .filter(|(p, gone)| p.env.replay.is_some() && !**gone)
+        .filter(|(p, gone)| p.env.replay().is_some() && !**gone)
         .filter_map(|(p, _)| Some((callers.namespace(p), p.env.message_key.clone()?.into())))
         .collect();
     store::forget_failed_outcomes(tx, &replayed).await?;
@@ -161,7 +161,7 @@ pub(super) fn resend_in_followers(prepared: &[Prepared<'_>], slots: &mut [Slot])
 /// the header, not the body, is what changed.
 pub(super) fn resends(p: &Prepared, stored: &store::StoredOutcome) -> bool {
     let code = stored.error_code.as_deref().and_then(ErrorCode::parse);
-    p.env.replay.is_none()
+    p.env.replay().is_none()
         && match code {
             Some(ErrorCode::PossibleDuplicate) if p.env.duplicate_override => true,
             Some(code) => code.resendable() && stored.payload_hash.as_slice() != p.hash,

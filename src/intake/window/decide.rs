@@ -26,14 +26,14 @@ pub(super) fn decide<'v>(
     heads: &HashMap<i64, store::HouseholdState>,
 ) -> Option<Decision<'v>> {
     match (slot, caller) {
-        (Slot::NoKey, _) => Some(Err(p.env.forced_failure.clone().unwrap_or_else(|| {
+        (Slot::NoKey, _) => Some(Err(p.env.forced_failure().cloned().unwrap_or_else(|| {
             IntakeError::new(
                 ErrorCode::MissingMessageKey,
                 "the message_id property must hold a message key of 1 to 255 characters",
             )
         }))),
         (s, _) if !s.is_decided_here() => None,
-        _ if p.env.forced_failure.is_some() => p.env.forced_failure.clone().map(Err),
+        _ if p.env.forced_failure().is_some() => p.env.forced_failure().cloned().map(Err),
         (_, None) => Some(Err(IntakeError::new(
             ErrorCode::Unauthorized,
             "a valid API token is required in the authorization header as `Token <api_token>`",
@@ -87,7 +87,7 @@ mod tests {
     /// The seed intake under `key`, its envelope marked to fail with `failure`.
     fn forced(key: Option<&str>, failure: IntakeError) -> Envelope {
         let mut env = envelope(key, seed());
-        env.forced_failure = Some(failure);
+        env.fail_with(failure);
         env
     }
 

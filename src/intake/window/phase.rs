@@ -22,7 +22,7 @@ impl Phase<'_, '_> {
     /// [`Outcome::AlreadyResolved`]: nothing else is done for them.
     pub(super) fn answer_superseded(&self, w: &mut Written) {
         for (i, slot) in self.slots.iter().enumerate() {
-            if let (Slot::Superseded, Some(retry)) = (slot, self.prepared[i].env.replay) {
+            if let (Slot::Superseded, Some(retry)) = (slot, self.prepared[i].env.replay()) {
                 let event_id = retry.supersedes.unwrap_or_default();
                 w.outcomes[i] = Some(Outcome::AlreadyResolved { event_id });
             }
@@ -148,7 +148,7 @@ impl Phase<'_, '_> {
                     "this message key was already used with a different body; nothing was changed",
                 );
                 let key = p.env.message_key.as_deref();
-                let retry = p.env.replay;
+                let retry = p.env.replay();
                 let ev = failed_event(self.ctx, key, &error, p.env, retry, self.now);
                 w.plan.fail(p, self.callers.of(p), &error, retry, &ev);
                 w.plan.queue_event(i, &ev, p.env);

@@ -29,7 +29,7 @@ impl References {
             if let (true, Some(c), None) = (
                 slots[i].is_decided_here(),
                 callers.of(p),
-                &p.env.forced_failure,
+                &p.env.forced_failure(),
             ) {
                 if let Some(county) = p.county {
                     refs.counties.push(InNetwork {

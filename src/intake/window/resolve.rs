@@ -27,7 +27,7 @@ impl Phase<'_, '_> {
                     failed_intake_id: id,
                     how: retry.how,
                     event_id: Some(outcome.event_id()),
-                    operator: self.ctx.operator.clone(),
+                    operator: p.env.retry().and_then(|r| r.operator.clone()),
                     reason: None,
                 });
                 self.audit(i, retry, id, &outcome, w);
@@ -83,7 +83,7 @@ impl Phase<'_, '_> {
     ) {
         let (Resolution::Edited, Some(audit), Some(key)) = (
             retry.how,
-            self.ctx.edit_audits.get(&failed_intake_id),
+            self.prepared[i].env.retry().and_then(|r| r.edit.as_ref()),
             self.prepared[i].env.message_key.as_deref(),
         ) else {
             return;

@@ -63,7 +63,7 @@ impl Phase<'_, '_> {
                 supersedes: Some(s.event.id),
                 how: Resolution::Resent,
             }),
-            _ => p.env.replay,
+            _ => p.env.replay(),
         }
     }
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::context::WindowContext;
 use super::prepare::{Prepared, prepare};
 use crate::infra::settings::Settings;
-use crate::intake::envelope::{Envelope, MessageKey};
+use crate::intake::envelope::{Attempt, Envelope, MessageKey};
 
 pub(super) const NETWORK: i64 = 7;
 pub(super) const COUNTY: i64 = 3;
@@ -19,8 +19,7 @@ pub(super) fn envelope(key: Option<&str>, body: Value) -> Envelope {
         token: None,
         body: serde_json::to_vec(&body).unwrap(),
         oversize: None,
-        replay: None,
-        forced_failure: None,
+        attempt: Attempt::Delivered,
         trace: None,
         duplicate_override: false,
     }
