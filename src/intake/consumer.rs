@@ -255,9 +255,9 @@ impl IntakeConsumer {
             let one = std::slice::from_ref(delivery);
             match d {
                 Disposition::Done(_) => ack(one, false).await?,
-                Disposition::Retry => {
+                Disposition::Retry { count } => {
                     self.metrics.record_retry();
-                    self.send_to_retry(delivery, &env.body).await?;
+                    self.send_to_retry(delivery, &env.body, *count).await?;
                     ack(one, false).await?;
                 }
                 // `dispose` leaves no exhausted delivery; were one left, the broker's
@@ -287,11 +287,16 @@ impl IntakeConsumer {
     }
 
     /// Re-publishes a delivery (its body was taken into its envelope) to the retry queue with
-    /// its retry count raised and tagged, and waits for the confirm before the original is
-    /// acked (a crash in between duplicates the message; the dedup table absorbs it).
-    async fn send_to_retry(&self, delivery: &Delivery, body: &[u8]) -> Result<(), ConsumerError> {
+    /// retry count `count` (its disposition's) tagged, and waits for the confirm before the
+    /// original is acked (a crash in between duplicates the message; the dedup table absorbs
+    /// it).
+    async fn send_to_retry(
+        &self,
+        delivery: &Delivery,
+        body: &[u8],
+        count: u32,
+    ) -> Result<(), ConsumerError> {
         let props = &delivery.properties;
-        let count = retries_of(props, &self.ctx.vault) + 1;
         let headers = retry_headers(props, &self.ctx.vault, count);
         let props = props.clone().with_headers(headers);
         let confirm = self
@@ -449,7 +454,7 @@ fn log_outcomes(envelopes: &[Envelope], dispositions: &[Disposition]) {
             Disposition::Done(Outcome::AlreadyResolved { .. }) => {
                 tracing::info!("failure already resolved; nothing done")
             }
-            Disposition::Retry => {
+            Disposition::Retry { .. } => {
                 if let Some(suppressed) = RETRIED.allow() {
                     tracing::warn!(suppressed, "transient failure; sent to the retry queue")
                 }

@@ -10,8 +10,9 @@ use crate::intake::window::Outcome;
 pub enum Disposition {
     /// Committed: ack.
     Done(Outcome),
-    /// Transient errors outlasted the in-process retries: go through the delayed retry queue.
-    Retry,
+    /// Transient errors outlasted the in-process retries: go through the delayed retry queue,
+    /// published with this retry count (the delivery's, read once here, plus one).
+    Retry { count: u32 },
     /// Transient errors outlasted every trip through the retry queue: record the intake as
     /// failed `retries_exhausted` (a window of its own), then ack.
     Exhausted,
@@ -31,10 +32,10 @@ pub fn decide(
 ) -> Disposition {
     match result {
         Ok(outcome) => Disposition::Done(outcome),
-        Err(ErrorClass::Transient) if retries().saturating_add(1) >= max_attempts => {
-            Disposition::Exhausted
-        }
-        Err(ErrorClass::Transient) => Disposition::Retry,
+        Err(ErrorClass::Transient) => match retries().saturating_add(1) {
+            count if count >= max_attempts => Disposition::Exhausted,
+            count => Disposition::Retry { count },
+        },
         Err(ErrorClass::Outage | ErrorClass::Unknown) => Disposition::Requeue,
     }
 }
@@ -78,8 +79,8 @@ mod tests {
         // (retry count so far, disposition) with 5 attempts in all; a count at the top of its
         // range does not overflow into a fresh retry.
         let cases = [
-            (0, Disposition::Retry),
-            (3, Disposition::Retry),
+            (0, Disposition::Retry { count: 1 }),
+            (3, Disposition::Retry { count: 4 }),
             (4, Disposition::Exhausted),
             (9, Disposition::Exhausted),
             (u32::MAX, Disposition::Exhausted),
