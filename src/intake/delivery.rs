@@ -51,27 +51,7 @@ pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
     let mut problem: Option<IntakeError> = None;
 
     let headers = props.headers().as_ref();
-    let message_key = match envelope_text(
-        props.message_id().as_ref().map(|k| k.as_str()),
-        headers,
-        "message_id",
-        KEY_HEADER,
-    ) {
-        Err(e) => {
-            problem.get_or_insert(e);
-            None
-        }
-        Ok(None) => None,
-        Ok(Some(k)) => match MessageKey::parse(&k) {
-            Ok(key) => Some(key),
-            Err(KeyProblem::Unsafe) => {
-                problem.get_or_insert(unsafe_text("message_id"));
-                None
-            }
-            // No usable key: the intake fails `missing_message_key`.
-            Err(KeyProblem::Length) => None,
-        },
-    };
+    let message_key = message_key_of(props, &mut problem);
     let correlation_id = envelope_text(
         props.correlation_id().as_ref().map(|c| c.as_str()),
         headers,
@@ -108,19 +88,7 @@ pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
         }
     }
 
-    let data = std::mem::take(&mut delivery.data);
-    let (body, oversize) = if data.len() > max_body_bytes {
-        let oversize = Oversize {
-            bytes: data.len(),
-            sha256: Sha256::digest(&data).into(),
-        };
-        let mut prefix = data;
-        prefix.truncate(OVERSIZE_PREFIX_BYTES.min(max_body_bytes));
-        prefix.shrink_to_fit();
-        (prefix, Some(oversize))
-    } else {
-        (data, None)
-    };
+    let (body, oversize) = body_of(std::mem::take(&mut delivery.data), max_body_bytes);
     Envelope {
         message_key,
         correlation_id,
@@ -131,6 +99,52 @@ pub fn envelope_of(delivery: &mut Delivery, max_body_bytes: usize) -> Envelope {
         trace,
         duplicate_override,
     }
+}
+
+/// The delivery's message key (`message_id`, or the `message-id` header), if it has a usable
+/// one; an unusable property (control characters, a wrong type) is the delivery's problem.
+fn message_key_of(
+    props: &BasicProperties,
+    problem: &mut Option<IntakeError>,
+) -> Option<MessageKey> {
+    let text = envelope_text(
+        props.message_id().as_ref().map(|k| k.as_str()),
+        props.headers().as_ref(),
+        "message_id",
+        KEY_HEADER,
+    );
+    match text {
+        Err(e) => {
+            problem.get_or_insert(e);
+            None
+        }
+        Ok(None) => None,
+        Ok(Some(k)) => match MessageKey::parse(&k) {
+            Ok(key) => Some(key),
+            Err(KeyProblem::Unsafe) => {
+                problem.get_or_insert(unsafe_text("message_id"));
+                None
+            }
+            // No usable key: the intake fails `missing_message_key`.
+            Err(KeyProblem::Length) => None,
+        },
+    }
+}
+
+/// The body to keep: all of it, or past `max_body_bytes` a bounded prefix with the size and
+/// hash of the whole.
+fn body_of(data: Vec<u8>, max_body_bytes: usize) -> (Vec<u8>, Option<Oversize>) {
+    if data.len() <= max_body_bytes {
+        return (data, None);
+    }
+    let oversize = Oversize {
+        bytes: data.len(),
+        sha256: Sha256::digest(&data).into(),
+    };
+    let mut prefix = data;
+    prefix.truncate(OVERSIZE_PREFIX_BYTES.min(max_body_bytes));
+    prefix.shrink_to_fit();
+    (prefix, Some(oversize))
 }
 
 /// The override of the duplicate policy: the header [`OVERRIDE_HEADER`] (name matched
