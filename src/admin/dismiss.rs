@@ -209,14 +209,15 @@ fn resolved_event(ctx: &WindowContext, r: &FailedIntake, now: chrono::DateTime<U
         case_id: None,
         household_id: None,
     };
-    let ev = event::cloud_event(
-        &ctx.source,
-        event::INTAKE_RESOLVED,
-        &ctx.resolved_routing_key,
-        key,
-        now,
-        event::resolved_data(&resolved),
-    );
+    // An operator's action, not part of the failed intake's trace.
+    let head = event::Head {
+        source: &ctx.source,
+        routing_key: &ctx.resolved_routing_key,
+        subject: key,
+        time: now,
+        trace: None,
+    };
+    let ev = event::resolved(head, &resolved);
     OutboxRow {
         event_id: ev.id,
         routing_key: ev.routing_key,

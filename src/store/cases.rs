@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
 use sqlx::PgConnection;
 
 use crate::domain::case::CaseInput;
@@ -94,6 +93,16 @@ pub struct CaseRow {
 }
 
 impl CaseRow {
+    /// The agent the case is entered by (its caller's): read-only, as the network and group.
+    pub fn agent_id(&self) -> i64 {
+        self.agent_id
+    }
+
+    /// The group the case belongs to (its caller's).
+    pub fn group_id(&self) -> i64 {
+        self.group_id
+    }
+
     pub fn new(
         id: i64,
         household_id: i64,
@@ -114,48 +123,6 @@ impl CaseRow {
             match_keys: MatchKeys::default(),
         }
     }
-}
-
-/// The stored case as it appears in `case.created`: every field, the SSN masked.
-pub fn case_json(row: &CaseRow, c: &CaseInput) -> Value {
-    let ts = row
-        .created_at
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    json!({
-        "id": row.id,
-        "first_name": c.first_name,
-        "middle_name": c.middle_name,
-        "last_name": c.last_name,
-        "suffix": c.suffix,
-        "nickname": c.nickname,
-        "date_of_birth": c.date_of_birth.map(|d| d.to_string()),
-        "email": c.email,
-        "head_of_household": row.head_of_household,
-        "mailing_address": c.mailing_address,
-        "mailing_apt_number": c.mailing_apt_number,
-        "mailing_city": c.mailing_city,
-        "mailing_state": c.mailing_state,
-        "mailing_zip_code": c.mailing_zip_code,
-        "ss_number": c.ss_number.as_ref().map(|s| s.masked()),
-        "street_address": c.street_address,
-        "street_apt_number": c.street_apt_number,
-        "street_city": c.street_city,
-        "street_state": c.street_state,
-        "street_zip_code": c.street_zip_code,
-        "street_county": c.street_county,
-        "yearly_expenses": c.yearly_expenses.map(|m| m.to_json()),
-        "yearly_income": c.yearly_income.map(|m| m.to_json()),
-        "deceased": c.deceased,
-        "private": c.private,
-        "household": row.household_id,
-        "roi_exp_date": Value::Null,
-        "entry_agent": row.agent_id,
-        "mod_agent": row.agent_id,
-        "group": row.group_id,
-        "import_id": Value::Null,
-        "created_at": ts,
-        "updated_at": ts,
-    })
 }
 
 /// Takes the head flag from cases that were replaced as head.

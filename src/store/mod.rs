@@ -43,8 +43,8 @@ mod unnest;
 
 pub use auth::{Caller, caller_of, callers};
 pub use cases::{
-    CaseRow, HouseholdState, NewHousehold, allocate_ids, case_json, check_deferred_constraints,
-    insert_cases, insert_households, lock_households, unflag_heads, update_heads,
+    CaseRow, HouseholdState, NewHousehold, allocate_ids, check_deferred_constraints, insert_cases,
+    insert_households, lock_households, unflag_heads, update_heads,
 };
 pub use failed::{FailedRow, ResolvedRow, insert_failed, resolve_failed};
 pub use health::{Health, probe};

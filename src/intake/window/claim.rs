@@ -210,23 +210,20 @@ pub(super) fn slots_in_window(
 mod tests {
     use super::*;
     use chrono::Utc;
-    use serde_json::Value;
 
     use crate::intake::envelope::Envelope;
-    use crate::intake::event;
     use crate::intake::window::testing::{context, envelope, prepared, seed};
 
     /// A committed `validation_failed` outcome of body `failed`, as a window reads it.
     fn stored_failure(failed: &Envelope) -> store::StoredOutcome {
         store::StoredOutcome {
             payload_hash: prepared(failed, &context()).hash.to_vec(),
-            event: event::cloud_event(
-                "urn:t",
-                event::CASE_FAILED,
-                "f",
-                Some("k"),
+            event: crate::intake::window::events::failed_event(
+                &context(),
+                &crate::domain::error::IntakeError::new(ErrorCode::ValidationFailed, "bad"),
+                failed,
+                None,
                 Utc::now(),
-                Value::Null,
             ),
             error_code: Some(ErrorCode::ValidationFailed.as_str().to_owned()),
             failed: Some((1, 1)),

@@ -1,33 +1,45 @@
-//! The window's events built from their parts: `case.failed`, `case.intake_resolved`, and the
-//! field setter the others use.
+//! The window's events from their parts: each built by `intake::event` with the head the
+//! window gives it (its source and routing key, the intake's key, the window's time and the
+//! intake's trace context).
 
 use chrono::Utc;
-use serde_json::Value;
 
 use crate::domain::error::IntakeError;
 use crate::intake::envelope::Envelope;
-use crate::intake::event::{self, Event, ReplayInfo};
+use crate::intake::event::{self, Event, FailedData, Head, ReplayInfo};
 
 use super::context::WindowContext;
 
+/// The head of an event about intake `env` on `routing_key`.
+pub(super) fn head<'a>(
+    ctx: &'a WindowContext,
+    routing_key: &'a str,
+    env: &'a Envelope,
+    now: chrono::DateTime<Utc>,
+) -> Head<'a> {
+    Head {
+        source: &ctx.source,
+        routing_key,
+        subject: env.message_key.as_deref(),
+        time: now,
+        trace: env.trace.as_ref(),
+    }
+}
+
+/// The `case.failed` event of intake `env`.
 pub(super) fn failed_event(
     ctx: &WindowContext,
-    key: Option<&str>,
     error: &IntakeError,
     env: &Envelope,
     retry: Option<ReplayInfo>,
     now: chrono::DateTime<Utc>,
 ) -> Event {
-    let mut ev = event::cloud_event(
-        &ctx.source,
-        event::CASE_FAILED,
-        &ctx.failed_routing_key,
-        key,
-        now,
-        event::failed_data(key, error, retry),
-    );
-    event::add_trace(&mut ev, env.trace.as_ref());
-    ev
+    let data = FailedData {
+        message_key: env.message_key.as_deref(),
+        error,
+        replay: retry.map(Into::into),
+    };
+    event::failed(head(ctx, &ctx.failed_routing_key, env, now), &data)
 }
 
 /// The `case.intake_resolved` event of a failure resolved by intake `env`'s attempt.
@@ -37,24 +49,5 @@ pub(super) fn resolved_event(
     env: &Envelope,
     now: chrono::DateTime<Utc>,
 ) -> Event {
-    let mut ev = event::cloud_event(
-        &ctx.source,
-        event::INTAKE_RESOLVED,
-        &ctx.resolved_routing_key,
-        resolved.message_key,
-        now,
-        event::resolved_data(resolved),
-    );
-    event::add_trace(&mut ev, env.trace.as_ref());
-    ev
-}
-
-/// Sets `field` of an event's `data` object.
-pub(super) fn data_obj_insert(data: &mut Value, field: &str, value: impl serde::Serialize) {
-    if let Some(obj) = data.as_object_mut() {
-        obj.insert(
-            field.into(),
-            serde_json::to_value(value).unwrap_or(Value::Null),
-        );
-    }
+    event::resolved(head(ctx, &ctx.resolved_routing_key, env, now), resolved)
 }

@@ -115,7 +115,7 @@ impl Phase<'_, '_> {
         let p = &self.prepared[i];
         let key = p.env.message_key.as_deref();
         let retry = self.retry_of(i);
-        let ev = failed_event(self.ctx, key, error, p.env, retry, self.now);
+        let ev = failed_event(self.ctx, error, p.env, retry, self.now);
         if key.is_some() {
             let network = self.callers.namespace(p);
             let failure = Outcomed::Failure(error.code);
@@ -147,9 +147,8 @@ impl Phase<'_, '_> {
                     ErrorCode::IdempotencyKeyReused,
                     "this message key was already used with a different body; nothing was changed",
                 );
-                let key = p.env.message_key.as_deref();
                 let retry = p.env.replay();
-                let ev = failed_event(self.ctx, key, &error, p.env, retry, self.now);
+                let ev = failed_event(self.ctx, &error, p.env, retry, self.now);
                 w.plan.fail(p, self.callers.of(p), &error, retry, &ev);
                 w.plan.queue_event(i, &ev, p.env);
                 Outcome::Failed {

@@ -2,17 +2,15 @@
 //! head), its flagged pairs and its `case.created` event; or, under the `link` policy, the
 //! existing case it is (`case.matched`).
 
-use serde_json::Value;
-
 use crate::intake::duplicates::{Match, Verdict};
-use crate::intake::event::{self, Event};
+use crate::intake::event::{self, CaseData, CreatedData, Event, MatchedData};
 use crate::intake::household::{Placement, place};
 use crate::intake::matching::Candidate;
 use crate::intake::validate::Validated;
 use crate::store::auth::Caller;
 use crate::store::{self, CaseRow, NewHousehold};
 
-use super::events::data_obj_insert;
+use super::events::head;
 use super::outcome::Outcome;
 use super::plan::Outcomed;
 use super::state::{Phase, Written};
@@ -43,17 +41,17 @@ impl Phase<'_, '_> {
             .map(|m| m.candidate.clone())
             .collect();
         let (case_id, household_id) = (best.candidate.case_id, best.household_id);
-        let mut data = event::matched_data(key, case_id, household_id, &best.candidate, &others);
-        event::add_replay(&mut data, self.retry_of(i));
-        let mut ev = event::cloud_event(
-            &self.ctx.source,
-            event::CASE_MATCHED,
-            &self.ctx.matched_routing_key,
-            key,
-            self.now,
-            data,
-        );
-        event::add_trace(&mut ev, p.env.trace.as_ref());
+        let data = MatchedData {
+            message_key: key,
+            case_id,
+            household_id,
+            rules: &best.candidate.rules,
+            score: best.candidate.score,
+            possible_duplicates: &others,
+            replay: self.retry_of(i).map(Into::into),
+        };
+        let head = head(self.ctx, &self.ctx.matched_routing_key, p.env, self.now);
+        let ev = event::matched(head, &data);
         w.plan.record(
             caller.network_id(),
             key,
@@ -157,39 +155,27 @@ impl Phase<'_, '_> {
         verdict: &Verdict<'_>,
     ) -> Event {
         let env = self.prepared[i].env;
-        let mut data = store::case_json(row, &v.case);
-        let data_obj = data.as_object_mut().expect("case_json returns an object");
-        data_obj.insert("household_id".into(), row.household_id.into());
-        data_obj.insert(
-            "household_created".into(),
-            matches!(placement, Placement::NewHousehold).into(),
-        );
-        data_obj.insert("head_of_household".into(), placement.is_head().into());
-        data_obj.insert(
-            "previous_head_case_id".into(),
-            placement.previous_head().into(),
-        );
-        data_obj.insert("message_key".into(), key.into());
-        data_obj.insert(
-            "warnings".into(),
-            serde_json::to_value(&v.warnings).unwrap_or(Value::Null),
-        );
-        // Only a network that matches says anything about duplicates (`[]`: none found).
-        if let Verdict::Create { flagged, .. } = verdict {
-            let candidates: Vec<&Candidate> = flagged.iter().map(|m| &m.candidate).collect();
-            data_obj_insert(&mut data, "possible_duplicates", &candidates);
-        }
-        event::add_replay(&mut data, self.retry_of(i));
-        let mut ev = event::cloud_event(
-            &self.ctx.source,
-            event::CASE_CREATED,
-            &self.ctx.created_routing_key,
-            key,
-            self.now,
-            data,
-        );
-        event::add_trace(&mut ev, env.trace.as_ref());
-        ev
+        // The row was made with the placement's head flag: the case's `head_of_household`.
+        let data = CreatedData {
+            case: CaseData::of(row, &v.case),
+            household_id: row.household_id,
+            household_created: matches!(placement, Placement::NewHousehold),
+            previous_head_case_id: placement.previous_head(),
+            message_key: key,
+            warnings: &v.warnings,
+            // Only a network that matches says anything about duplicates (`[]`: none found).
+            possible_duplicates: match verdict {
+                Verdict::Create { flagged, .. } => {
+                    Some(flagged.iter().map(|m| &m.candidate).collect())
+                }
+                _ => None,
+            },
+            replay: self.retry_of(i).map(Into::into),
+        };
+        event::created(
+            head(self.ctx, &self.ctx.created_routing_key, env, self.now),
+            &data,
+        )
     }
 }
 
