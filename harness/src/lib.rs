@@ -6,6 +6,7 @@ pub mod broker;
 pub mod checks;
 pub mod cli;
 pub mod cluster;
+pub mod command;
 pub mod db;
 pub mod fixtures;
 pub mod kinds;

@@ -52,21 +52,7 @@ fn script(args: &[&str], limit: Duration) -> Result<String, String> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("pg-pair.sh {}: {e}", args.join(" ")))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!(
-            "pg-pair.sh {}: {} {}",
-            args.join(" "),
-            out.status,
-            text.trim()
-        ))
-    }
+    crate::command::output_text(&format!("pg-pair.sh {}", args.join(" ")), &out)
 }
 
 impl PgPair {

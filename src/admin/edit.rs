@@ -412,16 +412,11 @@ async fn applied(
     report.outcome = outcome_name(outcome);
     report.event_id = outcome.event_id();
     match outcome {
-        Outcome::Created {
-            case_id,
-            household_id,
-            ..
+        Outcome::Created { .. } | Outcome::Matched { .. } => {
+            report.case = outcome
+                .case()
+                .map(|(case, household)| Placement::existing(case, household));
         }
-        | Outcome::Matched {
-            case_id,
-            household_id,
-            ..
-        } => report.case = Some(Placement::existing(*case_id, *household_id)),
         Outcome::Failed { code, event_id } => {
             let error = failure_error(pool, key, *event_id).await?;
             report.error =

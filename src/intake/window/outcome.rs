@@ -48,6 +48,25 @@ impl Outcome {
             | Outcome::AlreadyResolved { event_id } => *event_id,
         }
     }
+
+    /// The case and household a created or linked intake came to.
+    pub fn case(&self) -> Option<(i64, i64)> {
+        match self {
+            Outcome::Created {
+                case_id,
+                household_id,
+                ..
+            }
+            | Outcome::Matched {
+                case_id,
+                household_id,
+                ..
+            } => Some((*case_id, *household_id)),
+            Outcome::Failed { .. }
+            | Outcome::Duplicate { .. }
+            | Outcome::AlreadyResolved { .. } => None,
+        }
+    }
 }
 
 /// One intake's outcome with, from [`preview`], the body of the event it would publish.

@@ -33,16 +33,7 @@ impl Phase<'_, '_> {
                 self.audit(i, retry, id, &outcome, w);
             }
             let case = match outcome {
-                Outcome::Created {
-                    case_id,
-                    household_id,
-                    ..
-                }
-                | Outcome::Matched {
-                    case_id,
-                    household_id,
-                    ..
-                } => Some((case_id, household_id)),
+                Outcome::Created { .. } | Outcome::Matched { .. } => outcome.case(),
                 // A replayed key that has since got its case: resolved by that case.
                 Outcome::Duplicate { event_id } => w
                     .plan

@@ -22,16 +22,7 @@ pub async fn run_cmd(program: &str, args: &[&str], limit: Duration) -> Result<St
         .await
         .map_err(|e| format!("{shown}: {e}"))?
         .map_err(|e| format!("{shown}: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(format!("{shown}: {} {}", out.status, text.trim()))
-    }
+    case_intake_harness::command::output_text(&shown, &out)
 }
 
 /// The PostgreSQL major version directory under /etc/postgresql (e.g. `15`).
